@@ -1,0 +1,96 @@
+"""Degradation synthesis (design.md section 4.1): spec -> sampled params -> deterministic batched ops.
+
+    spec = PRESETS["paper"]
+    params = sample_params(spec, torch.Generator().manual_seed(0), batch_size=images.shape[0])
+    result = degrade(images, params)          # images: BCHW float in [0, 1], any device
+    result.images, result.prompts()           # degraded batch, one restoration prompt per item
+
+``sample_params`` is the only function that draws random numbers; ``degrade`` is a pure function of
+(images, params).
+"""
+
+from .kernels import kernel_sigma, kernel_size_for, make_kernel
+from .ops import apply_blur, apply_jpeg, apply_noise, apply_resize, jpeg_roundtrip_uint8, resize_matrix
+from .params import (
+    INTERPOLATIONS,
+    KERNEL_TYPES,
+    NOISE_TYPES,
+    OPERATIONS,
+    BlurParams,
+    DegradationParams,
+    JpegParams,
+    NoiseParams,
+    ResizeParams,
+    StageParams,
+    params_list_from_json,
+    params_list_to_json,
+)
+from .pipeline import (
+    CLAUSE_KEYS,
+    DegradationResult,
+    PartialDegradation,
+    degrade,
+    degrade_partial,
+    effective_request,
+    noise_sigma,
+    prompt_for,
+    restrict,
+    validate_images,
+)
+from .sample import manual_params, sample_params
+from .spec import (
+    DEFAULT_PRESET,
+    PRESETS,
+    BlurSpec,
+    DegradationSpec,
+    JpegSpec,
+    NoiseSpec,
+    ResizeSpec,
+    StageSpec,
+    get_preset,
+)
+
+__all__ = [
+    "CLAUSE_KEYS",
+    "DEFAULT_PRESET",
+    "INTERPOLATIONS",
+    "KERNEL_TYPES",
+    "NOISE_TYPES",
+    "OPERATIONS",
+    "PRESETS",
+    "BlurParams",
+    "BlurSpec",
+    "DegradationParams",
+    "DegradationResult",
+    "DegradationSpec",
+    "JpegParams",
+    "JpegSpec",
+    "NoiseParams",
+    "NoiseSpec",
+    "PartialDegradation",
+    "ResizeParams",
+    "ResizeSpec",
+    "StageParams",
+    "StageSpec",
+    "apply_blur",
+    "apply_jpeg",
+    "apply_noise",
+    "apply_resize",
+    "degrade",
+    "degrade_partial",
+    "effective_request",
+    "get_preset",
+    "jpeg_roundtrip_uint8",
+    "kernel_sigma",
+    "kernel_size_for",
+    "make_kernel",
+    "manual_params",
+    "noise_sigma",
+    "params_list_from_json",
+    "params_list_to_json",
+    "prompt_for",
+    "resize_matrix",
+    "restrict",
+    "sample_params",
+    "validate_images",
+]

@@ -1,0 +1,443 @@
+"""Deterministic degradation operations on batches: BCHW float32 in [0, 1], any device.
+
+Each ``apply_*`` takes a batch and one setting per batch item (``None`` leaves that item alone) and
+returns a new tensor on the same device; inputs are never modified. Randomness enters only through
+the noise seeds carried by the params.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .params import JpegParams, NoiseParams
+
+POISSON_PEAK = 255.0
+"""Photon count of a white pixel for Poisson (shot) noise: the image is treated as 8-bit counts."""
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma, used for grey (luma-only) Poisson noise on colour images."""
+
+FFT_MIN_KERNEL = 9
+"""Kernels at least this wide are applied through the FFT; smaller ones by direct convolution."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Borders
+# --------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def _reflect101_index_cpu(n: int, pad: int) -> torch.Tensor:
+    idx = torch.arange(-pad, n + pad)
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * n - 2
+    idx = torch.remainder(idx, period)
+    return torch.where(idx >= n, period - idx, idx)
+
+
+def reflect101_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad the last two dims by ``pad`` with reflect-101 borders (``dcb|abcd|cba``), for any ``pad``.
+
+    Unlike ``F.pad(mode="reflect")`` this works when ``pad`` exceeds the image side (it keeps
+    reflecting), which tiny images with large kernels need.
+    """
+    if pad == 0:
+        return x
+    if pad < min(x.shape[-2:]):
+        return F.pad(x, (pad, pad, pad, pad), mode="reflect")  # torch's "reflect" is reflect-101
+    ih = _reflect101_index_cpu(x.shape[-2], pad).to(x.device)
+    iw = _reflect101_index_cpu(x.shape[-1], pad).to(x.device)
+    return x.index_select(-2, ih).index_select(-1, iw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Blur
+# --------------------------------------------------------------------------------------------------
+
+
+DIRECT_BUCKETS = (7, 13, 21)
+"""Kernels up to 21 px are applied by direct convolution, padded up to the next of these sizes so a
+batch runs in a few grouped convolutions; wider kernels go through the FFT, whose cost does not grow
+with the kernel. Separable kernels (1-D taps) always run as two 1-D passes."""
+
+
+def _embed(kernel: torch.Tensor, size: int) -> torch.Tensor:
+    pad = (size - kernel.shape[-1]) // 2
+    if not pad:
+        return kernel
+    return F.pad(kernel, (pad, pad) if kernel.dim() == 1 else (pad, pad, pad, pad))
+
+
+def _fft_size(n: int) -> int:
+    """Smallest m >= n whose only prime factors are 2, 3 and 5 (fast FFT lengths)."""
+    m = n
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
+def apply_blur(images: torch.Tensor, kernels: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """Correlate each image with its own kernel, reflect-101 borders (as ``cv2.filter2D``).
+
+    Args:
+        images: (B, C, H, W) float32.
+        kernels: per item None (no blur), a (k, k) kernel, or 1-D taps (k,) standing for the separable
+            kernel ``outer(taps, taps)``; k odd, any float dtype and device.
+
+    Returns:
+        (B, C, H, W) float32, same device.
+    """
+    if len(kernels) != images.shape[0]:
+        raise ValueError(f"apply_blur: {len(kernels)} kernels for a batch of {images.shape[0]}")
+    buckets: dict[tuple[str, int], list[int]] = {}
+    for i, k in enumerate(kernels):
+        if k is None:
+            continue
+        size = k.shape[-1]
+        if size % 2 == 0 or k.dim() not in (1, 2) or (k.dim() == 2 and k.shape[0] != size):
+            raise ValueError(f"apply_blur: kernel {i} has shape {tuple(k.shape)}; expected (k,) or (k, k), k odd")
+        if k.dim() == 1:
+            key = ("separable", next((b for b in (*DIRECT_BUCKETS, 41) if size <= b), size))
+        elif size <= DIRECT_BUCKETS[-1]:
+            key = ("direct", next(b for b in DIRECT_BUCKETS if size <= b))
+        else:
+            key = ("fft", 0)
+        buckets.setdefault(key, []).append(i)
+    if not buckets:
+        return images
+    out = images.clone() if sum(len(v) for v in buckets.values()) < images.shape[0] else torch.empty_like(images)
+    for (method, bucket), index in buckets.items():
+        size = bucket or max(kernels[i].shape[-1] for i in index)
+        stack = torch.stack([_embed(kernels[i].to(torch.float64), size) for i in index])
+        stack = stack.to(images.device, torch.float32)
+        sub = images[index] if len(index) < images.shape[0] else images
+        if method == "separable":
+            result = _blur_separable(sub, stack)
+        elif method == "direct":
+            result = _blur_direct(sub, stack)
+        else:
+            result = _blur_fft(sub, stack)
+        if len(index) == images.shape[0]:
+            out = result
+        else:
+            out[index] = result
+    return out
+
+
+def _blur_separable(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    k = taps.shape[-1]
+    padded = reflect101_pad(x, k // 2).reshape(1, b * c, h + k - 1, w + k - 1)
+    # channels-last makes oneDNN's depthwise convolution several times faster on CPUs
+    padded = padded.contiguous(memory_format=torch.channels_last)
+    weights = taps.repeat_interleave(c, dim=0)
+    cols = F.conv2d(padded, weights.view(b * c, 1, k, 1), groups=b * c)
+    out = F.conv2d(cols, weights.view(b * c, 1, 1, k), groups=b * c)
+    return out.reshape(b, c, h, w).contiguous()
+
+
+def _blur_direct(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    k = kernels.shape[-1]
+    padded = reflect101_pad(x, k // 2).reshape(1, b * c, h + k - 1, w + k - 1)
+    weight = kernels.repeat_interleave(c, dim=0).unsqueeze(1)
+    return F.conv2d(padded, weight, groups=b * c).reshape(b, c, h, w)
+
+
+def _blur_fft(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    k = kernels.shape[-1]
+    p = k // 2
+    padded = reflect101_pad(x, p)
+    # Circular correlation on a zero-extended canvas equals linear correlation inside the crop: the
+    # crop only reads taps within the reflect pad, which is as wide as the kernel's half-width.
+    fh, fw = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
+    origin = torch.zeros(b, fh, fw, dtype=kernels.dtype, device=kernels.device)
+    origin[:, :k, :k] = kernels
+    origin = torch.roll(origin, shifts=(-p, -p), dims=(1, 2))
+    response = torch.fft.rfft2(origin)
+    if torch.equal(kernels, kernels.flip(-1, -2)):
+        response = response.real  # a point-symmetric kernel has a real spectrum: a cheaper product
+    else:
+        response = torch.conj(response)
+    spectrum = torch.fft.rfft2(padded, s=(fh, fw))
+    spectrum *= response.unsqueeze(1)
+    out = torch.fft.irfft2(spectrum, s=(fh, fw))
+    return out[..., p : p + h, p : p + w]
+
+
+def apply_separable(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``rows @ image @ cols.T`` per channel: any separable linear operator (resize, separable blur).
+
+    Args:
+        images: (B, C, H, W).
+        rows: (H', H) operator on the vertical axis; cols: (W', W) on the horizontal axis.
+    """
+    oh, h = rows.shape
+    ow, w = cols.shape
+    rows = rows.to(images.device, images.dtype)
+    cols = cols.to(images.device, images.dtype)
+    # Contract the axis whose operator shrinks the most first: fewer flops in the second product.
+    if oh * h * w + oh * w * ow <= ow * w * h + oh * h * ow:
+        return torch.matmul(torch.matmul(rows, images), cols.T)
+    return torch.matmul(rows, torch.matmul(images, cols.T))
+
+
+def blur_matrix(taps: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, n) matrix of 1-D correlation with ``taps`` (odd length) under reflect-101 borders (float64)."""
+    k = taps.shape[0]
+    r = k // 2
+    index = _reflect101_index_cpu(n, r)
+    mat = torch.zeros(n, n, dtype=torch.float64)
+    rows = torch.arange(n).unsqueeze(1).expand(n, k)
+    cols = index.unfold(0, k, 1)  # (n, k): source pixel of tap j for output i
+    mat.index_put_((rows.reshape(-1), cols.reshape(-1)), taps.to(torch.float64).repeat(n), accumulate=True)
+    return mat
+
+
+# --------------------------------------------------------------------------------------------------
+# Resize
+# --------------------------------------------------------------------------------------------------
+
+
+def _box(x: torch.Tensor) -> torch.Tensor:
+    return ((x >= -0.5) & (x < 0.5)).to(x.dtype)
+
+
+def _triangle(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(1 - x.abs(), min=0)
+
+
+def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    ax = x.abs()
+    near = ((a + 2) * ax - (a + 3)) * ax * ax + 1
+    far = ((a * ax - 5 * a) * ax + 8 * a) * ax - 4 * a
+    return torch.where(ax < 1, near, torch.where(ax < 2, far, torch.zeros_like(ax)))
+
+
+_FILTERS = {"area": (_box, 0.5), "bilinear": (_triangle, 1.0), "bicubic": (_cubic, 2.0)}
+
+
+@lru_cache(maxsize=512)
+def resize_matrix(n_in: int, n_out: int, interpolation: str) -> torch.Tensor:
+    """(n_out, n_in) float64 resampling matrix for one axis.
+
+    Pillow's antialiased resampling: output pixel ``i`` is centred at input coordinate
+    ``(i + 0.5) * n_in / n_out``; the filter (box, triangle or Keys a=-0.5 cubic) is stretched by the
+    shrink factor when shrinking; taps falling outside the image are dropped and the rest
+    renormalised. Hence "area" averages pixel areas exactly when shrinking.
+    """
+    filt, support = _FILTERS[interpolation]
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)
+    support = support * stretch
+    centres = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale
+    lo = torch.clamp((centres - support + 0.5).trunc(), min=0).long()
+    hi = torch.clamp((centres + support + 0.5).trunc(), max=n_in).long()
+    x = torch.arange(n_in, dtype=torch.float64)
+    weights = filt((x.unsqueeze(0) - centres.unsqueeze(1) + 0.5) / stretch)
+    inside = (x.unsqueeze(0) >= lo.unsqueeze(1)) & (x.unsqueeze(0) < hi.unsqueeze(1))
+    weights = torch.where(inside, weights, torch.zeros_like(weights))
+    total = weights.sum(dim=1, keepdim=True)
+    return weights / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Output size of a resize by ``scale``: ``max(1, round(side * scale))`` per side."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def apply_resize(images: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """Resize a batch to ``size`` = (H', W') with an antialiased filter (see ``resize_matrix``)."""
+    h, w = images.shape[-2:]
+    if (h, w) == tuple(size):
+        return images
+    if interpolation == "area":
+        return apply_separable(images, resize_matrix(h, size[0], "area"), resize_matrix(w, size[1], "area"))
+    # torch's antialiased kernels compute exactly resize_matrix's weights (checked in the tests), faster
+    return F.interpolate(images, size=tuple(size), mode=interpolation, antialias=True, align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Noise
+# --------------------------------------------------------------------------------------------------
+
+
+_POISSON_K = 512
+"""CDF table width: P(X >= 512) for X ~ Poisson(255) is far below float32 resolution."""
+
+_POISSON_BUCKETS = 2048
+"""Guide-table buckets per rate: a uniform u starts its search at the bucket floor(u * 2048)."""
+
+
+@lru_cache(maxsize=8)
+def _poisson_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per integer rate 0..255: the Poisson CDF (float32, flattened 256 x K) and a guide table
+    (int32, flattened 256 x BUCKETS) packing, for bucket j, the first k whose CDF exceeds j / BUCKETS
+    (low 16 bits) and the first k whose CDF exceeds (j + 1) / BUCKETS (high 16 bits)."""
+    rates = torch.arange(int(POISSON_PEAK) + 1, dtype=torch.float64).unsqueeze(1)
+    k = torch.arange(_POISSON_K, dtype=torch.float64).unsqueeze(0)
+    pmf = torch.exp(k * torch.log(rates.clamp(min=1e-300)) - rates - torch.lgamma(k + 1))
+    pmf[0] = 0.0
+    pmf[0, 0] = 1.0
+    cdf = torch.cumsum(pmf, dim=1).to(torch.float32).clamp(max=1.0)
+    edges = (torch.arange(_POISSON_BUCKETS + 1, dtype=torch.float64) / _POISSON_BUCKETS).expand(cdf.shape[0], -1)
+    first = torch.searchsorted(cdf.double(), edges.contiguous(), right=True).clamp(max=_POISSON_K - 1)
+    packed = (first[:, :-1] | (first[:, 1:] << 16)).to(torch.int32)
+    return cdf.reshape(-1).to(device), packed.reshape(-1).to(device)
+
+
+def sample_poisson_counts(rates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Exact Poisson draws for integer rates in [0, 255] by inversion: ``k = min{k : CDF_rate(k) > u}``.
+
+    One uniform per element; a guide table gives each element the few candidates its bucket holds,
+    and a binary search settles the few percent of elements with more than one. About 3x faster than
+    ``torch.poisson`` on a CPU; on any device, the same seed gives the same counts.
+
+    Args:
+        rates: integer tensor of rates in [0, 255] (any shape).
+        generator: the source of the uniforms, on ``rates.device``.
+
+    Returns:
+        int32 counts, shape of ``rates``.
+    """
+    cdf, guide = _poisson_tables(rates.device)
+    flat = rates.reshape(-1).to(torch.int32)
+    u = torch.rand(flat.shape, generator=generator, device=flat.device, dtype=torch.float32)
+    cell = flat * _POISSON_BUCKETS + (u * _POISSON_BUCKETS).to(torch.int32)
+    packed = guide.index_select(0, cell)
+    lo = packed & 0xFFFF
+    todo = (packed >> 16 > lo).nonzero().squeeze(1)
+    if todo.numel():
+        l, uu = lo[todo], u[todo]
+        h = packed[todo] >> 16
+        base = flat[todo] * _POISSON_K
+        while bool((h > l).any()):
+            mid = (l + h) // 2
+            above = cdf.index_select(0, base + mid) <= uu
+            l = torch.where(above, mid + 1, l)
+            h = torch.where(above, h, mid)
+        lo[todo] = l
+    return lo.reshape(rates.shape)
+
+
+def noise_field(params: NoiseParams, image: torch.Tensor) -> torch.Tensor:
+    """The additive noise for one image (C, H, W), drawn from ``params.seed`` on the image's device.
+
+    Gaussian: ``sigma * N(0, 1)``. Poisson (shot noise of 8-bit photon counts): with
+    ``n = round(PEAK * v)`` for the pixel value ``v`` (its luma when ``gray``), the noise is
+    ``scale * (Poisson(n) - n) / PEAK``: zero mean, standard deviation ``scale * sqrt(v / PEAK)``.
+    A grey field has one channel and broadcasts over colour.
+    """
+    c, h, w = image.shape
+    generator = torch.Generator(device=image.device).manual_seed(params.seed)
+    channels = 1 if params.gray else c
+    if params.kind == "gaussian":
+        field = torch.randn((channels, h, w), generator=generator, device=image.device, dtype=torch.float32)
+        return field * params.sigma
+    if params.gray and c == 3:
+        weights = torch.tensor(LUMA_WEIGHTS, device=image.device, dtype=image.dtype).view(3, 1, 1)
+        value = (image * weights).sum(0, keepdim=True)
+    else:
+        value = image[:1] if params.gray else image
+    rates = (value.clamp(0, 1) * POISSON_PEAK).round_().to(torch.int32)
+    counts = sample_poisson_counts(rates, generator)
+    return (counts - rates).to(torch.float32) * (params.scale / POISSON_PEAK)
+
+
+def apply_noise(images: torch.Tensor, noises: Sequence[NoiseParams | None]) -> torch.Tensor:
+    """Add each item's noise field and clip to [0, 1]."""
+    if len(noises) != images.shape[0]:
+        raise ValueError(f"apply_noise: {len(noises)} settings for a batch of {images.shape[0]}")
+    if all(n is None for n in noises):
+        return images
+    out = torch.empty_like(images)
+    for i, params in enumerate(noises):
+        if params is None:
+            out[i] = images[i]
+        else:
+            torch.add(images[i], noise_field(params, images[i]), out=out[i]).clamp_(0, 1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# JPEG
+# --------------------------------------------------------------------------------------------------
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) float in [0, 1] -> contiguous (B, H, W, C) uint8, rounding half to even."""
+    return images.detach().permute(0, 2, 3, 1).mul(255).round_().to(torch.uint8).contiguous().cpu().numpy()
+
+
+def jpeg_encode(pixels: np.ndarray, quality: int) -> bytes:
+    """Encode (H, W, C) uint8 pixels (C = 1 or 3) with libjpeg at ``quality``.
+
+    Colour uses 4:2:0 chroma subsampling and the baseline (islow DCT, non-optimised, non-progressive)
+    settings libjpeg defaults to, so any libjpeg encode at the same quality gives the same bytes.
+    """
+    grey = pixels.shape[-1] == 1
+    image = Image.fromarray(pixels[..., 0] if grey else pixels, mode="L" if grey else "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(quality), subsampling=0 if grey else 2)
+    return buffer.getvalue()
+
+
+def jpeg_decode(data: bytes) -> np.ndarray:
+    """Decode JPEG bytes to (H, W, C) uint8 (C = 1 or 3)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        out = np.asarray(image)
+    return out[..., None] if out.ndim == 2 else out
+
+
+def jpeg_roundtrip_uint8(pixels: np.ndarray, quality: int) -> np.ndarray:
+    """Encode (H, W, C) uint8 pixels with libjpeg at ``quality`` (see ``jpeg_encode``) and decode them."""
+    return jpeg_decode(jpeg_encode(pixels, quality))
+
+
+def _workers(n: int) -> int:
+    return max(1, min(n, os.cpu_count() or 1, torch.get_num_threads()))
+
+
+def apply_jpeg(images: torch.Tensor, settings: Sequence[JpegParams | None]) -> torch.Tensor:
+    """JPEG-compress each item at its own quality through libjpeg (Pillow).
+
+    The image is rounded to 8 bits first (JPEG stores 8-bit samples); the result is the decoded
+    8-bit image as float32 in [0, 1] on the input's device. Decoding runs in parallel threads
+    (Pillow releases the GIL while decoding).
+    """
+    if len(settings) != images.shape[0]:
+        raise ValueError(f"apply_jpeg: {len(settings)} settings for a batch of {images.shape[0]}")
+    active = [i for i, s in enumerate(settings) if s is not None]
+    if not active:
+        return images
+    every = len(active) == images.shape[0]
+    pixels = to_uint8(images if every else images[active])
+    encoded = [jpeg_encode(p, settings[i].quality) for p, i in zip(pixels, active)]
+    if len(encoded) == 1:
+        decoded = [jpeg_decode(encoded[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=_workers(len(encoded))) as pool:
+            decoded = list(pool.map(jpeg_decode, encoded))
+    batch = torch.from_numpy(np.stack(decoded)).to(images.device).permute(0, 3, 1, 2).to(torch.float32).div_(255)
+    if every:
+        return batch
+    out = images.clone()
+    out[active] = batch
+    return out

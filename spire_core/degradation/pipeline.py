@@ -1,0 +1,290 @@
+"""``degrade``: the deterministic multi-stage pipeline, the prompt each degradation implies, and
+partial requests for training.
+
+Images are BCHW float tensors in [0, 1] on any device (design.md section 4.1). Items of a batch
+carry their own params; items that share a size are processed together, and a batch splits into
+size groups where resizes send items to different sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from ..prompt import RestorationRequest, render
+from .kernels import gaussian_1d, kernel_sigma, make_kernel
+from .ops import POISSON_PEAK, apply_blur, apply_jpeg, apply_noise, apply_resize, resized_size
+from .params import OPERATION_OF_CLAUSE, BlurParams, DegradationParams, NoiseParams
+
+CLAUSE_KEYS = tuple(OPERATION_OF_CLAUSE)
+"""Restoration-prompt clause keys a partial request may name: upsample, deblur, denoise, dejpeg."""
+
+
+def validate_images(images: torch.Tensor, name: str = "images") -> None:
+    """Raise a clear error unless ``images`` is a (B, C, H, W) float tensor with C in {1, 3, 4},
+    B >= 1 and every value finite and within [0, 1]. Nothing is clipped or converted silently."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W) float in [0, 1], got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"{name} must have 4 dims (B, C, H, W), got shape {tuple(images.shape)}")
+    b, c, h, w = images.shape
+    if b == 0 or h == 0 or w == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(images.shape)}); expected at least one 1x1 image")
+    if c not in (1, 3, 4):
+        raise ValueError(
+            f"{name} has {c} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA: alpha is kept unchanged). "
+            "Images are BCHW; a BHWC tensor (as ComfyUI's IMAGE) must be permuted first."
+        )
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name} has dtype {images.dtype}; expected floating point in [0, 1] (divide 8-bit images by 255)"
+        )
+    lo_t, hi_t = torch.aminmax(images)  # NaN propagates into both, so one pass checks everything
+    lo, hi = float(lo_t), float(hi_t)
+    if math.isnan(lo) or math.isnan(hi):
+        bad = int(torch.isnan(images).sum())
+        raise ValueError(f"{name} contains {bad} NaN values; expected finite values in [0, 1]")
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}]; expected [0, 1] (nothing is clipped silently)")
+
+
+@lru_cache(maxsize=2048)
+def _kernel(params: BlurParams) -> torch.Tensor:
+    """The kernel as ``apply_blur`` takes it: 1-D taps for the separable isotropic Gaussian."""
+    if params.kernel == "iso":
+        return gaussian_1d(params.sigma_x, params.size)
+    return make_kernel(params)
+
+
+@dataclass(frozen=True)
+class DegradationResult:
+    """A degraded batch and the params that made it (item i of ``images`` used ``params[i]``)."""
+
+    images: torch.Tensor
+    params: tuple[DegradationParams, ...]
+
+    def prompts(self) -> list[str]:
+        """The restoration prompt of each item (see ``prompt_for``)."""
+        return [prompt_for(p) for p in self.params]
+
+
+class _Group:
+    """Batch items that currently share a spatial size."""
+
+    __slots__ = ("index", "images")
+
+    def __init__(self, index: list[int], images: torch.Tensor) -> None:
+        self.index = index
+        self.images = images
+
+    def split(self, keys: list[object]) -> list[_Group]:
+        order: dict[object, list[int]] = {}
+        for pos, key in enumerate(keys):
+            order.setdefault(key, []).append(pos)
+        if len(order) == 1:
+            return [self]
+        return [_Group([self.index[p] for p in pos], self.images[pos]) for pos in order.values()]
+
+
+def _run(images: torch.Tensor, params: Sequence[DegradationParams]) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    groups = [_Group(list(range(images.shape[0])), images)]
+    n_stages = max(len(p.stages) for p in params)
+    for s in range(n_stages):
+        stage = [p.stages[s] if s < len(p.stages) else None for p in params]
+        next_groups = []
+        for g in groups:
+            st = [stage[i] for i in g.index]
+            # 1. blur, each item with its own kernel
+            kernels = [None if x is None or x.blur is None else _kernel(x.blur) for x in st]
+            g.images = apply_blur(g.images, kernels)
+            # 2. resize: items may go to different sizes, so the group splits by target size
+            h, w = g.images.shape[-2:]
+            targets = [
+                (h, w, "")
+                if x is None or x.resize is None
+                else (*resized_size(h, w, x.resize.scale), x.resize.interpolation)
+                for x in st
+            ]
+            for sub in g.split(targets):
+                th, tw, mode = targets[g.index.index(sub.index[0])]
+                if mode:
+                    sub.images = apply_resize(sub.images, (th, tw), mode)
+                next_groups.append(sub)
+        for g in next_groups:
+            st = [stage[i] for i in g.index]
+            # 3. noise, each item from its own seed
+            g.images = apply_noise(g.images, [None if x is None else x.noise for x in st])
+            # 4. JPEG, each item at its own quality
+            g.images = apply_jpeg(g.images, [None if x is None else x.jpeg for x in st])
+        groups = next_groups
+    # 5. back to the input size, each item with its own final filter
+    out = torch.empty_like(images)
+    for g in groups:
+        for sub in g.split([params[i].final_interpolation for i in g.index]):
+            resized = apply_resize(sub.images, (height, width), params[sub.index[0]].final_interpolation)
+            out[sub.index] = resized.clamp(0, 1)
+    return out
+
+
+def degrade(images: torch.Tensor, params: Sequence[DegradationParams] | DegradationParams) -> DegradationResult:
+    """Degrade a batch deterministically.
+
+    Args:
+        images: (B, C, H, W) float in [0, 1], C = 1 (grey), 3 (RGB) or 4 (RGBA; alpha passes through
+            unchanged), any device. Not modified.
+        params: one ``DegradationParams`` per item, or a single one used for every item.
+
+    Returns:
+        A ``DegradationResult`` whose images have the input's shape, dtype and device.
+
+    Raises:
+        TypeError, ValueError: a tensor that is not BCHW float in [0, 1] (NaN included), or a params
+            list of the wrong length.
+    """
+    validate_images(images)
+    if isinstance(params, DegradationParams):
+        params = [params] * images.shape[0]
+    params = tuple(params)
+    if len(params) != images.shape[0]:
+        raise ValueError(f"degrade: {len(params)} params for a batch of {images.shape[0]}; give one per item")
+    if not all(isinstance(p, DegradationParams) for p in params):
+        raise TypeError("degrade: params must be DegradationParams (see sample_params or manual_params)")
+    x = images.to(torch.float32)
+    colour = x[:, :3] if x.shape[1] == 4 else x
+    out = _run(colour, params)
+    if x.shape[1] == 4:
+        out = torch.cat([out, x[:, 3:]], dim=1)
+    return DegradationResult(images=out.to(images.dtype), params=params)
+
+
+def noise_sigma(params: NoiseParams) -> float:
+    """Standard deviation of a noise setting on the [0, 1] scale; for Poisson noise, at mid-grey (0.5)."""
+    if params.kind == "gaussian":
+        return params.sigma
+    return params.scale * math.sqrt(0.5 / POISSON_PEAK)
+
+
+def effective_request(params: DegradationParams) -> RestorationRequest:
+    """Collapse all stages into one clause per degradation type: the numbers the prompt carries.
+
+    The collapsing rule, in one place:
+    - upsample: the product of all resize scales, inverted (total shrink factor). Named when it
+      prints above 1.0.
+    - deblur: ``sqrt(sum_k (sigma_k / s_k)^2)`` where ``sigma_k`` is stage k's effective kernel sigma
+      (``kernel_sigma``) and ``s_k`` the product of the resize scales before stage k, so every blur
+      is measured in pixels of the input (Gaussian blurs compose by adding variances).
+    - denoise: ``sqrt(sum_k sigma_k^2)`` of the stages' noise sigmas (``noise_sigma``), in [0, 1] units,
+      ignoring the attenuation later stages apply.
+    - dejpeg: the lowest (worst) quality of all JPEG steps.
+    Clauses whose printed number would be 0 (or 1.0x) are omitted: "leave alone".
+    """
+    scale = 1.0
+    blur_var = 0.0
+    noise_var = 0.0
+    quality: int | None = None
+    for stage in params.stages:
+        if stage.blur is not None:
+            blur_var += (kernel_sigma(stage.blur) / scale) ** 2
+        if stage.resize is not None:
+            scale *= stage.resize.scale
+        if stage.noise is not None:
+            noise_var += noise_sigma(stage.noise) ** 2
+        if stage.jpeg is not None:
+            quality = stage.jpeg.quality if quality is None else min(quality, stage.jpeg.quality)
+    upsample = 1.0 / scale
+    deblur = math.sqrt(blur_var)
+    denoise = math.sqrt(noise_var)
+    return RestorationRequest(
+        upsample=upsample if round(upsample, 1) > 1.0 else None,
+        deblur=deblur if round(deblur, 1) > 0.0 else None,
+        denoise=denoise if round(denoise, 2) > 0.0 else None,
+        dejpeg=quality,
+    )
+
+
+def restrict(request: RestorationRequest, named: Iterable[str]) -> RestorationRequest:
+    """The request with only the ``named`` clauses kept (keys from ``CLAUSE_KEYS``)."""
+    named = set(named)
+    unknown = named - set(CLAUSE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown clause names {sorted(unknown)}; expected some of {CLAUSE_KEYS}")
+    return RestorationRequest(**{k: getattr(request, k) if k in named else None for k in CLAUSE_KEYS})
+
+
+def prompt_for(params: DegradationParams) -> str:
+    """The canonical restoration prompt naming every degradation in ``params``; ``""`` when the params
+    degrade nothing that a prompt can name."""
+    request = effective_request(params)
+    return "" if request.is_empty() else render(request)
+
+
+@dataclass(frozen=True)
+class PartialDegradation:
+    """A training pair for a partial restoration prompt (spire-paper.md section 10, #11).
+
+    Attributes:
+        degraded: the input y, degraded by every operation.
+        target: the same images degraded only by the operations the prompt does not name (same
+            params, same order), i.e. what "restore only what is named" should produce.
+        prompts: per item, the canonical prompt naming only the chosen clauses.
+        named: per item, the clause keys named.
+        params: per item, the full params.
+    """
+
+    degraded: torch.Tensor
+    target: torch.Tensor
+    prompts: tuple[str, ...]
+    named: tuple[tuple[str, ...], ...]
+    params: tuple[DegradationParams, ...]
+
+
+def degrade_partial(
+    images: torch.Tensor,
+    params: Sequence[DegradationParams],
+    named: Iterable[str] | Sequence[Iterable[str]],
+) -> PartialDegradation:
+    """Degrade a batch fully, and make targets that keep every degradation the prompt leaves unnamed.
+
+    Args:
+        images: (B, C, H, W) float in [0, 1].
+        params: one per item.
+        named: clause keys (``"upsample"``, ``"deblur"``, ``"denoise"``, ``"dejpeg"``) to name, either
+            one collection for every item or one per item.
+
+    Raises:
+        ValueError: an unknown clause key, or an item for which none of its named clauses is present
+            in its params (its prompt would be empty).
+    """
+    params = tuple(params)
+    named_list = list(named) if not isinstance(named, str) else [named]
+    if named_list and all(isinstance(n, str) for n in named_list):
+        per_item = [tuple(named_list)] * len(params)
+    else:
+        per_item = [tuple(n) for n in named_list]
+    if len(per_item) != len(params):
+        raise ValueError(f"degrade_partial: {len(per_item)} named sets for {len(params)} items")
+    prompts = []
+    target_params = []
+    for i, (p, keys) in enumerate(zip(params, per_item)):
+        request = restrict(effective_request(p), keys)
+        if request.is_empty():
+            raise ValueError(
+                f"item {i}: none of the named clauses {list(keys)} is present in its degradation "
+                f"(present: {list(effective_request(p).named())}); nothing to name"
+            )
+        prompts.append(render(request))
+        target_params.append(p.without({OPERATION_OF_CLAUSE[k] for k in request.named()}))
+    degraded = degrade(images, params).images
+    target = degrade(images, target_params).images
+    return PartialDegradation(
+        degraded=degraded,
+        target=target,
+        prompts=tuple(prompts),
+        named=tuple(tuple(k for k in CLAUSE_KEYS if k in keys) for keys in per_item),
+        params=params,
+    )

@@ -1,0 +1,31 @@
+"""Restoration-prompt grammar: ``render`` requests to canonical text and ``parse`` text back.
+
+Canonical wording (design.md section 4.2): ``Upsample by {f:.1f}x``, ``Deblur with sigma {s:.1f}``,
+``Denoise with sigma {n:.2f}``, ``Dejpeg with quality {q:d}``, joined by ``"; "`` in that order;
+blind: ``"Remove all degradation"``. The grammar itself is data in ``grammar.py``.
+"""
+
+from .grammar import BLIND_PROMPT, CLAUSES, GRAMMAR_VERSION, accepted_forms
+from .text import (
+    BLIND_REQUEST,
+    RestorationPromptError,
+    RestorationRequest,
+    canonicalize,
+    parse,
+    quantize,
+    render,
+)
+
+__all__ = [
+    "BLIND_PROMPT",
+    "BLIND_REQUEST",
+    "CLAUSES",
+    "GRAMMAR_VERSION",
+    "RestorationPromptError",
+    "RestorationRequest",
+    "accepted_forms",
+    "canonicalize",
+    "parse",
+    "quantize",
+    "render",
+]

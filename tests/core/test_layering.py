@@ -1,0 +1,59 @@
+"""design.md section 2: spire_core never imports ComfyUI; importing the pack outside ComfyUI does nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+PACK_DIR = Path(__file__).resolve().parents[2]
+
+BLOCKED = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes", "server", "execution")
+
+_PROBE = r"""
+import importlib, pkgutil, sys
+BLOCKED = {blocked!r}
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"spire_core imported {{name}}")
+        return None
+
+sys.meta_path.insert(0, Block())
+import spire_core
+names = [m.name for m in pkgutil.walk_packages(spire_core.__path__, "spire_core.")]
+for name in names:
+    if name.endswith("__main__"):
+        continue
+    importlib.import_module(name)
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+assert not leaked, leaked
+print(len(names))
+"""
+
+
+def test_spire_core_imports_without_comfyui():
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(blocked=BLOCKED)],
+        cwd=PACK_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) >= 10  # every module was walked, not an empty package
+
+
+def test_pack_import_outside_comfyui_exports_nothing():
+    probe = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('spire_pack', {str(PACK_DIR / '__init__.py')!r},"
+        f" submodule_search_locations=[{str(PACK_DIR)!r}])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['spire_pack'] = m; spec.loader.exec_module(m)\n"
+        "assert m.__all__ == [] and not hasattr(m, 'comfy_entrypoint'), dir(m)\n"
+        "assert 'spire_pack.nodes' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
