@@ -216,7 +216,7 @@ def blur_matrix(taps: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _box(x: torch.Tensor) -> torch.Tensor:
-    return ((x >= -0.5) & (x < 0.5)).to(x.dtype)
+    return ((x > -0.5) & (x <= 0.5)).to(x.dtype)
 
 
 def _triangle(x: torch.Tensor) -> torch.Tensor:
@@ -269,8 +269,11 @@ def apply_resize(images: torch.Tensor, size: tuple[int, int], interpolation: str
         return images
     if interpolation == "area":
         return apply_separable(images, resize_matrix(h, size[0], "area"), resize_matrix(w, size[1], "area"))
-    # torch's antialiased kernels compute exactly resize_matrix's weights (checked in the tests), faster
-    return F.interpolate(images, size=tuple(size), mode=interpolation, antialias=True, align_corners=False)
+    # torch's antialiased kernels compute exactly resize_matrix's weights (checked in the tests), faster;
+    # when enlarging, the triangle filter is not stretched and plain bilinear is the same sum, faster still
+    enlarging = size[0] >= h and size[1] >= w
+    antialias = not (interpolation == "bilinear" and enlarging)
+    return F.interpolate(images, size=tuple(size), mode=interpolation, antialias=antialias, align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------------

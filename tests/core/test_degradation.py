@@ -181,7 +181,7 @@ def test_resize_matches_pillow_antialiased(mode, chelsea):
         "bilinear": Image.Resampling.BILINEAR,
         "bicubic": Image.Resampling.BICUBIC,
     }[mode]
-    for size in [(97, 143), (300, 451), (420, 700)]:
+    for size in [(97, 143), (300, 451), (420, 700), (337, 507), (600, 902)]:  # shrink, same, enlarge
         out = apply_resize(chelsea, size, mode)[0]
         assert out.shape == (3, *size)
         for c in range(3):
@@ -448,3 +448,16 @@ def test_cuda_matches_cpu_except_noise(astronaut):
     assert psnr(gpu_out.cpu(), cpu_out) > 45
     noisy = degrade(astronaut.to(cuda), manual_params(noise_sigma=0.1, seed=3)).images
     assert torch.equal(noisy, degrade(astronaut.to(cuda), manual_params(noise_sigma=0.1, seed=3)).images)
+
+
+def test_pipeline_equals_the_per_image_reference():
+    """The batched pipeline and the BasicSR-style per-image reference (OpenCV blur and JPEG, Pillow
+    resize) agree on paper-preset draws, with the library's noise fields fed to both."""
+    from spire_core.bench.degradation import benchmark_images, check_equality
+
+    generator = gen(3)
+    images = benchmark_images(6, 192, generator)
+    params = sample_params(PRESETS["paper"], generator, 6)
+    report = check_equality(images, params)
+    assert report["equal"], report
+    assert report["without_jpeg"]["min_psnr_db"] >= 80
