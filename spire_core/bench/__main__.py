@@ -1,6 +1,6 @@
 """Performance benchmarks; each writes a JSON result.
 
-    python -m spire_core.bench degradation [--device cpu|cuda] [--batch 16] [--size 512] [--out results/]
+python -m spire_core.bench degradation [--device cpu|cuda] [--batch 16] [--size 512] [--out results/]
 """
 
 from __future__ import annotations
@@ -29,8 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark == "degradation":
         from .degradation import run
 
-        result = run(batch=args.batch, size=args.size, preset=args.preset, seed=args.seed, repeats=args.repeats,
-                     device=args.device, reference=not args.no_reference)
+        result = run(
+            batch=args.batch,
+            size=args.size,
+            preset=args.preset,
+            seed=args.seed,
+            repeats=args.repeats,
+            device=args.device,
+            reference=not args.no_reference,
+        )
         name = f"degradation-{result['machine']['device'].split(':')[0]}"
     path = write_result(name, result, args.out)
     sys.stdout.write(json.dumps(result, indent=2) + f"\nwrote {path}\n")

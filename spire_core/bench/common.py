@@ -72,7 +72,11 @@ def interleaved(
 
 def summarize(seconds: list[float], items: int) -> dict[str, Any]:
     median = statistics.median(seconds)
-    return {"seconds": [round(s, 4) for s in seconds], "median_s": round(median, 4), "items_per_s": round(items / median, 2)}
+    return {
+        "seconds": [round(s, 4) for s in seconds],
+        "median_s": round(median, 4),
+        "items_per_s": round(items / median, 2),
+    }
 
 
 def write_result(name: str, result: dict[str, Any], out_dir: Path | None = None) -> Path:

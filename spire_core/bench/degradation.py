@@ -84,15 +84,23 @@ def check_equality(images: torch.Tensor, params: list) -> dict[str, Any]:
             "max_fraction_off_by_more_than_1e-4": worst_fraction,
             "max_abs_diff": max_abs,
         },
-        "with_jpeg": {"min_psnr_db": round(min(jpeg_psnrs), 1), "median_psnr_db": round(float(np.median(jpeg_psnrs)), 1)},
+        "with_jpeg": {
+            "min_psnr_db": round(min(jpeg_psnrs), 1),
+            "median_psnr_db": round(float(np.median(jpeg_psnrs)), 1),
+        },
         "criteria": "without JPEG: PSNR >= 80 dB and <= 1e-4 of values off by > 1e-4; with JPEG: PSNR >= 50 dB",
         "equal": worst_psnr >= 80 and worst_fraction <= 1e-4 and min(jpeg_psnrs) >= 50,
     }
 
 
 def run(
-    batch: int = 16, size: int = 512, preset: str = "paper", seed: int = 0, repeats: int = 5,
-    device: str = "cpu", reference: bool = True,
+    batch: int = 16,
+    size: int = 512,
+    preset: str = "paper",
+    seed: int = 0,
+    repeats: int = 5,
+    device: str = "cpu",
+    reference: bool = True,
 ) -> dict[str, Any]:
     """Measure and return the result dict (see the module docstring)."""
     dev = torch.device(device)
