@@ -129,6 +129,9 @@ def _boot(root: Path, base: Path) -> Comfy:
     loaded = asyncio.run(nodes.load_custom_node(str(link), module_parent="custom_nodes"))
     if not loaded:
         raise RuntimeError(f"ComfyUI could not load the pack from {link}; see the log above")
+    from spire_test_support.tiny_comfy import TEST_NODES
+
+    nodes.NODE_CLASS_MAPPINGS.update(TEST_NODES)  # test-only stand-ins for model loaders (tiny random models)
     return Comfy(root, base, core_node_ids)
 
 

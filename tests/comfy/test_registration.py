@@ -10,6 +10,9 @@ FROZEN_NODE_IDS = {
     "SPIRE_DegradeImage",
     "SPIRE_RestorationPrompt",
     "SPIRE_ParseRestorationPrompt",
+    "SPIRE_AdaptorLoader",
+    "SPIRE_ApplyAdaptor",
+    "SPIRE_EncodeRestorationPrompt",
 }
 """Node ids are frozen once a workflow ships; a change goes to a new ``...V2`` id."""
 

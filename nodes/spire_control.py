@@ -1,0 +1,155 @@
+"""The SPIRE adaptor as a ComfyUI control object (design.md section 3; comfyui-internals.md section 5, option B).
+
+``SpireControl`` travels as the core ``CONTROL_NET`` type. ComfyUI calls ``get_control`` once per model
+call; it runs the adaptor on the noisy latent, the timestep, the degraded image (hint) and the
+restoration-prompt embedding (``crossattn_controlnet``), and
+
+- modulation fusion (SPIRE): registers an ``output_block_patch`` on a copy of
+  ``transformer_options["patches"]`` that turns each skip ``hsp`` into ``hsp * (1 + s*gamma) + s*beta``
+  (and ``h`` at output block 0, the middle-block output, likewise), then returns the previous control
+  in the chain unchanged: nothing additive;
+- additive fusion (plain ControlNet, for ablations): returns ControlNet-style residuals merged with
+  the previous control, as ComfyUI's own ControlNet does.
+
+It relies on ``get_control`` receiving the very ``transformer_options`` dict that then reaches the
+UNet (true in ``comfy.samplers._calc_cond_batch``); a test pins that.
+"""
+
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+import torch
+from comfy.controlnet import ControlBase, broadcast_image_to
+
+HINT_UPSCALE = "bicubic"
+"""How the degraded image is resized to the output size when they differ ("Upsample by Nx")."""
+
+
+class SpireModulationPatch:
+    """``output_block_patch``: modulate the skip (and, at output block 0, the middle feature).
+
+    Args:
+        gammas, betas: per UNet input block j (0 = after conv_in), (B, C_j, H_j, W_j).
+        gamma_mid, beta_mid: for the middle-block output.
+        strength: s in ``f * (1 + s*gamma) + s*beta``.
+    """
+
+    def __init__(self, gammas, betas, gamma_mid, beta_mid, strength: float) -> None:
+        self.gammas = gammas
+        self.betas = betas
+        self.gamma_mid = gamma_mid
+        self.beta_mid = beta_mid
+        self.strength = strength
+
+    @staticmethod
+    def _modulate(feature: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, s: float) -> torch.Tensor:
+        gamma = gamma.to(feature.dtype)
+        beta = beta.to(feature.dtype)
+        if gamma.shape != feature.shape:
+            raise RuntimeError(
+                f"SPIRE adaptor output {tuple(gamma.shape)} does not fit the UNet feature {tuple(feature.shape)}: "
+                "the adaptor was made for a different base model"
+            )
+        return feature * (1 + s * gamma) + s * beta
+
+    def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
+        block = transformer_options.get("block", ("output", 0))
+        index = len(self.gammas) - 1 - block[1]  # output block k receives the skip of input block N-1-k
+        s = self.strength
+        hsp = self._modulate(hsp, self.gammas[index], self.betas[index], s)
+        if block[1] == 0:
+            h = self._modulate(h, self.gamma_mid, self.beta_mid, s)
+        return h, hsp
+
+
+class SpireControl(ControlBase):
+    """A ComfyUI control object running a SPIRE adaptor (see the module docstring).
+
+    Args:
+        adaptor: the ComfyUI-layout adaptor module (``adaptor_model.ComfyAdaptor``), built with comfy.ops.
+        load_device: where to run it; ``ModelPatcher`` moves it there (and offloads it) like a ControlNet.
+        manual_cast_dtype: compute dtype when the weights are stored in another dtype.
+        info: metadata of the adaptor file (fusion, base family, prompt grammar, ...), for errors and UI.
+    """
+
+    def __init__(self, adaptor=None, load_device=None, manual_cast_dtype=None, info=None) -> None:
+        super().__init__()
+        self.adaptor = adaptor
+        self.load_device = load_device
+        self.manual_cast_dtype = manual_cast_dtype
+        self.info = dict(info or {})
+        self.upscale_algorithm = HINT_UPSCALE
+        self.model_sampling_current = None
+        self.base_model_config = None
+        if adaptor is not None:
+            self.adaptor_patcher = comfy.model_patcher.ModelPatcher(
+                adaptor, load_device=load_device, offload_device=comfy.model_management.unet_offload_device()
+            )
+
+    # -- the ControlBase protocol ------------------------------------------------------------------
+    def copy(self) -> SpireControl:
+        c = SpireControl(None, load_device=self.load_device, manual_cast_dtype=self.manual_cast_dtype, info=self.info)
+        c.adaptor = self.adaptor
+        c.adaptor_patcher = self.adaptor_patcher
+        self.copy_to(c)
+        return c
+
+    def get_models(self):
+        return [*super().get_models(), self.adaptor_patcher]
+
+    def pre_run(self, model, percent_to_timestep_function) -> None:
+        super().pre_run(model, percent_to_timestep_function)
+        self.adaptor.check_fits(model)
+        self.model_sampling_current = model.model_sampling
+
+    def cleanup(self) -> None:
+        self.model_sampling_current = None
+        super().cleanup()
+
+    def inference_memory_requirements(self, dtype) -> int:
+        # activations of the trunk are of the order of the UNet encoder's; gammas/betas add one set of skips
+        return super().inference_memory_requirements(dtype)
+
+    # -- running the adaptor -----------------------------------------------------------------------
+    def _hint(self, x_noisy: torch.Tensor, batched_number: int, dtype) -> torch.Tensor:
+        height, width = x_noisy.shape[-2] * self.compression_ratio, x_noisy.shape[-1] * self.compression_ratio
+        if self.cond_hint is None or tuple(self.cond_hint.shape[-2:]) != (height, width):
+            hint = self.cond_hint_original
+            if tuple(hint.shape[-2:]) != (height, width):  # "Upsample by Nx": the degraded image at output size
+                hint = comfy.utils.common_upscale(hint, width, height, self.upscale_algorithm, "center")
+            self.cond_hint = hint.to(device=x_noisy.device, dtype=dtype)
+        if self.cond_hint.shape[0] != x_noisy.shape[0]:
+            return broadcast_image_to(self.cond_hint, x_noisy.shape[0], batched_number)
+        return self.cond_hint
+
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+        control_prev = None
+        if self.previous_controlnet is not None:
+            control_prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
+            return control_prev
+        context = cond.get("crossattn_controlnet")
+        if context is None:
+            raise ValueError(
+                "The SPIRE adaptor needs a restoration prompt on the conditioning. Use 'Apply Adaptor (SPIRE)', or "
+                "'Encode Restoration Prompt (SPIRE)' / core 'CLIPTextEncodeControlnet' on the conditioning "
+                "before 'Apply ControlNet'."
+            )
+        dtype = self.manual_cast_dtype if self.manual_cast_dtype is not None else self.adaptor.dtype
+        hint = self._hint(x_noisy, batched_number, dtype)
+        timestep = self.model_sampling_current.timestep(t).to(dtype)
+        x = self.model_sampling_current.calculate_input(t, x_noisy).to(dtype)
+        context = comfy.model_management.cast_to_device(context, x_noisy.device, dtype)
+        out = self.adaptor(x=x, hint=hint, timesteps=timestep, context=context)
+        if self.adaptor.fusion == "additive":
+            control = {"output": out["output"], "middle": out["middle"]}
+            return self.control_merge(control, control_prev, output_dtype=None)
+        patches = dict(transformer_options.get("patches", {}))
+        patches["output_block_patch"] = [
+            *patches.get("output_block_patch", []),
+            SpireModulationPatch(out["gamma"], out["beta"], out["gamma_mid"], out["beta_mid"], self.strength),
+        ]
+        transformer_options["patches"] = patches
+        return control_prev

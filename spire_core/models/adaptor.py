@@ -1,0 +1,230 @@
+"""``SpireAdaptor``: a ControlNet-like trunk whose features modulate the frozen UNet's skip features.
+
+The trunk is a diffusers ``ControlNetModel`` (copy of the base UNet's encoder and middle block, the
+pixel-space hint encoder for the degraded image y, cross-attention fed with the restoration prompt).
+With ``fusion="modulation"`` (SPIRE) the trunk's own zero convolutions are replaced by identities so
+``ControlNetModel.forward`` returns the raw trunk features f_con; zero-initialised 1x1 heads turn them
+into gamma_j and beta_j for each encoder skip j and for the middle block, which then act on the frozen
+UNet as ``f_j <- f_j * (1 + s*gamma_j) + s*beta_j`` (see ``fusion.py``). A fresh adaptor is an exact
+identity. With ``fusion="additive"`` the standard ControlNet zero convolutions stay and their outputs
+are residuals added to the skips (plain ControlNet, for ablations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from diffusers import ControlNetModel
+from torch import nn
+
+from ..prompt import GRAMMAR_VERSION
+from .config import DEFAULT_HINT_CHANNELS, AdaptorConfig, check_unet_supported, infer_base_family
+
+HEAD_PREFIX = "spire_"
+"""File-key prefix of the modulation heads (``spire_gamma_down.0.weight``); trunk keys carry no prefix."""
+
+HEAD_NAMES = ("gamma_down", "beta_down", "gamma_mid", "beta_mid")
+"""Attribute names of the modulation heads on ``SpireAdaptor`` (modulation fusion only)."""
+
+
+@dataclass
+class SpireControlOutput:
+    """What the adaptor computed for one UNet call.
+
+    Attributes:
+        fusion: ``"modulation"`` or ``"additive"``: which fields are set.
+        gamma_down, beta_down: modulation only; one (B, C_j, H_j, W_j) tensor per encoder skip j, in the
+            order diffusers collects ``down_block_res_samples`` (conv_in first).
+        gamma_mid, beta_mid: modulation only; (B, C_mid, H_mid, W_mid) for the middle-block output.
+        down_residuals, mid_residual: additive only; ControlNet residuals in the same order/shapes.
+    """
+
+    fusion: str
+    gamma_down: list[torch.Tensor] | None = None
+    beta_down: list[torch.Tensor] | None = None
+    gamma_mid: torch.Tensor | None = None
+    beta_mid: torch.Tensor | None = None
+    down_residuals: list[torch.Tensor] | None = None
+    mid_residual: torch.Tensor | None = None
+
+    @property
+    def num_skips(self) -> int:
+        """Number of encoder skips this output acts on."""
+        return len(self.gamma_down if self.fusion == "modulation" else self.down_residuals)
+
+
+def _zero_conv(channels: int) -> nn.Conv2d:
+    conv = nn.Conv2d(channels, channels, kernel_size=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _as_batch(tensor: torch.Tensor, batch: int, name: str, shape_doc: str) -> torch.Tensor:
+    if tensor.shape[0] == batch:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(batch, *tensor.shape[1:])
+    raise ValueError(f"{name} has batch {tensor.shape[0]} but sample has batch {batch}; expected {shape_doc}")
+
+
+class SpireAdaptor(nn.Module):
+    """The trainable SPIRE adaptor (trunk + modulation heads).
+
+    Attributes:
+        config: the ``AdaptorConfig`` it was built from.
+        controlnet: the diffusers ``ControlNetModel`` trunk. In modulation fusion its
+            ``controlnet_down_blocks`` and ``controlnet_mid_block`` are ``nn.Identity`` (no weights).
+        gamma_down, beta_down: modulation only; ``nn.ModuleList`` of zero-initialised 1x1 convs, C_j -> C_j,
+            one per encoder skip.
+        gamma_mid, beta_mid: modulation only; zero-initialised 1x1 convs on the middle-block features.
+    """
+
+    def __init__(self, config: AdaptorConfig, controlnet: ControlNetModel | None = None) -> None:
+        """Build an adaptor from ``config``: a random trunk (or ``controlnet``, a ``ControlNetModel`` built
+        from ``config.controlnet_config`` with its zero convs still in place) and zero heads. See
+        ``from_unet`` for a trunk copied from a base UNet and ``checkpoint.load_adaptor`` for trained weights."""
+        super().__init__()
+        self.config = config
+        self.controlnet = ControlNetModel.from_config(config.controlnet_config) if controlnet is None else controlnet
+        self._setup_fusion()
+
+    def _setup_fusion(self) -> None:
+        if self.config.fusion != "modulation":
+            return
+        skip_channels = [conv.in_channels for conv in self.controlnet.controlnet_down_blocks]
+        mid_channels = self.controlnet.controlnet_mid_block.in_channels
+        # Identity "zero convs" make ControlNetModel.forward return the raw trunk features f_con.
+        self.controlnet.controlnet_down_blocks = nn.ModuleList(nn.Identity() for _ in skip_channels)
+        self.controlnet.controlnet_mid_block = nn.Identity()
+        self.gamma_down = nn.ModuleList(_zero_conv(c) for c in skip_channels)
+        self.beta_down = nn.ModuleList(_zero_conv(c) for c in skip_channels)
+        self.gamma_mid = _zero_conv(mid_channels)
+        self.beta_mid = _zero_conv(mid_channels)
+
+    @classmethod
+    def from_unet(
+        cls,
+        unet: nn.Module,
+        fusion: str = "modulation",
+        base_family: str | None = None,
+        prediction_type: str = "epsilon",
+        text_encoder_layer: str | None = None,
+        prompt_grammar_version: int = GRAMMAR_VERSION,
+        hint_channels: int = DEFAULT_HINT_CHANNELS,
+    ) -> SpireAdaptor:
+        """A fresh adaptor whose trunk copies ``unet``'s weights (``ControlNetModel.from_unet``); zero heads.
+
+        Args:
+            unet: a diffusers ``UNet2DConditionModel`` (SD1.x/SD2.x style); it is not modified.
+            fusion: ``"modulation"`` (SPIRE) or ``"additive"`` (plain ControlNet).
+            base_family: ``"sd1"``, ``"sd2"`` or ``"custom"``; ``None`` infers it from the UNet config.
+            prediction_type: what ``unet`` predicts (``"epsilon"`` or ``"v_prediction"``).
+            text_encoder_layer: CLIP layer for the restoration prompt; ``None``: the family default.
+            prompt_grammar_version: restoration-prompt grammar version the adaptor will be trained with.
+            hint_channels: channels of the hint image.
+
+        Returns:
+            The adaptor in float32 on the CPU (move it with ``.to``); an exact identity on the UNet.
+        """
+        check_unet_supported(unet.config)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_channels=hint_channels).float().cpu()
+        config = AdaptorConfig(
+            controlnet_config=dict(controlnet.config),  # private "_..." keys are dropped by AdaptorConfig
+            fusion=fusion,
+            base_family=base_family or infer_base_family(unet.config),
+            prediction_type=prediction_type,
+            text_encoder_layer=text_encoder_layer,
+            prompt_grammar_version=prompt_grammar_version,
+            hint_channels=hint_channels,
+        )
+        return cls(config, controlnet)
+
+    @property
+    def fusion(self) -> str:
+        """``"modulation"`` or ``"additive"``."""
+        return self.config.fusion
+
+    @property
+    def num_skips(self) -> int:
+        """Number of encoder skips the adaptor acts on (12 for SD1/SD2)."""
+        return len(self.controlnet.controlnet_down_blocks)
+
+    @property
+    def hint_downscale(self) -> int:
+        """How much smaller the latent is than the hint: 2 ** (number of hint-encoder stages - 1) (8)."""
+        return 2 ** (len(self.controlnet.config.conditioning_embedding_out_channels) - 1)
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the modulation heads (none in additive fusion)."""
+        for name in HEAD_NAMES:
+            module = getattr(self, name, None)
+            if module is not None:
+                yield from module.parameters()
+
+    def trunk_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the ControlNet trunk (in additive fusion, including its zero convs)."""
+        return self.controlnet.parameters()
+
+    def file_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict with on-disk key names: trunk keys as ``ControlNetModel.state_dict()`` (no prefix),
+        head keys prefixed ``spire_`` (``spire_gamma_down.0.weight``)."""
+        state = {key: value for key, value in self.controlnet.state_dict().items()}
+        for name in HEAD_NAMES:
+            module = getattr(self, name, None)
+            if module is not None:
+                state.update({f"{HEAD_PREFIX}{name}.{k}": v for k, v in module.state_dict().items()})
+        return state
+
+    def load_file_state_dict(self, state: dict[str, torch.Tensor], assign: bool = False) -> None:
+        """Load a state dict with on-disk key names (see ``file_state_dict``); strict on keys and shapes."""
+        module_state = {
+            (key[len(HEAD_PREFIX) :] if key.startswith(HEAD_PREFIX) else f"controlnet.{key}"): value
+            for key, value in state.items()
+        }
+        self.load_state_dict(module_state, strict=True, assign=assign)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        restoration_embedding: torch.Tensor,
+        hint: torch.Tensor,
+    ) -> SpireControlOutput:
+        """Run the trunk (and heads) for one UNet call.
+
+        Args:
+            sample: (B, C_in, h, w) noisy latent exactly as the UNet sees it (C_in = 4 for SD).
+            timestep: UNet timestep units (0..999 for SD): a scalar or a (B,) tensor.
+            restoration_embedding: (B, T, D) CLIP hidden states of the restoration prompt (T = 77, D = the
+                base's cross-attention dim); batch 1 is broadcast.
+            hint: (B, 3, 8h, 8w) degraded image, float in [0, 1], in the trunk's dtype; batch 1 is broadcast.
+
+        Returns:
+            ``SpireControlOutput`` with per-skip gamma/beta (modulation) or residuals (additive), each with
+            the shape of the corresponding UNet skip feature.
+        """
+        batch, _, height, width = sample.shape
+        restoration_embedding = _as_batch(restoration_embedding, batch, "restoration_embedding", "(B, T, D)")
+        hint = _as_batch(hint, batch, "hint", "(B, 3, 8h, 8w)")
+        factor = self.hint_downscale
+        if hint.dim() != 4 or tuple(hint.shape[2:]) != (height * factor, width * factor):
+            raise ValueError(
+                f"hint has shape {tuple(hint.shape)} but the latent is {height}x{width}; expected "
+                f"(B, {self.config.hint_channels}, {height * factor}, {width * factor}): the degraded image at "
+                f"the output resolution ({factor}x the latent size)"
+            )
+        down, mid = self.controlnet(
+            sample, timestep, encoder_hidden_states=restoration_embedding, controlnet_cond=hint, return_dict=False
+        )
+        if self.fusion == "additive":
+            return SpireControlOutput(fusion="additive", down_residuals=list(down), mid_residual=mid)
+        return SpireControlOutput(
+            fusion="modulation",
+            gamma_down=[head(f) for head, f in zip(self.gamma_down, down)],
+            beta_down=[head(f) for head, f in zip(self.beta_down, down)],
+            gamma_mid=self.gamma_mid(mid),
+            beta_mid=self.beta_mid(mid),
+        )

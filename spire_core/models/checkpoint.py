@@ -1,0 +1,241 @@
+"""The one on-disk adaptor format: ``.safetensors`` with diffusers ``ControlNetModel`` keys plus SPIRE heads.
+
+Keys: the ``ControlNetModel`` state-dict keys without prefix (``conv_in.weight``,
+``controlnet_cond_embedding.conv_in.weight``, ``time_embedding.linear_1.weight``, ``down_blocks.0...``,
+``mid_block...``; ``controlnet_down_blocks.*`` and ``controlnet_mid_block.*`` only for additive fusion)
+plus, for modulation fusion, ``spire_gamma_down.{j}.weight|bias``, ``spire_beta_down.{j}.weight|bias``,
+``spire_gamma_mid.weight|bias`` and ``spire_beta_mid.weight|bias``. Metadata (strings): ``format: pt`` and
+the ``spire.*`` keys of ``AdaptorConfig.to_metadata``. Reading validates everything against the config
+before any tensor is loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .adaptor import HEAD_PREFIX, SpireAdaptor
+from .config import AdaptorConfig
+from .files import (
+    FLOAT_DTYPES,
+    SD_CHECKPOINT,
+    SPIRE_ADAPTOR,
+    WHERE_FILES_GO,
+    AdaptorFileError,
+    SafetensorsHeader,
+    identify,
+    read_safetensors_header,
+)
+
+_LISTED = 5  # how many offending keys an error message names
+
+
+def save_adaptor(
+    adaptor: SpireAdaptor, path: str | os.PathLike, extra_metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``adaptor`` atomically (temporary file in the same folder, then ``os.replace``).
+
+    Args:
+        adaptor: the adaptor; tensors are written in their current dtype.
+        path: destination ``.safetensors`` file.
+        extra_metadata: more string metadata (e.g. training step); may not override ``format`` or ``spire.*``
+            keys written from the config.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    metadata = {"format": "pt", **adaptor.config.to_metadata()}
+    for key, value in (extra_metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"extra_metadata must map str to str; got {key!r}: {type(value).__name__}")
+        if key in metadata:
+            raise ValueError(f"extra_metadata may not override {key!r} (it is written from the adaptor's config)")
+        metadata[key] = value
+    tensors = {key: value.detach().contiguous().cpu() for key, value in adaptor.file_state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return path
+
+
+def expected_file_shapes(config: AdaptorConfig) -> dict[str, tuple[int, ...]]:
+    """File key -> tensor shape of an adaptor with this config (built on the meta device: no memory, no init)."""
+    with torch.device("meta"):
+        adaptor = SpireAdaptor(config)
+    return {key: tuple(value.shape) for key, value in adaptor.file_state_dict().items()}
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LISTED])
+    return shown + (f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else "")
+
+
+def validate_adaptor_header(header: SafetensorsHeader) -> AdaptorConfig:
+    """Check a parsed header is a SPIRE adaptor consistent with its own metadata; no tensor is read.
+
+    Returns:
+        The adaptor's config.
+
+    Raises:
+        AdaptorFileError: saying what the file is, what was expected and where the right file goes.
+    """
+    kind, description = identify(header)
+    if kind != SPIRE_ADAPTOR:
+        advice = {
+            SD_CHECKPOINT: "Load it with the checkpoint loader; a SPIRE adaptor is trained from it (or initialised "
+            "with `python -m spire_core.models init --base <checkpoint> --out adaptor.safetensors`).",
+        }.get(kind, "")
+        raise AdaptorFileError(
+            f"{header.path} is {description}, not a SPIRE adaptor: a SPIRE adaptor is a .safetensors file with "
+            f"spire.* metadata and SPIRE modulation heads. {advice} {WHERE_FILES_GO}".replace("  ", " ")
+        )
+    try:
+        config = AdaptorConfig.from_metadata(header.metadata)
+    except (ValueError, TypeError) as error:
+        raise AdaptorFileError(f"{header.path} has invalid SPIRE metadata: {error}") from None
+    expected = expected_file_shapes(config)
+    found = header.shapes()
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        parts = [f"missing {len(missing)} keys ({_listing(missing)})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected keys ({_listing(unexpected)})"] if unexpected else []
+        raise AdaptorFileError(
+            f"{header.path} does not match its own SPIRE metadata (fusion={config.fusion}, base_family="
+            f"{config.base_family}): {'; '.join(parts)}. The file is damaged or was written by an incompatible tool."
+        )
+    wrong = [f"{key}: file {found[key]}, expected {expected[key]}" for key in expected if found[key] != expected[key]]
+    if wrong:
+        raise AdaptorFileError(
+            f"{header.path} has {len(wrong)} tensors whose shape does not match its SPIRE metadata: "
+            f"{_listing(wrong)}. The file is damaged or was written by an incompatible tool."
+        )
+    not_float = [key for key, info in header.tensors.items() if info["dtype"] not in FLOAT_DTYPES]
+    if not_float:
+        raise AdaptorFileError(f"{header.path} has non-floating-point weights: {_listing(not_float)}")
+    return config
+
+
+def read_adaptor_file(path: str | os.PathLike) -> tuple[AdaptorConfig, dict[str, torch.Tensor]]:
+    """Validate a SPIRE adaptor file, then load its tensors (on the CPU, in the stored dtypes).
+
+    Validation happens on the header alone, before any tensor is read: the file must be safetensors (not a
+    pickle, not truncated), carry ``spire.*`` metadata of a supported format version, and hold exactly the
+    keys and shapes its config implies, all floating point.
+
+    Returns:
+        (config, state dict with file key names).
+
+    Raises:
+        AdaptorFileError: saying what the file is, what was expected and where the right file goes.
+    """
+    header = read_safetensors_header(path, error=AdaptorFileError)
+    config = validate_adaptor_header(header)
+    return config, load_file(str(header.path))
+
+
+def load_adaptor(
+    path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> SpireAdaptor:
+    """Validate and load a SPIRE adaptor file.
+
+    Args:
+        path: the ``.safetensors`` adaptor.
+        device: where to put it (default CPU).
+        dtype: floating dtype to cast to (default: as stored).
+
+    Returns:
+        The ``SpireAdaptor`` in eval mode.
+    """
+    config, state = read_adaptor_file(path)
+    with torch.device("meta"):
+        adaptor = SpireAdaptor(config)
+    adaptor.load_file_state_dict(state, assign=True)
+    leftover = [name for name, t in [*adaptor.named_parameters(), *adaptor.named_buffers()] if t.is_meta]
+    if leftover:  # pragma: no cover - every parameter is in the validated file; buffers would need init
+        raise RuntimeError(f"adaptor tensors were not loaded: {leftover[:_LISTED]}")
+    return adaptor.to(device=device, dtype=dtype).eval()
+
+
+def _per_level(value: Any, levels: int) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value] * levels
+
+
+def _unet_defaults() -> dict[str, Any]:
+    from diffusers import UNet2DConditionModel
+
+    signature = inspect.signature(UNet2DConditionModel.__init__)
+    return {name: p.default for name, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def _structure(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    def get(key: str) -> Any:
+        return config[key] if key in config else defaults.get(key)
+
+    levels = len(get("block_out_channels"))
+    heads = get("num_attention_heads") or get("attention_head_dim")
+    return {
+        "in_channels": get("in_channels"),
+        "block_out_channels": list(get("block_out_channels")),
+        "layers_per_block": get("layers_per_block"),
+        "down_block_types": list(get("down_block_types")),
+        "mid_block_type": get("mid_block_type"),
+        "cross_attention_dim": get("cross_attention_dim"),
+        "transformer_layers_per_block": _per_level(get("transformer_layers_per_block"), levels),
+        "attention heads": _per_level(heads, levels),
+        "use_linear_projection": bool(get("use_linear_projection")),
+        "only_cross_attention": _per_level(get("only_cross_attention"), levels),
+        "norm_num_groups": get("norm_num_groups"),
+        "class_embed_type": get("class_embed_type"),
+        "addition_embed_type": get("addition_embed_type"),
+    }
+
+
+def check_fits_unet(config: AdaptorConfig, unet_config: Mapping[str, Any]) -> None:
+    """Raise ``AdaptorFileError`` unless the adaptor's trunk has the structure of this base UNet.
+
+    Args:
+        config: the adaptor's config.
+        unet_config: a diffusers ``UNet2DConditionModel`` config (``unet.config`` or a dict; missing keys mean
+            diffusers' defaults).
+
+    Raises:
+        AdaptorFileError: naming every mismatching field (channels, layers, block types, cross-attention
+            dim, transformer depth, attention heads, projection type, ...).
+    """
+    defaults = _unet_defaults()
+    adaptor = _structure(json.loads(json.dumps(config.controlnet_config)), defaults)
+    base = _structure(json.loads(json.dumps(dict(unet_config), default=str)), defaults)
+    mismatches = [f"{key}: adaptor {adaptor[key]}, base {base[key]}" for key in adaptor if adaptor[key] != base[key]]
+    if mismatches:
+        raise AdaptorFileError(
+            f"this SPIRE adaptor (base family {config.base_family!r}) does not fit the base model's UNet: "
+            f"{'; '.join(mismatches)}. Use the base checkpoint the adaptor was trained from (or one of the same "
+            "family and architecture)."
+        )
+
+
+def adaptor_parameter_counts(header_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """{"trunk", "heads", "total"} parameter counts from file key -> shape."""
+    heads = sum(math.prod(s) for k, s in header_shapes.items() if k.startswith(HEAD_PREFIX))
+    total = sum(math.prod(s) for s in header_shapes.values())
+    return {"trunk": total - heads, "heads": heads, "total": total}

@@ -1,0 +1,304 @@
+"""``AdaptorConfig``: everything needed to rebuild a SPIRE adaptor, and how it is written as metadata.
+
+The adaptor trunk is a diffusers ``ControlNetModel``; ``controlnet_config`` holds the keyword arguments
+that rebuild it with ``ControlNetModel.from_config`` (derived from the base UNet's config exactly as
+``ControlNetModel.from_unet`` derives them). The remaining fields record how the adaptor was trained
+(base family, prediction type, text-encoder layer for the restoration prompt, prompt-grammar version)
+so that a loader can check them. Project defaults are in ``reference/spire-paper.md`` section 10.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..prompt import GRAMMAR_VERSION
+
+FORMAT_VERSION = 1
+"""Version of the on-disk adaptor format (``spire.format_version``); readers refuse other versions."""
+
+FUSIONS = ("modulation", "additive")
+"""``modulation``: SPIRE, ``f <- f * (1 + s*gamma) + s*beta``; ``additive``: plain ControlNet residuals."""
+
+BASE_FAMILIES = ("sd1", "sd2", "custom")
+"""Base model families: SD 1.x (CLIP ViT-L, 768-d context), SD 2.x (OpenCLIP ViT-H, 1024-d), anything else."""
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+"""What the base UNet predicts (diffusers scheduler names)."""
+
+TEXT_ENCODER_LAYERS = ("last", "penultimate")
+"""Which CLIP hidden state encodes the restoration prompt: the last layer, or the one before it."""
+
+DEFAULT_TEXT_ENCODER_LAYER = {"sd1": "last", "sd2": "penultimate", "custom": "last"}
+"""The text-encoder layer each family's own pipelines use for prompts (SD2 uses the penultimate layer)."""
+
+DEFAULT_HINT_CHANNELS = 3
+"""The degraded image y enters as RGB in [0, 1]."""
+
+HINT_ENCODER_CHANNELS = (16, 32, 96, 256)
+"""Channels of the pixel-space hint encoder (diffusers ``ControlNetConditioningEmbedding``; paper section 10, #4)."""
+
+META_PREFIX = "spire."
+"""Prefix of every SPIRE metadata key in the safetensors header."""
+
+# UNet config fields ControlNetModel.from_unet copies (same names on both sides).
+_COPIED_FROM_UNET = (
+    "in_channels",
+    "flip_sin_to_cos",
+    "freq_shift",
+    "down_block_types",
+    "only_cross_attention",
+    "block_out_channels",
+    "layers_per_block",
+    "downsample_padding",
+    "mid_block_scale_factor",
+    "act_fn",
+    "norm_num_groups",
+    "norm_eps",
+    "cross_attention_dim",
+    "attention_head_dim",
+    "num_attention_heads",
+    "use_linear_projection",
+    "class_embed_type",
+    "num_class_embeds",
+    "upcast_attention",
+    "resnet_time_scale_shift",
+    "projection_class_embeddings_input_dim",
+    "mid_block_type",
+)
+_COPIED_IF_PRESENT = {
+    "transformer_layers_per_block": 1,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "addition_embed_type": None,
+    "addition_time_embed_dim": None,
+}
+
+# UNet features an SD1.x/SD2.x-style trunk cannot mirror; value = the only supported setting.
+_UNSUPPORTED_UNET_SETTINGS = {
+    "addition_embed_type": None,
+    "class_embed_type": None,
+    "num_class_embeds": None,
+    "encoder_hid_dim_type": None,
+    "time_embedding_type": "positional",
+    "time_cond_proj_dim": None,
+    "conv_in_kernel": 3,
+    "dual_cross_attention": False,
+    "center_input_sample": False,
+}
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON round trip: tuples become lists, anything non-serialisable raises TypeError."""
+    return json.loads(json.dumps(value))
+
+
+def _controlnet_init_params() -> set[str]:
+    from diffusers import ControlNetModel
+
+    return set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
+
+
+def check_unet_supported(unet_config: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` if the UNet uses a feature an SD1.x/SD2.x-style adaptor trunk cannot copy.
+
+    Args:
+        unet_config: a diffusers ``UNet2DConditionModel`` config (``unet.config`` or its dict); missing
+            keys mean diffusers' defaults.
+    """
+    bad = [
+        f"{key}={unet_config[key]!r} (supported: {allowed!r})"
+        for key, allowed in _UNSUPPORTED_UNET_SETTINGS.items()
+        if key in unet_config and unet_config[key] != allowed
+    ]
+    if bad:
+        raise ValueError(
+            "SPIRE adaptors are built for SD1.x/SD2.x-style UNets (text cross-attention only, positional "
+            f"timestep embedding); this UNet has {', '.join(bad)}. SDXL, LCM-distilled, upscaler and "
+            "class-conditioned UNets are not supported."
+        )
+
+
+def controlnet_config_from_unet(
+    unet_config: Mapping[str, Any], hint_channels: int = DEFAULT_HINT_CHANNELS
+) -> dict[str, Any]:
+    """The ``ControlNetModel`` kwargs that ``ControlNetModel.from_unet`` would use for this UNet.
+
+    Args:
+        unet_config: a diffusers ``UNet2DConditionModel`` config.
+        hint_channels: channels of the hint image (3 for RGB).
+
+    Returns:
+        A JSON-serialisable dict (tuples as lists) accepted by ``ControlNetModel.from_config``.
+    """
+    check_unet_supported(unet_config)
+    config = {key: unet_config[key] for key in _COPIED_FROM_UNET}
+    config.update({key: unet_config.get(key, default) for key, default in _COPIED_IF_PRESENT.items()})
+    config.update(
+        controlnet_conditioning_channel_order="rgb",
+        conditioning_embedding_out_channels=list(HINT_ENCODER_CHANNELS),
+        conditioning_channels=hint_channels,
+        global_pool_conditions=False,
+        addition_embed_type_num_heads=64,
+    )
+    return _jsonable(config)
+
+
+def infer_base_family(unet_config: Mapping[str, Any]) -> str:
+    """``"sd1"``, ``"sd2"`` or ``"custom"`` from a diffusers UNet config.
+
+    SD 1.x: 768-d context and convolutional transformer projections; SD 2.x: 1024-d context and linear
+    projections; both with block channels (320, 640, 1280, 1280). Anything else (including tiny test
+    models) is ``"custom"``; pass the family explicitly where it matters.
+    """
+    channels = list(unet_config.get("block_out_channels", ()))
+    if channels != [320, 640, 1280, 1280]:
+        return "custom"
+    context = unet_config.get("cross_attention_dim")
+    linear = bool(unet_config.get("use_linear_projection", False))
+    if context == 768 and not linear:
+        return "sd1"
+    if context == 1024 and linear:
+        return "sd2"
+    return "custom"
+
+
+@dataclass(frozen=True)
+class AdaptorConfig:
+    """How to rebuild and how to use a SPIRE adaptor; written into the checkpoint's metadata.
+
+    Attributes:
+        controlnet_config: ``ControlNetModel.from_config`` kwargs (JSON-serialisable; tuples become lists).
+        fusion: ``"modulation"`` (SPIRE) or ``"additive"`` (plain ControlNet, for ablations).
+        base_family: ``"sd1"``, ``"sd2"`` or ``"custom"``.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"``: what the base UNet it was trained with predicts.
+        text_encoder_layer: ``"last"`` or ``"penultimate"``: CLIP layer encoding the restoration prompt;
+            ``None`` picks the family default (SD1 last, SD2 penultimate).
+        prompt_grammar_version: ``spire_core.prompt.GRAMMAR_VERSION`` the adaptor was trained with.
+        hint_channels: channels of the hint image (3: RGB in [0, 1]).
+        format_version: on-disk format version; only ``FORMAT_VERSION`` is accepted.
+    """
+
+    controlnet_config: dict[str, Any]
+    fusion: str = "modulation"
+    base_family: str = "custom"
+    prediction_type: str = "epsilon"
+    text_encoder_layer: str | None = None
+    prompt_grammar_version: int = GRAMMAR_VERSION
+    hint_channels: int = DEFAULT_HINT_CHANNELS
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        def choose(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+            if value not in allowed:
+                raise ValueError(f"AdaptorConfig.{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+        choose("fusion", self.fusion, FUSIONS)
+        choose("base_family", self.base_family, BASE_FAMILIES)
+        choose("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        if self.text_encoder_layer is None:
+            object.__setattr__(self, "text_encoder_layer", DEFAULT_TEXT_ENCODER_LAYER[self.base_family])
+        choose("text_encoder_layer", self.text_encoder_layer, TEXT_ENCODER_LAYERS)
+        for name in ("prompt_grammar_version", "hint_channels", "format_version"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"AdaptorConfig.{name} must be a positive integer; got {value!r}")
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"adaptor format version {self.format_version} is not supported: this version of SPIRE reads "
+                f"format {FORMAT_VERSION}. Update the SPIRE pack to load newer adaptors."
+            )
+        self._check_controlnet_config()
+
+    def _check_controlnet_config(self) -> None:
+        if not isinstance(self.controlnet_config, Mapping):
+            raise ValueError(
+                f"AdaptorConfig.controlnet_config must be a dict of ControlNetModel kwargs; got "
+                f"{type(self.controlnet_config).__name__}"
+            )
+        try:
+            config = _jsonable({k: v for k, v in self.controlnet_config.items() if not k.startswith("_")})
+        except TypeError as error:
+            raise ValueError(f"AdaptorConfig.controlnet_config must be JSON-serialisable: {error}") from None
+        unknown = sorted(set(config) - _controlnet_init_params())
+        if unknown:
+            raise ValueError(f"AdaptorConfig.controlnet_config has keys ControlNetModel does not accept: {unknown}")
+        required = ("block_out_channels", "down_block_types", "layers_per_block", "cross_attention_dim")
+        missing = [key for key in required if key not in config]
+        if missing:
+            raise ValueError(f"AdaptorConfig.controlnet_config lacks required keys {missing}")
+        if len(config["block_out_channels"]) != len(config["down_block_types"]):
+            raise ValueError(
+                "AdaptorConfig.controlnet_config: block_out_channels and down_block_types differ in length "
+                f"({config['block_out_channels']} vs {config['down_block_types']})"
+            )
+        channels = config.setdefault("conditioning_channels", self.hint_channels)
+        if channels != self.hint_channels:
+            raise ValueError(
+                f"AdaptorConfig: hint_channels={self.hint_channels} but controlnet_config.conditioning_channels="
+                f"{channels}; they must agree"
+            )
+        object.__setattr__(self, "controlnet_config", config)
+
+    def __hash__(self) -> int:  # controlnet_config is a dict; hash its canonical JSON instead
+        return hash((json.dumps(self.to_metadata(), sort_keys=True), self.format_version))
+
+    @property
+    def num_skips(self) -> int:
+        """Number of encoder skip features (12 for SD1/SD2): conv_in, then per level its layers and downsampler."""
+        levels = len(self.controlnet_config["block_out_channels"])
+        return 1 + levels * self.controlnet_config["layers_per_block"] + (levels - 1)
+
+    def to_metadata(self) -> dict[str, str]:
+        """The ``spire.*`` safetensors metadata (all values strings)."""
+        return {
+            f"{META_PREFIX}format_version": str(self.format_version),
+            f"{META_PREFIX}fusion": self.fusion,
+            f"{META_PREFIX}base_family": self.base_family,
+            f"{META_PREFIX}prediction_type": self.prediction_type,
+            f"{META_PREFIX}text_encoder_layer": str(self.text_encoder_layer),
+            f"{META_PREFIX}prompt_grammar_version": str(self.prompt_grammar_version),
+            f"{META_PREFIX}controlnet_config": json.dumps(self.controlnet_config, sort_keys=True),
+            f"{META_PREFIX}hint_channels": str(self.hint_channels),
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> AdaptorConfig:
+        """Parse ``to_metadata`` output; raise ``ValueError`` naming the missing or malformed key."""
+        required = ("format_version", "fusion", "base_family", "prediction_type", "controlnet_config")
+        missing = [f"{META_PREFIX}{key}" for key in required if f"{META_PREFIX}{key}" not in metadata]
+        if missing:
+            raise ValueError(f"metadata lacks {', '.join(missing)}")
+
+        def integer(key: str, default: int | None = None) -> int:
+            text = metadata.get(f"{META_PREFIX}{key}")
+            if text is None and default is not None:
+                return default
+            try:
+                return int(str(text))
+            except ValueError:
+                raise ValueError(f"metadata {META_PREFIX}{key}={text!r} is not an integer") from None
+
+        version = integer("format_version")
+        if version != FORMAT_VERSION:  # checked first: a newer format may name its fields differently
+            raise ValueError(
+                f"adaptor format version {version} is not supported: this version of SPIRE reads format "
+                f"{FORMAT_VERSION}. Update the SPIRE pack to load newer adaptors."
+            )
+        try:
+            controlnet_config = json.loads(metadata[f"{META_PREFIX}controlnet_config"])
+        except json.JSONDecodeError as error:
+            raise ValueError(f"metadata {META_PREFIX}controlnet_config is not valid JSON: {error}") from None
+        return cls(
+            controlnet_config=controlnet_config,
+            fusion=metadata[f"{META_PREFIX}fusion"],
+            base_family=metadata[f"{META_PREFIX}base_family"],
+            prediction_type=metadata[f"{META_PREFIX}prediction_type"],
+            text_encoder_layer=metadata.get(f"{META_PREFIX}text_encoder_layer"),
+            prompt_grammar_version=integer("prompt_grammar_version", GRAMMAR_VERSION),
+            hint_channels=integer("hint_channels", DEFAULT_HINT_CHANNELS),
+            format_version=version,
+        )

@@ -1,0 +1,208 @@
+"""The SPIRE adaptor inside the real ComfyUI: identity at init, equivalence with the diffusers path, gating,
+batching, chaining, and the transformer_options/model_options contracts (tiny SD1 eps / SD2 v models)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from spire_test_support import tiny_comfy
+
+from spire_core.models import SpireAdaptor, load_base_unet, predict_noise, save_adaptor
+
+FAMILIES = ("sd1", "sd2")
+FUSIONS = ("modulation", "additive")
+
+
+def randomize(adaptor: SpireAdaptor, seed: int, scale: float = 0.05) -> SpireAdaptor:
+    """Non-zero heads (modulation) or zero convs (additive), so the adaptor really acts."""
+    modules = (
+        [adaptor.gamma_down, adaptor.beta_down, adaptor.gamma_mid, adaptor.beta_mid]
+        if adaptor.fusion == "modulation"
+        else [adaptor.controlnet.controlnet_down_blocks, adaptor.controlnet.controlnet_mid_block]
+    )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return adaptor
+
+
+@pytest.fixture(scope="module")
+def adaptors(comfy, tmp_path_factory):
+    """(family, fusion, random?) -> (diffusers UNet, diffusers adaptor, file name in models/spire)."""
+    folder = comfy.models_dir("spire")
+    work = tmp_path_factory.mktemp("adaptor_models")
+    made = {}
+    for family in FAMILIES:
+        checkpoint = tiny_comfy.save_checkpoint(work / f"tiny_{family}.safetensors", family)
+        unet, info = load_base_unet(checkpoint, prediction_type="epsilon" if family == "sd1" else "v_prediction")
+        unet = unet.float().eval().requires_grad_(False)
+        for fusion in FUSIONS:
+            for random in (False, True):
+                adaptor = SpireAdaptor.from_unet(
+                    unet, fusion=fusion, base_family=family, prediction_type=info.prediction_type
+                ).eval()
+                if random:
+                    randomize(adaptor, seed=len(made))
+                name = f"{family}_{fusion}_{'random' if random else 'fresh'}.safetensors"
+                save_adaptor(adaptor, folder / name)
+                made[family, fusion, random] = (unet, adaptor, name)
+    return made
+
+
+def load_control(name: str):
+    import nodes  # ComfyUI's registry: the loader node exactly as ComfyUI registered it
+
+    return nodes.NODE_CLASS_MAPPINGS["SPIRE_AdaptorLoader"].execute(name).result[0]
+
+
+def comfy_denoised(
+    model, control, x, sigma, semantic, restoration, hint, strength=1.0, percent=(0.0, 1.0), extra_conds=None
+):
+    """One real ComfyUI model call through CFGGuider (cfg 1) and a one-call KSAMPLER: the denoised output at
+    ``sigma`` for the noisy latent ``x`` (the sampler sees exactly ``x``; the guider loads models, prepares
+    the controls and cleans them up as in any sampling run)."""
+    import comfy.samplers
+
+    cond_options = {"cross_attn_controlnet": restoration}
+    if control is not None:
+        cond_options["control"] = control.copy().set_cond_hint(hint, strength, percent)
+    cond_options.update(extra_conds or {})
+    seen = {}
+
+    def one_call(model_k, x_in, sigmas, extra_args=None, callback=None, disable=None):
+        seen["x"] = x_in.clone()
+        seen["out"] = model_k(x_in, sigmas[0] * x_in.new_ones(x_in.shape[0]), **(extra_args or {}))
+        return seen["out"]
+
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds([[semantic, cond_options]], [])
+    guider.set_cfg(1.0)
+    sigmas = torch.tensor([float(sigma), 0.0])
+    noise = x / float(sigma)  # EPS/V noise scaling at sigma with a zero latent gives exactly x
+    guider.sample(noise, torch.zeros_like(x), comfy.samplers.KSAMPLER(one_call), sigmas, disable_pbar=True, seed=0)
+    torch.testing.assert_close(seen["x"], x, rtol=0, atol=1e-5)
+    return seen["out"]
+
+
+def diffusers_denoised(model, unet, adaptor, x, sigma, semantic, restoration, hint, strength=1.0):
+    """The diffusers path (spire_core.models.predict_noise) mapped to ComfyUI's denoised output."""
+    sampling = model.model.model_sampling
+    sigma_t = torch.full((x.shape[0],), float(sigma))
+    timestep = sampling.timestep(sigma_t).float()
+    x_in = sampling.calculate_input(sigma_t, x)
+    with torch.no_grad():
+        if adaptor is None:
+            out = unet(x_in, timestep, encoder_hidden_states=semantic).sample
+        else:
+            out = predict_noise(unet, adaptor, x_in, timestep, semantic, restoration, hint, strength=strength)
+    return sampling.calculate_denoised(sigma_t, out, x)
+
+
+def inputs(family: str, batch: int = 1, size: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    dim = tiny_comfy.UNET_CONFIGS[family]["context_dim"]
+    x = torch.randn(batch, 4, size, size, generator=g) * 3.0
+    semantic = torch.randn(batch, 77, dim, generator=g)
+    restoration = torch.randn(batch, 77, dim, generator=g)
+    hint = torch.rand(batch, 3, 8 * size, 8 * size, generator=g)
+    return x, semantic, restoration, hint
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_base_unet_conversion_matches_comfy(comfy, adaptors, family):
+    """Sanity for everything below: the single-file checkpoint loads into diffusers with the same output."""
+    model = tiny_comfy.tiny_model(family)
+    unet = adaptors[family, "modulation", False][0]
+    x, semantic, _, _ = inputs(family)
+    ours = diffusers_denoised(model, unet, None, x, 2.5, semantic, None, None)
+    theirs = comfy_denoised(model, None, x, 2.5, semantic, None, None)
+    assert float((ours - theirs).abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_diffusers_and_comfy_paths_give_the_same_prediction(comfy, adaptors, family, fusion):
+    model = tiny_comfy.tiny_model(family)
+    unet, adaptor, name = adaptors[family, fusion, True]
+    control = load_control(name)
+    x, semantic, restoration, hint = inputs(family, batch=2, seed=3)
+    for sigma in (0.3, 5.0):
+        base = comfy_denoised(model, None, x, sigma, semantic, restoration, hint)
+        ours = diffusers_denoised(model, unet, adaptor, x, sigma, semantic, restoration, hint)
+        theirs = comfy_denoised(model, control, x, sigma, semantic, restoration, hint)
+        difference = float((ours - theirs).abs().max())
+        assert difference <= 1e-4, (family, fusion, sigma, difference)
+        assert float((theirs - base).abs().max()) > 100 * max(difference, 1e-6)  # the adaptor really acts
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fresh_adaptor_and_strength_zero_are_exact_identities(comfy, adaptors, family):
+    model = tiny_comfy.tiny_model(family)
+    x, semantic, restoration, hint = inputs(family, seed=4)
+    base = comfy_denoised(model, None, x, 1.7, semantic, restoration, hint)
+    fresh = comfy_denoised(
+        model, load_control(adaptors[family, "modulation", False][2]), x, 1.7, semantic, restoration, hint
+    )
+    assert torch.equal(fresh, base)
+    random = load_control(adaptors[family, "modulation", True][2])
+    assert torch.equal(comfy_denoised(model, random, x, 1.7, semantic, restoration, hint, strength=0.0), base)
+    assert not torch.equal(comfy_denoised(model, random, x, 1.7, semantic, restoration, hint, strength=1.0), base)
+
+
+def test_start_and_end_percent_gate_by_sigma(comfy, adaptors):
+    model = tiny_comfy.tiny_model("sd1")
+    control = load_control(adaptors["sd1", "modulation", True][2])
+    sampling = model.model.model_sampling
+    x, semantic, restoration, hint = inputs("sd1", seed=5)
+    high, low = float(sampling.percent_to_sigma(0.1)), float(sampling.percent_to_sigma(0.9))
+    for sigma, active in ((high, False), (low, True)):  # acting only for percent in [0.5, 1.0]
+        base = comfy_denoised(model, None, x, sigma, semantic, restoration, hint)
+        gated = comfy_denoised(model, control, x, sigma, semantic, restoration, hint, percent=(0.5, 1.0))
+        assert torch.equal(gated, base) is (not active), sigma
+
+
+def test_batch_items_use_their_own_hint_and_prompt(comfy, adaptors):
+    model = tiny_comfy.tiny_model("sd2")
+    control = load_control(adaptors["sd2", "modulation", True][2])
+    x, semantic, restoration, hint = inputs("sd2", batch=2, seed=6)
+    restoration = restoration * 30  # tiny random trunk: make the prompt's effect stand well above rounding
+    both = comfy_denoised(model, control, x, 1.0, semantic, restoration, hint)
+    swapped = comfy_denoised(model, control, x, 1.0, semantic, restoration.flip(0), hint.flip(0))
+    for i in range(2):
+        alone = comfy_denoised(
+            model, control, x[i : i + 1], 1.0, semantic[i : i + 1], restoration[i : i + 1], hint[i : i + 1]
+        )
+        other = comfy_denoised(
+            model, control, x[i : i + 1], 1.0, semantic[i : i + 1], restoration[1 - i : 2 - i], hint[1 - i : 2 - i]
+        )
+        assert float((both[i] - alone[0]).abs().max()) <= 2e-6
+        assert float((swapped[i] - other[0]).abs().max()) <= 2e-6
+        assert (
+            float((alone - other).abs().max()) > 2e-5
+        )  # 10x the tolerance above: hint and prompt of the other item change the result
+
+
+def test_transformer_options_reach_the_unet_and_model_options_are_not_mutated(comfy, adaptors):
+    """get_control must receive the very transformer_options dict the UNet then sees (the patch travels in
+    it), and the sampler's model_options (with a patch of its own) must come out unchanged."""
+    model = tiny_comfy.tiny_model("sd1").clone()
+    seen = []
+
+    def own_patch(h, hsp, transformer_options):
+        seen.append(transformer_options)
+        return h, hsp
+
+    model.set_model_output_block_patch(own_patch)
+    before = copy.copy(model.model_options["transformer_options"]["patches"]["output_block_patch"])
+    snapshot = repr(model.model_options)  # model_options reach the sampler as the guider's model_options
+    control = load_control(adaptors["sd1", "modulation", True][2])
+    x, semantic, restoration, hint = inputs("sd1", seed=7)
+    comfy_denoised(model, control, x, 1.0, semantic, restoration, hint)
+    patches = seen[0]["patches"]["output_block_patch"]
+    assert [type(p).__name__ for p in patches] == ["function", "SpireModulationPatch"]
+    assert model.model_options["transformer_options"]["patches"]["output_block_patch"] == before
+    assert repr(model.model_options) == snapshot
