@@ -53,8 +53,10 @@ def encode_restoration(clip, prompts: list[str], layer: str | None = None) -> to
     if clip is None:
         raise ValueError("clip is missing: connect the checkpoint's CLIP (the restoration prompt is encoded with it)")
     clip = clip.clone()
-    if layer is not None:
-        clip.clip_layer(-1 if layer == "last" else -2)
+    if layer == "penultimate":
+        clip.clip_layer(-2)
+    elif layer == "last":
+        clip.clip_layer(None)  # the encoder's own default: SD1's final, normalised layer
     encoded = [clip.encode_from_tokens(clip.tokenize(p)) for p in prompts]
     length = max(e.shape[1] for e in encoded)
     if any(e.shape[1] != length for e in encoded):
@@ -62,8 +64,12 @@ def encode_restoration(clip, prompts: list[str], layer: str | None = None) -> to
     return torch.cat(encoded, dim=0)
 
 
-def attach(conditioning, control, extra: dict, cache: dict) -> list:
-    """Copy every conditioning entry, put ``control`` (chained after the entry's own) and ``extra`` on it."""
+def attach(conditioning, control, restoration: torch.Tensor, cache: dict) -> list:
+    """Copy every conditioning entry and put ``control`` on it, chained after the entry's own control.
+
+    The control carries its restoration embedding itself, so controls earlier in the chain keep reading
+    the ``cross_attn_controlnet`` they were given; an entry without one gets ours (as core
+    CLIPTextEncodeControlnet would set it)."""
     out = []
     for embedding, options in conditioning:
         options = options.copy()
@@ -72,7 +78,7 @@ def attach(conditioning, control, extra: dict, cache: dict) -> list:
             cache[previous] = control.copy().set_previous_controlnet(previous) if previous is not None else control
         options["control"] = cache[previous]
         options["control_apply_to_uncond"] = False
-        options.update(extra)
+        options.setdefault("cross_attn_controlnet", restoration)
         out.append([embedding, options])
     return out
 
@@ -183,9 +189,9 @@ class ApplyAdaptor(io.ComfyNode):
         prompts = restoration_prompts(restoration_prompt, image.shape[0])
         embedding = encode_restoration(clip, prompts, control_net.info.get("text_encoder_layer"))
         control = control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
+        control.restoration_embedding = embedding
         cache: dict = {}
-        extra = {"cross_attn_controlnet": embedding}
-        return io.NodeOutput(attach(positive, control, extra, cache), attach(negative, control, extra, cache))
+        return io.NodeOutput(attach(positive, control, embedding, cache), attach(negative, control, embedding, cache))
 
 
 class EncodeRestorationPrompt(io.ComfyNode):

@@ -2,7 +2,8 @@
 
 ``SpireControl`` travels as the core ``CONTROL_NET`` type. ComfyUI calls ``get_control`` once per model
 call; it runs the adaptor on the noisy latent, the timestep, the degraded image (hint) and the
-restoration-prompt embedding (``crossattn_controlnet``), and
+restoration-prompt embedding (its own, set by 'Apply Adaptor (SPIRE)', else the conditioning's
+``crossattn_controlnet`` as core ControlNets read it), and
 
 - modulation fusion (SPIRE): registers an ``output_block_patch`` on a copy of
   ``transformer_options["patches"]`` that turns each skip ``hsp`` into ``hsp * (1 + s*gamma) + s*beta``
@@ -81,6 +82,7 @@ class SpireControl(ControlBase):
         self.manual_cast_dtype = manual_cast_dtype
         self.info = dict(info or {})
         self.upscale_algorithm = HINT_UPSCALE
+        self.restoration_embedding = None  # (N, T, D); when set it takes precedence over crossattn_controlnet
         self.model_sampling_current = None
         self.base_model_config = None
         if adaptor is not None:
@@ -93,6 +95,7 @@ class SpireControl(ControlBase):
         c = SpireControl(None, load_device=self.load_device, manual_cast_dtype=self.manual_cast_dtype, info=self.info)
         c.adaptor = self.adaptor
         c.adaptor_patcher = self.adaptor_patcher
+        c.restoration_embedding = self.restoration_embedding
         self.copy_to(c)
         return c
 
@@ -130,7 +133,14 @@ class SpireControl(ControlBase):
             control_prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
         if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
             return control_prev
-        context = cond.get("crossattn_controlnet")
+        context = self.restoration_embedding
+        if context is not None:  # one prompt per image of the batch, or one for all (like the hint)
+            if context.shape[0] == 1:
+                context = context.expand(x_noisy.shape[0], *context.shape[1:])
+            else:
+                context = broadcast_image_to(context, x_noisy.shape[0], batched_number)
+        else:
+            context = cond.get("crossattn_controlnet")
         if context is None:
             raise ValueError(
                 "The SPIRE adaptor needs a restoration prompt on the conditioning. Use 'Apply Adaptor (SPIRE)', or "

@@ -191,3 +191,31 @@ class TinyCheckpointLoader:
 
 
 TEST_NODES = {"SPIRETest_TinyCheckpointLoader": TinyCheckpointLoader}
+
+
+CAPTURED: dict[str, Any] = {}
+"""What ``SPIRETest_Capture`` nodes received in the last run, by key (full-precision tensors, not 8-bit PNGs)."""
+
+
+class Capture:
+    """Test-only output node: keeps a LATENT's samples or an IMAGE tensor in ``CAPTURED[key]``."""
+
+    @classmethod
+    def INPUT_TYPES(cls):  # noqa: N802  (ComfyUI V1 API)
+        return {"required": {"value": ("*",), "key": ("STRING", {"default": "out"})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types):  # noqa: N802  (accept any connected type)
+        return True
+
+    RETURN_TYPES = ()
+    FUNCTION = "capture"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def capture(self, value, key):
+        CAPTURED[key] = value["samples"].clone() if isinstance(value, dict) else value.clone()
+        return {}
+
+
+TEST_NODES["SPIRETest_Capture"] = Capture
