@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from spire_test_support import tiny_comfy
 
 from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
-from spire_test_support import tiny_comfy
 
 STEPS = 3
 
