@@ -116,16 +116,24 @@ class SpireControl(ControlBase):
         return super().inference_memory_requirements(dtype)
 
     # -- running the adaptor -----------------------------------------------------------------------
-    def _hint(self, x_noisy: torch.Tensor, batched_number: int, dtype) -> torch.Tensor:
-        height, width = x_noisy.shape[-2] * self.compression_ratio, x_noisy.shape[-1] * self.compression_ratio
+    def _hint(self, x_noisy: torch.Tensor, batched_number: int, dtype, tile=None) -> torch.Tensor:
+        """The degraded image at the output size (resized once, "Upsample by Nx"), cropped to ``tile``
+        ((top, left, height, width, full_height, full_width) in latent cells) when sampling is tiled."""
+        ratio = self.compression_ratio
+        full_h, full_w = (tile[4], tile[5]) if tile is not None else tuple(x_noisy.shape[-2:])
+        height, width = full_h * ratio, full_w * ratio
         if self.cond_hint is None or tuple(self.cond_hint.shape[-2:]) != (height, width):
             hint = self.cond_hint_original
-            if tuple(hint.shape[-2:]) != (height, width):  # "Upsample by Nx": the degraded image at output size
+            if tuple(hint.shape[-2:]) != (height, width):
                 hint = comfy.utils.common_upscale(hint, width, height, self.upscale_algorithm, "center")
             self.cond_hint = hint.to(device=x_noisy.device, dtype=dtype)
-        if self.cond_hint.shape[0] != x_noisy.shape[0]:
-            return broadcast_image_to(self.cond_hint, x_noisy.shape[0], batched_number)
-        return self.cond_hint
+        hint = self.cond_hint
+        if tile is not None:
+            top, left, tile_h, tile_w = (v * ratio for v in tile[:4])
+            hint = hint[..., top : top + tile_h, left : left + tile_w]
+        if hint.shape[0] != x_noisy.shape[0]:
+            return broadcast_image_to(hint, x_noisy.shape[0], batched_number)
+        return hint
 
     def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
         control_prev = None
@@ -148,7 +156,7 @@ class SpireControl(ControlBase):
                 "before 'Apply ControlNet'."
             )
         dtype = self.manual_cast_dtype if self.manual_cast_dtype is not None else self.adaptor.dtype
-        hint = self._hint(x_noisy, batched_number, dtype)
+        hint = self._hint(x_noisy, batched_number, dtype, transformer_options.get("spire_tile"))
         timestep = self.model_sampling_current.timestep(t).to(dtype)
         x = self.model_sampling_current.calculate_input(t, x_noisy).to(dtype)
         context = comfy.model_management.cast_to_device(context, x_noisy.device, dtype)

@@ -1,6 +1,7 @@
 """Performance benchmarks; each writes a JSON result.
 
 python -m spire_core.bench degradation [--device cpu|cuda] [--batch 16] [--size 512] [--out results/]
+python -m spire_core.bench sampling [--device cpu|cuda] [--batches 1,2] [--repeats 3] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -24,7 +25,22 @@ def main(argv: list[str] | None = None) -> int:
     deg.add_argument("--repeats", type=int, default=5)
     deg.add_argument("--no-reference", action="store_true", help="time only the torch pipeline (e.g. on a GPU)")
     deg.add_argument("--out", default=None, help="results folder (default: the repository's results/)")
+    smp = sub.add_parser("sampling", help="per-step time and peak memory: bare UNet, + ControlNet, + SPIRE adaptor")
+    smp.add_argument("--device", default="cpu")
+    smp.add_argument("--batches", default="1,2")
+    smp.add_argument("--repeats", type=int, default=3)
+    smp.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    smp.add_argument("--out", default=None, help="results folder (default: the repository's results/)")
     args = parser.parse_args(argv)
+
+    if args.benchmark == "sampling":
+        from .sampling import run as run_sampling
+
+        batches = tuple(int(b) for b in args.batches.split(","))
+        result = run_sampling(device=args.device, batches=batches, repeats=args.repeats, dtype=args.dtype)
+        path = write_result(f"sampling-{args.device.split(':')[0]}", result, args.out)
+        sys.stdout.write(json.dumps(result, indent=2) + f"\nwrote {path}\n")
+        return 0
 
     if args.benchmark == "degradation":
         from .degradation import run

@@ -76,3 +76,81 @@ def test_degradation_preview_twin_executes(comfy, example_png):
     assert np.abs(ours - ref).max() <= 1
     params_json = json.loads(outputs["5"]["text"][0])
     assert params_json == [params[0].to_dict()]
+
+
+SMALL_PHOTO = "spire_wf_small.png"
+"""A 96x72 photo the restore twins load instead of ComfyUI's 768x768 example (tiny models attend over every
+latent cell; at 768x768 one step would take minutes on a CPU)."""
+
+
+def tiny_twin(name: str) -> dict:
+    """A shipped workflow's API twin with the tiny test checkpoint loader in place of the real one and a
+    small photo in place of the example image."""
+    prompt = json.loads(api_twin(shipped_workflows()[0].with_name(f"{name}.json")).read_text())
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["class_type"] = "SPIRETest_TinyCheckpointLoader"
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = SMALL_PHOTO
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def small_photo(comfy):
+    import skimage.data
+
+    Image.fromarray(skimage.data.chelsea()).resize((96, 72), Image.Resampling.BICUBIC).save(comfy.input_dir / SMALL_PHOTO)
+    return comfy.input_dir / SMALL_PHOTO
+
+
+@pytest.fixture(scope="module")
+def tiny_adaptor(comfy, tmp_path_factory):
+    """Write the adaptor a restore workflow names, made from the tiny SD1 checkpoint; fresh or trained-like."""
+    import torch
+
+    from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
+    from spire_test_support import tiny_comfy
+
+    base = tiny_comfy.save_checkpoint(tmp_path_factory.mktemp("wf") / "tiny_sd1.safetensors", "sd1")
+    unet, info = load_base_unet(base)
+
+    def write(name: str, random: bool) -> None:
+        adaptor = SpireAdaptor.from_unet(unet, base_family="sd1", prediction_type=info.prediction_type)
+        if random:
+            g = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in adaptor.head_parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        save_adaptor(adaptor, comfy.models_dir("spire") / name)
+
+    return write
+
+
+def saved_image(comfy, outputs, node: str) -> np.ndarray:
+    images = outputs[node]["images"]
+    assert len(images) == 1
+    info = images[0]
+    path = comfy.output_dir / info.get("subfolder", "") / info["filename"]
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def test_restore_twin_executes_with_tiny_models(comfy, small_photo, tiny_adaptor):
+    prompt = tiny_twin("spire_restore")
+    adaptor_name = prompt["5"]["inputs"]["adaptor_name"]
+    tiny_adaptor(adaptor_name, random=False)
+    fresh = saved_image(comfy, comfy.run(prompt), "10")
+    assert fresh.shape == (72, 96, 3)
+    # the same graph without the adaptor: a fresh adaptor changes nothing
+    base_prompt = tiny_twin("spire_restore")
+    base_prompt["8"]["inputs"]["positive"] = ["3", 0]
+    base_prompt["8"]["inputs"]["negative"] = ["4", 0]
+    for key in ("5", "6"):
+        del base_prompt[key]
+    base = saved_image(comfy, comfy.run(base_prompt), "10")
+    assert np.array_equal(fresh, base)
+    tiny_adaptor("trained_" + adaptor_name, random=True)  # a new name: ComfyUI caches loader outputs by name
+    prompt["5"]["inputs"]["adaptor_name"] = "trained_" + adaptor_name
+    trained = saved_image(comfy, comfy.run(prompt), "10")
+    # a non-zero adaptor changes the restoration (tiny random models: by a few 8-bit levels on many pixels)
+    changed = np.abs(trained - base)
+    assert changed.max() >= 2 and (changed > 0).mean() > 0.05

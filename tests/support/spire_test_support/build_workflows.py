@@ -142,7 +142,127 @@ def degradation_preview() -> Graph:
     )
 
 
-GRAPHS = [degradation_preview]
+CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
+"""The SD1.5 checkpoint the restore workflows name (users pick theirs from the list)."""
+ADAPTOR = "spire_sd15.safetensors"
+"""The adaptor file the restore workflows name (in ComfyUI/models/spire)."""
+
+
+def checkpoint(node_id: int, pos: tuple[int, int]) -> Node:
+    return Node(
+        node_id,
+        "CheckpointLoaderSimple",
+        pos,
+        (320, 100),
+        widgets=[("ckpt_name", CHECKPOINT, [])],
+        outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    )
+
+
+def text_encode(node_id: int, pos: tuple[int, int], text: str, clip: tuple[int, int], title: str) -> Node:
+    return Node(
+        node_id,
+        "CLIPTextEncode",
+        pos,
+        (380, 140),
+        widgets=[("text", text, [])],
+        inputs=[("clip", "CLIP", clip)],
+        outputs=[("CONDITIONING", "CONDITIONING")],
+        title=title,
+    )
+
+
+def spire_restore() -> Graph:
+    return Graph(
+        "spire_restore",
+        notes=(
+            "Restore a photo with SPIRE: the semantic prompt goes to the checkpoint, the restoration prompt and the "
+            "degraded image to the SPIRE adaptor, which modulates the model's skip features. Put the adaptor in "
+            "ComfyUI/models/spire and pick the SD checkpoint it was trained from."
+        ),
+        nodes=[
+            load_image(1, (40, 360)),
+            checkpoint(2, (40, 80)),
+            text_encode(3, (400, 40), "a sharp, detailed photo", (2, 1), "Semantic prompt"),
+            text_encode(4, (400, 220), "blurry, noisy, jpeg artifacts, low quality", (2, 1), "Negative prompt"),
+            Node(
+                5,
+                "SPIRE_AdaptorLoader",
+                (400, 400),
+                (340, 80),
+                widgets=[("adaptor_name", ADAPTOR, [])],
+                outputs=[("control_net", "CONTROL_NET")],
+            ),
+            Node(
+                6,
+                "SPIRE_ApplyAdaptor",
+                (820, 80),
+                (360, 300),
+                widgets=[
+                    ("restoration_prompt", "Remove all degradation", []),
+                    ("strength", 1.0, []),
+                    ("start_percent", 0.0, []),
+                    ("end_percent", 1.0, []),
+                ],
+                inputs=[
+                    ("positive", "CONDITIONING", (3, 0)),
+                    ("negative", "CONDITIONING", (4, 0)),
+                    ("control_net", "CONTROL_NET", (5, 0)),
+                    ("clip", "CLIP", (2, 1)),
+                    ("image", "IMAGE", (1, 0)),
+                ],
+                outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+            ),
+            Node(
+                7,
+                "VAEEncode",
+                (820, 420),
+                (220, 60),
+                inputs=[("pixels", "IMAGE", (1, 0)), ("vae", "VAE", (2, 2))],
+                outputs=[("LATENT", "LATENT")],
+            ),
+            Node(
+                8,
+                "KSampler",
+                (1220, 80),
+                (320, 270),
+                widgets=[
+                    ("seed", 0, ["fixed"]),
+                    ("steps", 30, []),
+                    ("cfg", 5.0, []),
+                    ("sampler_name", "dpmpp_2m", []),
+                    ("scheduler", "karras", []),
+                    ("denoise", 1.0, []),
+                ],
+                inputs=[
+                    ("model", "MODEL", (2, 0)),
+                    ("positive", "CONDITIONING", (6, 0)),
+                    ("negative", "CONDITIONING", (6, 1)),
+                    ("latent_image", "LATENT", (7, 0)),
+                ],
+                outputs=[("LATENT", "LATENT")],
+            ),
+            Node(
+                9,
+                "VAEDecode",
+                (1220, 400),
+                (220, 60),
+                inputs=[("samples", "LATENT", (8, 0)), ("vae", "VAE", (2, 2))],
+                outputs=[("IMAGE", "IMAGE")],
+            ),
+            Node(
+                10,
+                "SaveImage",
+                (1580, 80),
+                (400, 440),
+                widgets=[("filename_prefix", "spire_restore", [])],
+                inputs=[("images", "IMAGE", (9, 0))],
+            ),
+        ],
+    )
+
+
+GRAPHS = [degradation_preview, spire_restore]
 
 
 def main() -> None:

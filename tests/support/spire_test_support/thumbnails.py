@@ -41,13 +41,27 @@ def degradation_preview(source: Path) -> Image.Image:
     return caption(pair, "SPIRE degradation: " + result.prompts()[0], 2 * side)
 
 
+def spire_restore(source: Path) -> Image.Image:
+    """The degraded input the workflow restores, with the graph it runs (no weights ship, so no result)."""
+    clean = load_image(source)
+    result = degrade(clean, sample_params(PRESETS["paper"], torch.Generator().manual_seed(1), 1))
+    side = 256
+    picture = to_pil(result.images).resize((2 * side, 2 * side), Image.Resampling.LANCZOS).crop((0, 0, 2 * side, side))
+    text = (
+        "SPIRE restore: Load Image -> Apply Adaptor (SPIRE) with 'Remove all degradation' + semantic prompt -> "
+        "KSampler -> Save Image"
+    )
+    return caption(picture, text, 2 * side)
+
+
 def main() -> None:
     comfy = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.home() / "comfy" / "ComfyUI"
     source = comfy / "input" / "example.png"
     if not source.is_file():
         source = PACK_DIR / "docs" / "samples" / "astronaut.png"
     degradation_preview(source).save(WORKFLOW_DIR / "spire_degradation_preview.jpg", quality=88)
-    print("wrote spire_degradation_preview.jpg")
+    spire_restore(source).save(WORKFLOW_DIR / "spire_restore.jpg", quality=88)
+    print("wrote spire_degradation_preview.jpg, spire_restore.jpg")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""Sampling benchmark: per-step time and peak memory of the bare UNet, the UNet with a standard ComfyUI
+ControlNet of the same trunk, and the UNet with the SPIRE adaptor (real SD1.5 architecture, random weights,
+64x64 latent, batch 1 and 2).
+
+The measurement needs ComfyUI, which ``spire_core`` never imports: this module finds a ComfyUI checkout
+(``COMFYUI_DIR``, the ComfyUI containing the pack, or ``~/comfy/ComfyUI``) and runs the pack's worker
+(``nodes/benchmark.py``) in child processes: one that times the three variants interleaved, and one per
+variant and batch size for peak memory, so that no variant inherits another's high-water mark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .common import describe_device
+
+PACK_DIR = Path(__file__).resolve().parents[2]
+VARIANTS = ("bare", "controlnet", "spire")
+
+_BOOT = r"""
+import importlib.util, sys
+root, pack, device = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.insert(0, root)
+from comfy.cli_args import args
+args.cpu = device == "cpu"
+args.disable_api_nodes = True
+spec = importlib.util.spec_from_file_location("spire_pack", pack + "/__init__.py", submodule_search_locations=[pack])
+module = importlib.util.module_from_spec(spec); sys.modules["spire_pack"] = module; spec.loader.exec_module(module)
+from spire_pack.nodes import benchmark
+benchmark.main(sys.argv[4:])
+"""
+
+
+def find_comfyui() -> Path | None:
+    """The ComfyUI checkout to run in, or None."""
+    candidates = [os.environ.get("COMFYUI_DIR"), str(PACK_DIR.parents[1]), str(Path.home() / "comfy" / "ComfyUI")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "comfy" / "samplers.py").is_file():
+            return Path(candidate)
+    return None
+
+
+def _worker(root: Path, device: str, *argv: str, timeout: float = 3600) -> dict[str, Any]:
+    command = [sys.executable, "-c", _BOOT, str(root), str(PACK_DIR), device, *argv, "--device", device]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=str(root))
+    for line in done.stdout.splitlines():
+        if line.startswith("SPIRE_BENCH_RESULT "):
+            return json.loads(line.split(" ", 1)[1])
+    raise RuntimeError(f"benchmark worker failed ({done.returncode}):\n{done.stderr[-4000:]}")
+
+
+def run(device: str = "cpu", batches: tuple[int, ...] = (1, 2), repeats: int = 3, dtype: str = "float32") -> dict:
+    """Run the benchmark; returns the JSON-ready result (ratios: (c)/(b) targets <= 1.05 in time and memory)."""
+    root = find_comfyui()
+    if root is None:
+        raise RuntimeError(
+            "the sampling benchmark runs inside ComfyUI: set COMFYUI_DIR to a ComfyUI checkout (or install the pack "
+            "in ComfyUI/custom_nodes)"
+        )
+    batch_list = ",".join(str(b) for b in batches)
+    timing = _worker(root, device, "time", "--batches", batch_list, "--repeats", str(repeats), "--dtype", dtype)
+    memory: dict[str, dict[str, Any]] = {}
+    for batch in batches:
+        per_variant = {
+            v: _worker(root, device, "memory", "--variant", v, "--batches", str(batch), "--dtype", dtype)
+            for v in VARIANTS
+        }
+        peaks = {v: r["peak_bytes"] for v, r in per_variant.items()}
+        memory[str(batch)] = {
+            "peak_bytes": peaks,
+            "step_peak_over_resident_bytes": {v: r["step_peak_over_resident_bytes"] for v, r in per_variant.items()},
+            "spire_over_controlnet": round(peaks["spire"] / peaks["controlnet"], 4),
+            "spire_over_bare": round(peaks["spire"] / peaks["bare"], 4),
+        }
+    ratios = [timing["batches"][str(b)]["spire_over_controlnet"] for b in batches]
+    memory_ratios = [memory[str(b)]["spire_over_controlnet"] for b in batches]
+    return {
+        "benchmark": "sampling",
+        "what": (
+            "one CFG step (positive + negative through comfy.samplers.calc_cond_batch) of an SD1.5-architecture "
+            "UNet with random weights at a 64x64 latent: bare UNet, + standard ComfyUI ControlNet (same trunk), "
+            "+ SPIRE adaptor; timings interleaved in one process, peak memory in one fresh process per variant"
+        ),
+        "machine": describe_device(torch.device(device)),
+        "comfyui": _comfy_version(root),
+        "dtype": dtype,
+        "time": timing,
+        "memory": memory,
+        "targets": {
+            "time_spire_over_controlnet_max": 1.05,
+            "memory_spire_over_controlnet_max": 1.05,
+            "time_met": all(r <= 1.05 for r in ratios),
+            "memory_met": all(r <= 1.05 for r in memory_ratios),
+        },
+    }
+
+
+def _comfy_version(root: Path) -> str:
+    try:
+        text = (root / "comfyui_version.py").read_text()
+        return text.split("=", 1)[1].strip().strip("\"'")
+    except (OSError, IndexError):
+        return "unknown"
