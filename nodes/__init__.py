@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import adaptor, degradation, prompt
+from . import adaptor, degradation, prompt, quality, restore
 from .paths import register_model_folder
 
 
 class SpireExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*degradation.NODES, *prompt.NODES, *adaptor.NODES]
+        return [*degradation.NODES, *prompt.NODES, *adaptor.NODES, *restore.NODES, *quality.NODES]
 
 
 async def comfy_entrypoint() -> SpireExtension:

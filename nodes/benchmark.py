@@ -144,8 +144,9 @@ def make_step(model, control, batch: int, device: torch.device, dtype: torch.dty
 
     def step():
         with torch.inference_mode():
-            return comfy.samplers.calc_cond_batch(model.model, [conds["positive"], conds["negative"]], x, sigma,
-                                                  model.model_options)
+            return comfy.samplers.calc_cond_batch(
+                model.model, [conds["positive"], conds["negative"]], x, sigma, model.model_options
+            )
 
     def cleanup():
         if attached is not None:

@@ -27,6 +27,9 @@ MAX_HEADER_BYTES = 100_000_000
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 """Safetensors dtypes a model weight may have."""
 
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_DTYPE_BYTES.update({"U64": 8, "U32": 4, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1})
+
 # Kinds of model file ``identify`` distinguishes.
 SPIRE_ADAPTOR = "spire_adaptor"
 SPIRE_WITHOUT_METADATA = "spire_adaptor_without_metadata"
@@ -127,11 +130,19 @@ def read_safetensors_header(path: str | os.PathLike, error: type[ModelFileError]
             raise ValueError("header is not a JSON object")
         metadata = header.pop("__metadata__", None) or {}
         end = 0
-        for name, info in header.items():
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             begin, stop = info["data_offsets"]
             if not isinstance(info["shape"], list) or not isinstance(info["dtype"], str) or stop < begin:
                 raise ValueError(f"bad entry for {name!r}")
-            end = max(end, stop)
+            if begin != end:  # safetensors data is contiguous: no holes, no overlaps
+                raise ValueError(f"{name!r} starts at byte {begin} of the data, expected {end}")
+            itemsize = _DTYPE_BYTES.get(info["dtype"])
+            if itemsize is not None and stop - begin != math.prod(info["shape"]) * itemsize:
+                raise ValueError(
+                    f"{name!r} has {stop - begin} bytes of data but dtype {info['dtype']} and shape {info['shape']} "
+                    f"need {math.prod(info['shape']) * itemsize}"
+                )
+            end = stop
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise error(
             f"{path} is not a valid safetensors file: its header cannot be parsed ({exc}). {WHERE_FILES_GO}"

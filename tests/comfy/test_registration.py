@@ -13,6 +13,11 @@ FROZEN_NODE_IDS = {
     "SPIRE_AdaptorLoader",
     "SPIRE_ApplyAdaptor",
     "SPIRE_EncodeRestorationPrompt",
+    "SPIRE_RestorationGuider",
+    "SPIRE_Restore",
+    "SPIRE_ColorFix",
+    "SPIRE_ImageMetrics",
+    "SPIRE_SaveMetrics",
 }
 """Node ids are frozen once a workflow ships; a change goes to a new ``...V2`` id."""
 

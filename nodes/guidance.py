@@ -1,0 +1,178 @@
+"""SPIRE guidance: separate semantic and restoration scales, and tiled (overlap-blended) model calls.
+
+With c_s the semantic prompt, ∅ the empty prompt, c_r the restoration prompt and c_r0 the null
+restoration prompt ("Remove all degradation"), each model call gives three predictions and
+
+    out = pred(∅, c_r0) + w_r * [pred(∅, c_r) - pred(∅, c_r0)] + w_s * [pred(c_s, c_r) - pred(∅, c_r)]
+
+(predictions of the denoised latent; the formula is affine, so it holds for noise predictions alike). With
+w_r = 1 it is ordinary classifier-free guidance over c_s with the adaptor on both branches, and the guider
+then runs exactly ComfyUI's own CFG (same code path, two predictions per step instead of three).
+
+Tiling (MultiDiffusion-style): each model call is made per overlapping latent tile, with the degraded image
+cropped to the tile, and the tiles' predictions are blended with weights that ramp linearly across the
+overlap, so no tile border shows. Memory of a model call is bounded by the tile size, not the image size.
+"""
+
+from __future__ import annotations
+
+import comfy.samplers
+import torch
+
+from ..spire_core.prompt import BLIND_PROMPT
+from .spire_control import SpireControl
+
+TILE_KEY = "spire_tile"
+"""``transformer_options`` key carrying the current tile: (top, left, height, width, full_h, full_w) in latent units."""
+
+
+def with_restoration(control, embedding: torch.Tensor):
+    """A copy of a control chain in which every SPIRE adaptor reads ``embedding`` as its restoration prompt.
+
+    Returns:
+        (new chain, number of SPIRE adaptors found).
+    """
+    if control is None:
+        return None, 0
+    previous, found = with_restoration(control.previous_controlnet, embedding)
+    copy = control.copy()
+    copy.set_previous_controlnet(previous)
+    if isinstance(control, SpireControl):
+        copy.restoration_embedding = embedding
+        found += 1
+    return copy, found
+
+
+def null_restoration_conds(negative: list, encode) -> list:
+    """The negative conditioning with every SPIRE adaptor switched to the null restoration prompt.
+
+    Args:
+        negative: conditioning list from 'Apply Adaptor (SPIRE)'.
+        encode: callable(control) -> (1, T, D) embedding of the null prompt for that adaptor's text layer.
+    """
+    out, cache, total = [], {}, 0
+    for embedding, options in negative:
+        control = options.get("control")
+        if control not in cache:
+            spire = _first_spire(control)
+            cache[control] = with_restoration(control, encode(spire)) if spire is not None else (control, 0)
+        new_control, found = cache[control]
+        total += found
+        options = {**options, "control": new_control}
+        out.append([embedding, options])
+    if total == 0:
+        raise ValueError(
+            "negative has no SPIRE adaptor: connect the conditioning from 'Apply Adaptor (SPIRE)' (the restoration "
+            "scale compares the restoration prompt with the null one through the adaptor)"
+        )
+    return out
+
+
+def _first_spire(control):
+    while control is not None:
+        if isinstance(control, SpireControl):
+            return control
+        control = control.previous_controlnet
+    return None
+
+
+def tile_windows(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` covering ``size`` with at least ``overlap`` between neighbours."""
+    if tile >= size:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride)) + [size - tile]
+    return sorted(set(starts))
+
+
+def ramp(length: int, start: int, tile: int, size: int, overlap: int, device, dtype) -> torch.Tensor:
+    """1-D blend weights of a tile: rising linearly over ``overlap`` cells at edges that face another tile."""
+    weights = torch.ones(length, device=device, dtype=dtype)
+    if overlap <= 0:
+        return weights
+    steps = torch.arange(1, overlap + 1, device=device, dtype=dtype) / (overlap + 1)
+    n = min(overlap, length)
+    if start > 0:
+        weights[:n] = torch.minimum(weights[:n], steps[:n])
+    if start + tile < size:
+        weights[-n:] = torch.minimum(weights[-n:], steps[:n].flip(0))
+    return weights
+
+
+class SpireGuider(comfy.samplers.CFGGuider):
+    """CFGGuider with a restoration scale and optional tiling (see the module docstring)."""
+
+    def __init__(self, model_patcher, restoration_scale: float = 1.0, tile: int = 0, overlap: int = 0):
+        super().__init__(model_patcher)
+        self.restoration_scale = float(restoration_scale)
+        self.tile = int(tile)  # latent cells; 0 = no tiling
+        self.overlap = int(overlap)
+
+    def set_spire_conds(self, positive, negative, null=None) -> None:
+        conds = {"positive": positive, "negative": negative}
+        if null is not None:
+            conds["null_restoration"] = null
+        self.inner_set_conds(conds)
+
+    def _predict(self, x, timestep, model_options, seed):
+        if self.restoration_scale == 1.0 or "null_restoration" not in self.conds:
+            return comfy.samplers.sampling_function(
+                self.inner_model,
+                x,
+                timestep,
+                self.conds.get("negative"),
+                self.conds.get("positive"),
+                self.cfg,
+                model_options=model_options,
+                seed=seed,
+            )
+        positive, negative, null = comfy.samplers.calc_cond_batch(
+            self.inner_model,
+            [self.conds["positive"], self.conds["negative"], self.conds["null_restoration"]],
+            x,
+            timestep,
+            model_options,
+        )
+        return null + self.restoration_scale * (negative - null) + self.cfg * (positive - negative)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006  (ComfyUI's signature)
+        height, width = x.shape[-2:]
+        if self.tile <= 0 or (self.tile >= height and self.tile >= width):
+            return self._predict(x, timestep, model_options, seed)
+        out = torch.zeros_like(x)
+        total = torch.zeros((1, 1, height, width), device=x.device, dtype=x.dtype)
+        tile_h, tile_w = min(self.tile, height), min(self.tile, width)
+        for top in tile_windows(height, tile_h, self.overlap):
+            for left in tile_windows(width, tile_w, self.overlap):
+                options = dict(model_options)
+                transformer = dict(options.get("transformer_options", {}))
+                transformer[TILE_KEY] = (top, left, tile_h, tile_w, height, width)
+                options["transformer_options"] = transformer
+                window = (..., slice(top, top + tile_h), slice(left, left + tile_w))
+                prediction = self._predict(x[window], timestep, options, seed)
+                wy = ramp(tile_h, top, tile_h, height, self.overlap, x.device, x.dtype)
+                wx = ramp(tile_w, left, tile_w, width, self.overlap, x.device, x.dtype)
+                weight = (wy[:, None] * wx[None, :])[None, None]
+                out[window] += prediction * weight
+                total[window] += weight
+        return out / total
+
+
+def encode_null(clip, control: SpireControl, prompt: str = BLIND_PROMPT) -> torch.Tensor:
+    """(1, T, D) embedding of the null restoration prompt at ``control``'s text-encoder layer."""
+    from .adaptor import encode_restoration
+
+    return encode_restoration(clip, [prompt], control.info.get("text_encoder_layer"))
+
+
+def make_guider(model, positive, negative, clip, semantic_scale, restoration_scale, tile=0, overlap=0):
+    """A ``SpireGuider`` over conditioning from 'Apply Adaptor (SPIRE)' (the null branch only when w_r != 1)."""
+    guider = SpireGuider(model, restoration_scale, tile, overlap)
+    guider.set_cfg(semantic_scale)
+    null = None
+    if restoration_scale != 1.0:
+        if clip is None:
+            raise ValueError("clip is needed when restoration_scale is not 1 (it encodes the null restoration prompt)")
+        null = null_restoration_conds(negative, lambda control: encode_null(clip, control))
+    guider.set_spire_conds(positive, negative, null)
+    return guider

@@ -1,0 +1,308 @@
+"""Restoration nodes: the SPIRE guider (core GUIDER type) and the one-node restorer for artists."""
+
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+
+from ..spire_core.prompt import BLIND_PROMPT, parse
+from .adaptor import PROMPT_TOOLTIP, attach, encode_restoration, restoration_prompts
+from .guidance import make_guider
+from .spire_control import SpireControl
+
+FORMULA = (
+    "out = pred(empty, null) + restoration_scale * [pred(empty, r) - pred(empty, null)] "
+    "+ semantic_scale * [pred(semantic, r) - pred(empty, r)], where r is the restoration prompt and null is "
+    f"'{BLIND_PROMPT}'. restoration_scale 1 is ordinary CFG over the semantic prompt (two predictions per step)."
+)
+COLOR_FIXES = ("none", "wavelet", "adain")
+
+
+def _scale_inputs() -> list:
+    return [
+        io.Float.Input(
+            "semantic_scale",
+            default=5.0,
+            min=0.0,
+            max=30.0,
+            step=0.1,
+            round=0.01,
+            tooltip="w_s: guidance over the semantic prompt (CFG scale). 1 = no semantic guidance.",
+        ),
+        io.Float.Input(
+            "restoration_scale",
+            default=1.0,
+            min=0.0,
+            max=10.0,
+            step=0.1,
+            round=0.01,
+            tooltip="w_r: guidance over the restoration prompt against the null one. 1 = unguided "
+            "(the paper's setting); above 1 pushes harder towards what the prompt asks.",
+        ),
+    ]
+
+
+class RestorationGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SPIRE_RestorationGuider",
+            display_name="Restoration Guider (SPIRE)",
+            category="SPIRE/sampling",
+            description="Guider for SamplerCustomAdvanced with separate semantic and restoration scales. " + FORMULA,
+            inputs=[
+                io.Model.Input("model", tooltip="The base model."),
+                io.Conditioning.Input("positive", tooltip="Semantic prompt with the SPIRE adaptor applied."),
+                io.Conditioning.Input("negative", tooltip="Empty prompt with the SPIRE adaptor applied."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the null restoration prompt."),
+                *_scale_inputs(),
+            ],
+            outputs=[io.Guider.Output("guider", display_name="GUIDER")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, clip, semantic_scale, restoration_scale) -> io.NodeOutput:
+        return io.NodeOutput(make_guider(model, positive, negative, clip, semantic_scale, restoration_scale))
+
+
+def output_size(height: int, width: int, prompts: list[str]) -> tuple[int, int, float]:
+    """(height, width, factor) of the restoration: N x the input for "Upsample by Nx" (same N for the batch)."""
+    factors = {parse(p).upsample or 1.0 for p in prompts}
+    if len(factors) > 1:
+        raise ValueError(
+            f"restoration_prompt asks for different upsample factors {sorted(factors)} within one batch; one batch "
+            "has one output size"
+        )
+    factor = factors.pop()
+    return max(1, round(height * factor)), max(1, round(width * factor)), factor
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(B, C, H, W) padded at the bottom/right by reflection (replicate where too small) to multiples."""
+    pad_h, pad_w = (-image.shape[-2]) % multiple, (-image.shape[-1]) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return image
+    mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
+    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def color_fix(restored: torch.Tensor, reference: torch.Tensor, method: str) -> torch.Tensor:
+    """(B, C, H, W) colour correction of ``restored`` against ``reference`` (the degraded input)."""
+    if method == "none":
+        return restored
+    from ..spire_core import color
+
+    fix = {"wavelet": color.wavelet_color_fix, "adain": color.adain_color_fix}[method]
+    return fix(restored, reference)
+
+
+def restore(
+    model,
+    clip,
+    vae,
+    control_net,
+    image,
+    semantic_prompt,
+    restoration_prompt,
+    steps,
+    sampler_name,
+    scheduler,
+    semantic_scale,
+    restoration_scale,
+    seed,
+    strength,
+    color_fix_method="none",
+    tile_size=0,
+    tile_overlap=64,
+) -> torch.Tensor:
+    """The whole SPIRE restoration of a ComfyUI IMAGE batch (B, H, W, C) -> IMAGE at the requested size."""
+    if not isinstance(control_net, SpireControl):
+        raise ValueError("control_net must be a SPIRE adaptor from 'Load Adaptor (SPIRE)'")
+    if image.shape[0] == 0:
+        raise ValueError("image is an empty batch; connect the degraded image")
+    if tile_size and tile_overlap * 2 >= tile_size:
+        raise ValueError(
+            f"tile_overlap ({tile_overlap}) must be less than half of tile_size ({tile_size}); e.g. tile_size 512 "
+            "with tile_overlap 64"
+        )
+    prompts = restoration_prompts(restoration_prompt, image.shape[0])
+    height, width, _ = output_size(image.shape[1], image.shape[2], prompts)
+    degraded = image.movedim(-1, 1)[:, :3].float()
+    hint = degraded
+    if (height, width) != tuple(degraded.shape[-2:]):  # "Upsample by Nx": the degraded image at the output size
+        hint = comfy.utils.common_upscale(degraded, width, height, "bicubic", "disabled").clamp(0, 1)
+    ratio = vae.spacial_compression_decode()
+    padded = pad_to_multiple(hint, ratio)
+    channels = model.get_model_object("latent_format").latent_channels
+    latent = torch.zeros(image.shape[0], channels, padded.shape[-2] // ratio, padded.shape[-1] // ratio)
+
+    def encode(text: str):
+        tokens = clip.tokenize(text)
+        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+        return [[cond, {"pooled_output": pooled}]]
+
+    embedding = encode_restoration(clip, prompts, control_net.info.get("text_encoder_layer"))
+    control = control_net.copy().set_cond_hint(padded, strength, (0.0, 1.0))
+    control.restoration_embedding = embedding
+    cache: dict = {}
+    positive = attach(encode(semantic_prompt), control, embedding, cache)
+    negative = attach(encode(""), control, embedding, cache)
+    tile = tile_size // ratio if tile_size else 0
+    guider = make_guider(
+        model,
+        positive,
+        negative,
+        clip,
+        semantic_scale,
+        restoration_scale,
+        tile,
+        tile_overlap // ratio if tile_size else 0,
+    )
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+    latent = comfy.sample.fix_empty_latent_channels(model, latent)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1, {})
+    samples = guider.sample(
+        noise, latent, sampler, sigmas, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed
+    )
+    samples = samples.to(comfy.model_management.intermediate_device())
+    if tile and (samples.shape[-2] > tile or samples.shape[-1] > tile):
+        pixels = vae.decode_tiled(samples, tile_x=tile, tile_y=tile, overlap=max(1, tile_overlap // ratio))
+    else:
+        pixels = vae.decode(samples)
+    pixels = pixels.reshape(-1, *pixels.shape[-3:])[..., :height, :width, :3]  # exactly the requested size
+    restored = color_fix(pixels.movedim(-1, 1).float(), hint.to(pixels.device), color_fix_method)
+    return restored.clamp(0, 1).movedim(1, -1)
+
+
+class Restore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SPIRE_Restore",
+            display_name="Restore (SPIRE)",
+            category="SPIRE/sampling",
+            description=(
+                "Restore a degraded image in one node: semantic prompt to the model, restoration prompt and the "
+                "image to the SPIRE adaptor, sampled with ComfyUI's samplers (progress, previews and cancel as in "
+                "KSampler). Any size: the output has exactly the input's size, or N times it for 'Upsample by Nx'. "
+                "Large photos: set tile_size to restore in overlapping, blended tiles (memory follows the tile, not "
+                "the photo). Guidance: " + FORMULA
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The base model (the checkpoint the adaptor was trained from)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE."),
+                io.ControlNet.Input("control_net", tooltip="The SPIRE adaptor from 'Load Adaptor (SPIRE)'."),
+                io.Image.Input("image", tooltip="The degraded image (batch allowed)."),
+                io.String.Input(
+                    "semantic_prompt",
+                    default="",
+                    multiline=True,
+                    tooltip="What the image shows (empty = blind semantic).",
+                ),
+                io.String.Input("restoration_prompt", default=BLIND_PROMPT, multiline=True, tooltip=PROMPT_TOOLTIP),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (the paper's default: 50)."),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=comfy.samplers.KSampler.SAMPLERS,
+                    default="ddim",
+                    tooltip="ComfyUI sampler (default DDIM, the paper's).",
+                ),
+                io.Combo.Input(
+                    "scheduler",
+                    options=comfy.samplers.KSampler.SCHEDULERS,
+                    default="ddim_uniform",
+                    tooltip="ComfyUI scheduler.",
+                ),
+                *_scale_inputs(),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed."
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=0.0,
+                    max=10.0,
+                    step=0.01,
+                    tooltip="Adaptor strength s in f*(1+s*gamma)+s*beta; 0 = the base model alone.",
+                ),
+                io.Combo.Input(
+                    "color_fix",
+                    options=list(COLOR_FIXES),
+                    default="none",
+                    tooltip="Match colours to the degraded input: wavelet (low frequencies) or AdaIN "
+                    "(channel mean and spread).",
+                ),
+                io.Int.Input(
+                    "tile_size",
+                    default=0,
+                    min=0,
+                    max=8192,
+                    step=8,
+                    tooltip="Pixels per tile side for large photos (e.g. 512); 0 = the whole image at once.",
+                ),
+                io.Int.Input(
+                    "tile_overlap",
+                    default=64,
+                    min=0,
+                    max=4096,
+                    step=8,
+                    tooltip="Pixels tiles share, blended smoothly; less than half of tile_size.",
+                ),
+            ],
+            outputs=[io.Image.Output("restored", display_name="IMAGE", tooltip="The restored image.")],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        clip,
+        vae,
+        control_net,
+        image,
+        semantic_prompt,
+        restoration_prompt,
+        steps,
+        sampler_name,
+        scheduler,
+        semantic_scale,
+        restoration_scale,
+        seed,
+        strength,
+        color_fix,
+        tile_size,
+        tile_overlap,
+    ) -> io.NodeOutput:
+        return io.NodeOutput(
+            restore(
+                model,
+                clip,
+                vae,
+                control_net,
+                image,
+                semantic_prompt,
+                restoration_prompt,
+                steps,
+                sampler_name,
+                scheduler,
+                semantic_scale,
+                restoration_scale,
+                seed,
+                strength,
+                color_fix,
+                tile_size,
+                tile_overlap,
+            )
+        )
+
+
+NODES = [RestorationGuider, Restore]
