@@ -123,6 +123,9 @@ def tiny_adaptor(comfy, tmp_path_factory):
             with torch.no_grad():
                 for p in adaptor.head_parameters():
                     p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+                for key, p in adaptor.controlnet.named_parameters():
+                    if ".attn2.to_" in key:  # the tiny trunk's cross-attention is too weak to tell prompts apart
+                        p.mul_(10.0)
         save_adaptor(adaptor, comfy.models_dir("spire") / name)
 
     return write
@@ -156,3 +159,47 @@ def test_restore_twin_executes_with_tiny_models(comfy, small_photo, tiny_adaptor
     # a non-zero adaptor changes the restoration (tiny random models: by a few 8-bit levels on many pixels)
     changed = np.abs(trained - base)
     assert changed.mean() > 0.05 and (changed > 0).mean() > 0.05
+
+
+RESTORE_TWINS = {
+    "spire_blind_restore": ("7", (72, 96)),
+    "spire_semantic_restore": ("15", (72, 96)),
+    "spire_strength_sweep": ("22", (72, 3 * 96 + 2 * 8)),
+    "spire_degrade_restore_metrics": ("10", (72, 96)),
+    "spire_restore_to_generation": ("13", (104, 144)),  # 1.5x is 108 high; core VAEEncode crops to 8s
+    "spire_large_photo_tiled": ("7", (72, 96)),
+}
+"""Restore workflows: the SaveImage node and the (height, width) it must write for the 96x72 test photo."""
+
+
+def quick(prompt: dict) -> dict:
+    """Fewer steps (4) and, for tiled nodes, 32-pixel tiles so the small test photo is really tiled."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if "steps" in inputs and not isinstance(inputs["steps"], list):
+            inputs["steps"] = 4
+        if node["class_type"] == "SPIRE_Restore" and inputs.get("tile_size"):
+            inputs["tile_size"], inputs["tile_overlap"] = 32, 8
+        if node["class_type"] == "SPIRE_AdaptorLoader":
+            inputs["adaptor_name"] = "wf_random.safetensors"
+    return prompt
+
+
+@pytest.mark.parametrize("name", sorted(RESTORE_TWINS))
+def test_restore_workflow_twins_execute(comfy, small_photo, tiny_adaptor, name):
+    tiny_adaptor("wf_random.safetensors", random=True)
+    node, (height, width) = RESTORE_TWINS[name]
+    outputs = comfy.run(quick(tiny_twin(name)))
+    image = saved_image(comfy, outputs, node)
+    assert image.shape == (height, width, 3)
+    assert 5 < image.mean() < 250 and image.std() > 1  # a real picture, not a constant
+    if name == "spire_strength_sweep":  # three panels, three different restorations (tiny CLIP: small changes)
+        panels = [image[:, i * 104 : i * 104 + 96] for i in range(3)]
+        assert all(np.abs(panels[i] - panels[j]).max() >= 1 for i, j in ((0, 1), (1, 2), (0, 2)))
+        assert (image[:, 96:104] == 255).all()  # the white spacing between panels
+    if name == "spire_degrade_restore_metrics":
+        saved = sorted((comfy.output_dir / "spire").glob("restored_metrics_*.json"))
+        report = json.loads(saved[-1].read_text())
+        rows = sorted((comfy.output_dir / "spire").glob("restored_metrics_*.csv"))[-1].read_text().strip().splitlines()
+        assert len(rows) == 3  # header, one image, the mean
+        assert 3.0 < float(report["mean"]["psnr"]) < 60.0 and -1.0 <= float(report["mean"]["ssim"]) <= 1.0

@@ -61,7 +61,9 @@ class Graph:
                 "order": order,
                 "mode": 0,
                 "inputs": [
-                    {"name": name, "type": kind, "link": in_links.get((node.id, name))} for name, kind, _ in node.inputs
+                    {"name": name, "type": kind, "link": in_links.get((node.id, name))}
+                    | ({"widget": {"name": name}} if name in {w[0] for w in node.widgets} else {})
+                    for name, kind, _ in node.inputs
                 ],
                 "outputs": [
                     {"name": name, "type": kind, "links": out_links.get((node.id, slot), []), "slot_index": slot}
@@ -262,7 +264,417 @@ def spire_restore() -> Graph:
     )
 
 
-GRAPHS = [degradation_preview, spire_restore]
+def adaptor_loader(node_id: int, pos: tuple[int, int]) -> Node:
+    return Node(
+        node_id,
+        "SPIRE_AdaptorLoader",
+        pos,
+        (340, 80),
+        widgets=[("adaptor_name", ADAPTOR, [])],
+        outputs=[("control_net", "CONTROL_NET")],
+    )
+
+
+def restore_node(
+    node_id: int,
+    pos: tuple[int, int],
+    image: tuple[int, int],
+    semantic: str = "",
+    restoration: str = "Remove all degradation",
+    tile_size: int = 0,
+    color_fix: str = "wavelet",
+    title: str | None = None,
+    restoration_link: tuple[int, int] | None = None,
+) -> Node:
+    inputs = [
+        ("model", "MODEL", (2, 0)),
+        ("clip", "CLIP", (2, 1)),
+        ("vae", "VAE", (2, 2)),
+        ("control_net", "CONTROL_NET", (5, 0)),
+        ("image", "IMAGE", image),
+    ]
+    if restoration_link is not None:
+        inputs.append(("restoration_prompt", "STRING", restoration_link))
+    return Node(
+        node_id,
+        "SPIRE_Restore",
+        pos,
+        (360, 520),
+        widgets=[
+            ("semantic_prompt", semantic, []),
+            ("restoration_prompt", restoration, []),
+            ("steps", 50, []),
+            ("sampler_name", "ddim", []),
+            ("scheduler", "ddim_uniform", []),
+            ("semantic_scale", 5.0, []),
+            ("restoration_scale", 1.0, []),
+            ("seed", 0, ["fixed"]),
+            ("strength", 1.0, []),
+            ("color_fix", color_fix, []),
+            ("tile_size", tile_size, []),
+            ("tile_overlap", 64, []),
+        ],
+        inputs=inputs,
+        outputs=[("IMAGE", "IMAGE")],
+        title=title,
+    )
+
+
+def save(node_id: int, pos: tuple[int, int], image: tuple[int, int], prefix: str) -> Node:
+    return Node(
+        node_id,
+        "SaveImage",
+        pos,
+        (400, 440),
+        widgets=[("filename_prefix", prefix, [])],
+        inputs=[("images", "IMAGE", image)],
+    )
+
+
+def spire_blind_restore() -> Graph:
+    return Graph(
+        "spire_blind_restore",
+        notes="Blind restoration in one node: no semantic prompt, 'Remove all degradation', wavelet colour fix.",
+        nodes=[
+            load_image(1, (40, 300)),
+            checkpoint(2, (40, 80)),
+            adaptor_loader(5, (40, 200)),
+            restore_node(6, (420, 80), (1, 0)),
+            save(7, (820, 80), (6, 0), "spire_blind"),
+        ],
+    )
+
+
+def spire_semantic_restore() -> Graph:
+    return Graph(
+        "spire_semantic_restore",
+        notes=(
+            "Semantic + restoration prompts with separate guidance scales: 'Apply Adaptor (SPIRE)' attaches the "
+            "adaptor, 'Restoration Guider (SPIRE)' weighs the semantic prompt (CFG) and the restoration prompt "
+            "against 'Remove all degradation', SamplerCustomAdvanced samples, and the colour is matched to the input."
+        ),
+        nodes=[
+            load_image(1, (40, 420)),
+            checkpoint(2, (40, 80)),
+            text_encode(3, (400, 40), "a portrait photo of a woman, detailed skin, natural light", (2, 1), "Semantic"),
+            text_encode(4, (400, 220), "", (2, 1), "Empty (the unconditional branch)"),
+            adaptor_loader(5, (400, 400)),
+            Node(
+                6,
+                "SPIRE_ApplyAdaptor",
+                (820, 40),
+                (360, 300),
+                widgets=[
+                    ("restoration_prompt", "Deblur with sigma 1.5; Denoise with sigma 0.05", []),
+                    ("strength", 1.0, []),
+                    ("start_percent", 0.0, []),
+                    ("end_percent", 1.0, []),
+                ],
+                inputs=[
+                    ("positive", "CONDITIONING", (3, 0)),
+                    ("negative", "CONDITIONING", (4, 0)),
+                    ("control_net", "CONTROL_NET", (5, 0)),
+                    ("clip", "CLIP", (2, 1)),
+                    ("image", "IMAGE", (1, 0)),
+                ],
+                outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+            ),
+            Node(
+                7,
+                "SPIRE_RestorationGuider",
+                (1220, 40),
+                (320, 160),
+                widgets=[("semantic_scale", 5.0, []), ("restoration_scale", 1.5, [])],
+                inputs=[
+                    ("model", "MODEL", (2, 0)),
+                    ("positive", "CONDITIONING", (6, 0)),
+                    ("negative", "CONDITIONING", (6, 1)),
+                    ("clip", "CLIP", (2, 1)),
+                ],
+                outputs=[("GUIDER", "GUIDER")],
+            ),
+            Node(
+                8,
+                "RandomNoise",
+                (1220, 240),
+                (300, 90),
+                widgets=[("noise_seed", 0, ["fixed"])],
+                outputs=[("NOISE", "NOISE")],
+            ),
+            Node(
+                9,
+                "KSamplerSelect",
+                (1220, 360),
+                (300, 60),
+                widgets=[("sampler_name", "ddim", [])],
+                outputs=[("SAMPLER", "SAMPLER")],
+            ),
+            Node(
+                10,
+                "BasicScheduler",
+                (1220, 450),
+                (300, 110),
+                widgets=[("scheduler", "ddim_uniform", []), ("steps", 50, []), ("denoise", 1.0, [])],
+                inputs=[("model", "MODEL", (2, 0))],
+                outputs=[("SIGMAS", "SIGMAS")],
+            ),
+            Node(
+                11,
+                "VAEEncode",
+                (820, 380),
+                (220, 60),
+                inputs=[("pixels", "IMAGE", (1, 0)), ("vae", "VAE", (2, 2))],
+                outputs=[("LATENT", "LATENT")],
+                title="Latent of the input's size (sampling starts from noise)",
+            ),
+            Node(
+                12,
+                "SamplerCustomAdvanced",
+                (1580, 40),
+                (300, 330),
+                inputs=[
+                    ("noise", "NOISE", (8, 0)),
+                    ("guider", "GUIDER", (7, 0)),
+                    ("sampler", "SAMPLER", (9, 0)),
+                    ("sigmas", "SIGMAS", (10, 0)),
+                    ("latent_image", "LATENT", (11, 0)),
+                ],
+                outputs=[("output", "LATENT"), ("denoised_output", "LATENT")],
+            ),
+            Node(
+                13,
+                "VAEDecode",
+                (1580, 420),
+                (220, 60),
+                inputs=[("samples", "LATENT", (12, 0)), ("vae", "VAE", (2, 2))],
+                outputs=[("IMAGE", "IMAGE")],
+            ),
+            Node(
+                14,
+                "SPIRE_ColorFix",
+                (1920, 40),
+                (300, 120),
+                widgets=[("method", "wavelet", []), ("strength", 1.0, [])],
+                inputs=[("image", "IMAGE", (13, 0)), ("reference", "IMAGE", (1, 0))],
+                outputs=[("image", "IMAGE")],
+            ),
+            save(15, (2260, 40), (14, 0), "spire_semantic"),
+        ],
+    )
+
+
+def spire_strength_sweep() -> Graph:
+    prompts = ["Denoise with sigma 0.02", "Denoise with sigma 0.05", "Denoise with sigma 0.1"]
+    nodes = [load_image(1, (40, 300)), checkpoint(2, (40, 80)), adaptor_loader(5, (40, 200))]
+    for i, prompt in enumerate(prompts):
+        nodes.append(
+            restore_node(
+                10 + i, (420 + 380 * i, 80), (1, 0), restoration=prompt, color_fix="none", title=f"Restore: {prompt}"
+            )
+        )
+    nodes.append(
+        Node(
+            20,
+            "ImageStitch",
+            (420, 660),
+            (300, 170),
+            widgets=[
+                ("direction", "right", []),
+                ("match_image_size", True, []),
+                ("spacing_width", 8, []),
+                ("spacing_color", "white", []),
+            ],
+            inputs=[("image1", "IMAGE", (10, 0)), ("image2", "IMAGE", (11, 0))],
+            outputs=[("IMAGE", "IMAGE")],
+        )
+    )
+    nodes.append(
+        Node(
+            21,
+            "ImageStitch",
+            (760, 660),
+            (300, 170),
+            widgets=[
+                ("direction", "right", []),
+                ("match_image_size", True, []),
+                ("spacing_width", 8, []),
+                ("spacing_color", "white", []),
+            ],
+            inputs=[("image1", "IMAGE", (20, 0)), ("image2", "IMAGE", (12, 0))],
+            outputs=[("IMAGE", "IMAGE")],
+        )
+    )
+    nodes.append(save(22, (1100, 660), (21, 0), "spire_sweep"))
+    return Graph(
+        "spire_strength_sweep",
+        notes="One image, three restoration prompts of rising denoise strength, results side by side.",
+        nodes=nodes,
+    )
+
+
+def spire_degrade_restore_metrics() -> Graph:
+    return Graph(
+        "spire_degrade_restore_metrics",
+        notes=(
+            "Benchmark one clean photo: degrade it with the paper pipeline, restore it with the prompt the "
+            "degradation wrote, and measure PSNR/SSIM (LPIPS with local weights) of degraded and restored images "
+            "against the clean one; the metrics are saved as CSV and JSON."
+        ),
+        nodes=[
+            load_image(1, (40, 300)),
+            checkpoint(2, (40, 80)),
+            adaptor_loader(5, (40, 200)),
+            Node(
+                3,
+                "SPIRE_DegradeImage",
+                (420, 300),
+                (340, 260),
+                widgets=[
+                    ("seed", 0, ["fixed"]),
+                    ("preset", "paper", []),
+                    ("blur_sigma", 0.0, []),
+                    ("downscale", 1.0, []),
+                    ("noise_sigma", 0.0, []),
+                    ("jpeg_quality", 0, []),
+                ],
+                inputs=[("image", "IMAGE", (1, 0))],
+                outputs=[("degraded", "IMAGE"), ("restoration_prompt", "STRING"), ("params_json", "STRING")],
+            ),
+            restore_node(6, (800, 80), (3, 0), color_fix="wavelet", restoration_link=(3, 1)),
+            Node(
+                7,
+                "SPIRE_ImageMetrics",
+                (1200, 80),
+                (320, 200),
+                widgets=[("lpips_weights", "none", [])],
+                inputs=[("image", "IMAGE", (6, 0)), ("reference", "IMAGE", (1, 0))],
+                outputs=[
+                    ("psnr", "FLOAT"),
+                    ("ssim", "FLOAT"),
+                    ("lpips", "FLOAT"),
+                    ("table", "STRING"),
+                    ("metrics_json", "STRING"),
+                ],
+                title="Restored vs clean",
+            ),
+            Node(
+                8,
+                "SPIRE_ImageMetrics",
+                (1200, 320),
+                (320, 200),
+                widgets=[("lpips_weights", "none", [])],
+                inputs=[("image", "IMAGE", (3, 0)), ("reference", "IMAGE", (1, 0))],
+                outputs=[
+                    ("psnr", "FLOAT"),
+                    ("ssim", "FLOAT"),
+                    ("lpips", "FLOAT"),
+                    ("table", "STRING"),
+                    ("metrics_json", "STRING"),
+                ],
+                title="Degraded vs clean",
+            ),
+            Node(
+                9,
+                "SPIRE_SaveMetrics",
+                (1560, 80),
+                (320, 120),
+                widgets=[("filename_prefix", "spire/restored_metrics", [])],
+                inputs=[("metrics_json", "STRING", (7, 4))],
+            ),
+            save(10, (1560, 260), (6, 0), "spire_benchmark"),
+        ],
+    )
+
+
+def spire_restore_to_generation() -> Graph:
+    return Graph(
+        "spire_restore_to_generation",
+        notes="Restore, upscale 1.5x, then a light img2img pass with the semantic prompt for extra detail.",
+        nodes=[
+            load_image(1, (40, 300)),
+            checkpoint(2, (40, 80)),
+            adaptor_loader(5, (40, 200)),
+            restore_node(6, (420, 80), (1, 0), semantic="a detailed photo of a cat"),
+            Node(
+                7,
+                "ImageScaleBy",
+                (820, 80),
+                (300, 90),
+                widgets=[("upscale_method", "lanczos", []), ("scale_by", 1.5, [])],
+                inputs=[("image", "IMAGE", (6, 0))],
+                outputs=[("IMAGE", "IMAGE")],
+            ),
+            Node(
+                8,
+                "VAEEncode",
+                (820, 220),
+                (220, 60),
+                inputs=[("pixels", "IMAGE", (7, 0)), ("vae", "VAE", (2, 2))],
+                outputs=[("LATENT", "LATENT")],
+            ),
+            text_encode(9, (820, 320), "a detailed photo of a cat, sharp focus", (2, 1), "Generation prompt"),
+            text_encode(10, (820, 500), "blurry, low quality", (2, 1), "Negative"),
+            Node(
+                11,
+                "KSampler",
+                (1240, 80),
+                (320, 270),
+                widgets=[
+                    ("seed", 0, ["fixed"]),
+                    ("steps", 25, []),
+                    ("cfg", 6.0, []),
+                    ("sampler_name", "dpmpp_2m", []),
+                    ("scheduler", "karras", []),
+                    ("denoise", 0.35, []),
+                ],
+                inputs=[
+                    ("model", "MODEL", (2, 0)),
+                    ("positive", "CONDITIONING", (9, 0)),
+                    ("negative", "CONDITIONING", (10, 0)),
+                    ("latent_image", "LATENT", (8, 0)),
+                ],
+                outputs=[("LATENT", "LATENT")],
+            ),
+            Node(
+                12,
+                "VAEDecode",
+                (1240, 400),
+                (220, 60),
+                inputs=[("samples", "LATENT", (11, 0)), ("vae", "VAE", (2, 2))],
+                outputs=[("IMAGE", "IMAGE")],
+            ),
+            save(13, (1600, 80), (12, 0), "spire_generation"),
+        ],
+    )
+
+
+def spire_large_photo_tiled() -> Graph:
+    return Graph(
+        "spire_large_photo_tiled",
+        notes=(
+            "Large photos: restore in 512-pixel tiles overlapping by 64 pixels, blended so no seam shows; memory "
+            "follows the tile size, not the photo size."
+        ),
+        nodes=[
+            load_image(1, (40, 300)),
+            checkpoint(2, (40, 80)),
+            adaptor_loader(5, (40, 200)),
+            restore_node(6, (420, 80), (1, 0), tile_size=512, title="Restore (SPIRE), tiled"),
+            save(7, (820, 80), (6, 0), "spire_tiled"),
+        ],
+    )
+
+
+GRAPHS = [
+    degradation_preview,
+    spire_restore,
+    spire_blind_restore,
+    spire_semantic_restore,
+    spire_strength_sweep,
+    spire_degrade_restore_metrics,
+    spire_restore_to_generation,
+    spire_large_photo_tiled,
+]
 
 
 def main() -> None:

@@ -41,16 +41,28 @@ def degradation_preview(source: Path) -> Image.Image:
     return caption(pair, "SPIRE degradation: " + result.prompts()[0], 2 * side)
 
 
-def spire_restore(source: Path) -> Image.Image:
-    """The degraded input the workflow restores, with the graph it runs (no weights ship, so no result)."""
+CARDS = {
+    "spire_restore": "SPIRE restore: Load Image -> Apply Adaptor (SPIRE) with 'Remove all degradation' + semantic "
+    "prompt -> KSampler -> Save Image",
+    "spire_blind_restore": "SPIRE blind restoration: one 'Restore (SPIRE)' node, 'Remove all degradation', no "
+    "semantic prompt, wavelet colour fix",
+    "spire_semantic_restore": "SPIRE semantic + restoration prompts: Apply Adaptor -> Restoration Guider (separate "
+    "scales) -> SamplerCustomAdvanced -> Color Fix",
+    "spire_strength_sweep": "SPIRE strength sweep: Denoise with sigma 0.02 | 0.05 | 0.1, side by side",
+    "spire_degrade_restore_metrics": "SPIRE benchmark: Degrade -> Restore with the written prompt -> PSNR/SSIM "
+    "against the clean photo, saved as CSV + JSON",
+    "spire_restore_to_generation": "SPIRE restore -> upscale 1.5x -> img2img with the semantic prompt",
+    "spire_large_photo_tiled": "SPIRE large photo: 512 px tiles, 64 px blended overlaps, memory bounded by the tile",
+}
+"""Captions of the restore workflows' thumbnails (no SPIRE weights ship, so they show the input they work on)."""
+
+
+def card(source: Path, text: str, seed: int) -> Image.Image:
+    """The degraded input a workflow restores, captioned with what the workflow does."""
     clean = load_image(source)
-    result = degrade(clean, sample_params(PRESETS["paper"], torch.Generator().manual_seed(1), 1))
+    result = degrade(clean, sample_params(PRESETS["paper"], torch.Generator().manual_seed(seed), 1))
     side = 256
     picture = to_pil(result.images).resize((2 * side, 2 * side), Image.Resampling.LANCZOS).crop((0, 0, 2 * side, side))
-    text = (
-        "SPIRE restore: Load Image -> Apply Adaptor (SPIRE) with 'Remove all degradation' + semantic prompt -> "
-        "KSampler -> Save Image"
-    )
     return caption(picture, text, 2 * side)
 
 
@@ -60,8 +72,9 @@ def main() -> None:
     if not source.is_file():
         source = PACK_DIR / "docs" / "samples" / "astronaut.png"
     degradation_preview(source).save(WORKFLOW_DIR / "spire_degradation_preview.jpg", quality=88)
-    spire_restore(source).save(WORKFLOW_DIR / "spire_restore.jpg", quality=88)
-    print("wrote spire_degradation_preview.jpg, spire_restore.jpg")
+    for seed, (name, text) in enumerate(CARDS.items(), 1):
+        card(source, text, seed).save(WORKFLOW_DIR / f"{name}.jpg", quality=88)
+    print(f"wrote spire_degradation_preview.jpg and {len(CARDS)} restore thumbnails")
 
 
 if __name__ == "__main__":
