@@ -2,6 +2,7 @@
 
 python -m spire_core.bench degradation [--device cpu|cuda] [--batch 16] [--size 512] [--out results/]
 python -m spire_core.bench sampling [--device cpu|cuda] [--batches 1,2] [--repeats 3] [--dtype float32]
+python -m spire_core.bench training [--device cpu|cuda] [--sizes tiny,sd15] [--batch 1] [--steps 3]
 """
 
 from __future__ import annotations
@@ -31,7 +32,28 @@ def main(argv: list[str] | None = None) -> int:
     smp.add_argument("--repeats", type=int, default=3)
     smp.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     smp.add_argument("--out", default=None, help="results folder (default: the repository's results/)")
+    trn = sub.add_parser("training", help="training step: SPIRE adaptor vs plain diffusers ControlNet, same trunk")
+    trn.add_argument("--device", default="cpu")
+    trn.add_argument("--sizes", default="tiny,sd15")
+    trn.add_argument("--batch", type=int, default=1)
+    trn.add_argument("--steps", type=int, default=3)
+    trn.add_argument("--no-memory", action="store_true", help="skip the per-candidate peak-memory subprocesses")
+    trn.add_argument("--out", default=None, help="results folder (default: the repository's results/)")
     args = parser.parse_args(argv)
+
+    if args.benchmark == "training":
+        from .training import run as run_training
+
+        result = run_training(
+            sizes=tuple(args.sizes.split(",")),
+            batch=args.batch,
+            steps=args.steps,
+            device=args.device,
+            memory=not args.no_memory,
+        )
+        path = write_result(f"training-{args.device.split(':')[0]}", result, args.out)
+        sys.stdout.write(json.dumps(result, indent=2) + f"\nwrote {path}\n")
+        return 0
 
     if args.benchmark == "sampling":
         from .sampling import run as run_sampling

@@ -180,7 +180,7 @@ def load_base_unet(
         resolved, source_of_prediction = _normalise_prediction(found, str(path)), found_source
     else:
         resolved = "epsilon"
-    unet = unet.to(device=device, dtype=dtype).eval()
+    unet = (unet.to(device=device, dtype=dtype) if dtype is not None else unet.to(device=device)).eval()
     config = json.loads(json.dumps(dict(unet.config), default=str))
     config = {key: value for key, value in config.items() if not key.startswith("_")}
     info = BaseModelInfo(
