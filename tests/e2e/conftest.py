@@ -122,6 +122,15 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     base = tmp_path_factory.mktemp("server_base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_NAME).symlink_to(PACK_DIR, target_is_directory=True)
+    # Test-only nodes (tiny model loader, tensor capture) as a second custom node package.
+    test_nodes = base / "custom_nodes" / "spire_test_nodes"
+    test_nodes.mkdir()
+    (test_nodes / "__init__.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(PACK_DIR / 'tests' / 'support')!r})\n"
+        f"sys.path.insert(0, {str(PACK_DIR)!r})\n"
+        "from spire_test_support.tiny_comfy import TEST_NODES as NODE_CLASS_MAPPINGS\n"
+    )
     (base / "input").mkdir()
     shutil.copy(root / "input" / "example.png", base / "input" / "example.png")
     srv = Server(root, base, free_port(), base / "server.log")
