@@ -120,6 +120,7 @@ def restore(
     color_fix_method="none",
     tile_size=0,
     tile_overlap=64,
+    upsample=True,
 ) -> torch.Tensor:
     """The whole SPIRE restoration of a ComfyUI IMAGE batch (B, H, W, C) -> IMAGE at the requested size."""
     if not isinstance(control_net, SpireControl):
@@ -133,6 +134,8 @@ def restore(
         )
     prompts = restoration_prompts(restoration_prompt, image.shape[0])
     height, width, _ = output_size(image.shape[1], image.shape[2], prompts)
+    if not upsample:  # the image is already at its final size (e.g. a synthetic degradation resized back)
+        height, width = image.shape[1], image.shape[2]
     degraded = image.movedim(-1, 1)[:, :3].float()
     hint = degraded
     if (height, width) != tuple(degraded.shape[-2:]):  # "Upsample by Nx": the degraded image at the output size
@@ -257,6 +260,12 @@ class Restore(io.ComfyNode):
                     step=8,
                     tooltip="Pixels tiles share, blended smoothly; less than half of tile_size.",
                 ),
+                io.Boolean.Input(
+                    "upsample",
+                    default=True,
+                    tooltip="'Upsample by Nx' in the prompt makes the output N times the input size. Off: keep the "
+                    "input's size (the image was already resized back, as 'Degrade Image (SPIRE)' does).",
+                ),
             ],
             outputs=[io.Image.Output("restored", display_name="IMAGE", tooltip="The restored image.")],
         )
@@ -281,6 +290,7 @@ class Restore(io.ComfyNode):
         color_fix,
         tile_size,
         tile_overlap,
+        upsample=True,
     ) -> io.NodeOutput:
         return io.NodeOutput(
             restore(
@@ -301,6 +311,7 @@ class Restore(io.ComfyNode):
                 color_fix,
                 tile_size,
                 tile_overlap,
+                upsample,
             )
         )
 

@@ -157,6 +157,8 @@ def test_restore_keeps_any_size_and_upsamples_by_the_prompt(setup):
     assert out.shape == (1, 45, 61, 3) and float(out.min()) >= 0 and float(out.max()) <= 1
     up = restore(setup, odd, restoration_prompt="Upsample by 2.0x; Denoise with sigma 0.05")
     assert up.shape == (1, 90, 122, 3)
+    kept = restore(setup, odd, restoration_prompt="Upsample by 2.0x; Denoise with sigma 0.05", upsample=False)
+    assert kept.shape == (1, 45, 61, 3)
 
 
 def test_restore_is_ksampler_with_the_adaptor(setup):

@@ -285,6 +285,7 @@ def restore_node(
     color_fix: str = "wavelet",
     title: str | None = None,
     restoration_link: tuple[int, int] | None = None,
+    upsample: bool = True,
 ) -> Node:
     inputs = [
         ("model", "MODEL", (2, 0)),
@@ -313,6 +314,7 @@ def restore_node(
             ("color_fix", color_fix, []),
             ("tile_size", tile_size, []),
             ("tile_overlap", 64, []),
+            ("upsample", upsample, []),
         ],
         inputs=inputs,
         outputs=[("IMAGE", "IMAGE")],
@@ -540,7 +542,7 @@ def spire_degrade_restore_metrics() -> Graph:
                 inputs=[("image", "IMAGE", (1, 0))],
                 outputs=[("degraded", "IMAGE"), ("restoration_prompt", "STRING"), ("params_json", "STRING")],
             ),
-            restore_node(6, (800, 80), (3, 0), color_fix="wavelet", restoration_link=(3, 1)),
+            restore_node(6, (800, 80), (3, 0), color_fix="wavelet", restoration_link=(3, 1), upsample=False),
             Node(
                 7,
                 "SPIRE_ImageMetrics",

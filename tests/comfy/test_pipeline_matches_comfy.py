@@ -1,0 +1,287 @@
+"""``spire_core.pipeline.SpirePipeline`` gives the same image as ComfyUI's 'Restore (SPIRE)' node.
+
+Both sides run the same weights (tiny SD1 models built in ComfyUI):
+
+- UNet: ``tiny_comfy.save_checkpoint`` writes the ComfyUI UNet as a single-file LDM checkpoint; the pipeline
+  loads it with ``load_base_unet`` (the single-file path users take) and ComfyUI runs the same tensors. The file
+  is first "sharpened": the random tiny UNet's noise predictions are so small next to the noise that the
+  restored image hardly depends on the prompts or the adaptor (another semantic prompt moves pixels by ~1e-5, less
+  than float noise), so a match would prove little. Scaling its cross-attention keys/values by 10 and its output
+  convolution by 30 makes the semantic prompt, the restoration prompt and the adaptor strength move pixels by
+  1e-3 to 1e-1 (asserted below), so agreement to 1e-4 tests the guidance, the prompts and the adaptor.
+- VAE: the ComfyUI ``AutoencoderKL`` state dict (LDM names) converted with diffusers'
+  ``convert_ldm_vae_checkpoint`` into a diffusers ``AutoencoderKL`` of the same shape.
+- Text encoder: ComfyUI's SD1 CLIP holds a transformers-named CLIP text model under ``clip_l.transformer.``;
+  its weights (stored in float16 by ComfyUI, computed in float32) load unchanged into a transformers
+  ``CLIPTextModel`` (quick GELU, 77 positions). The tokenizer is built from ComfyUI's own SD1 vocabulary files
+  (``model_max_length`` 77, padding with the end token as ComfyUI does), so the token ids are equal too.
+- Adaptor: one ``.safetensors`` file, loaded by the node's loader and by ``load_adaptor``.
+
+Noise: ``comfy.sample.prepare_noise(latent, seed)`` is ``torch.randn`` from the CPU generator seeded with the seed,
+which is what the pipeline draws by default (checked, then relied on).
+
+Schedules: ComfyUI samples in sigma space; the pipeline uses diffusers schedulers. They visit the same noise
+levels when the timesteps agree: ComfyUI's "simple" scheduler is diffusers' "trailing" spacing (999, 999 - 1000/n,
+...), and "normal" is "linspace" when 999 / (steps - 1) is a whole number (4 steps: 999, 666, 333, 0). ComfyUI's
+"ddim" sampler is Euler; diffusers DDIM (eta 0) is the same update in variance-preserving coordinates, provided its
+last step lands on the clean latent (``set_alpha_to_one=True``, part of ``COMFY_SIMPLE_SCHEDULE``). The start
+latent is the noise times sqrt(1 + sigma_max^2) on both sides (ComfyUI's max-denoise scaling; the pipeline's Euler
+start and DDIM's unit-variance start are that same point).
+
+What is left is float32 rounding (guidance on denoised vs noise predictions, batched vs separate branches,
+float64 vs float32 noise tables): measured max abs pixel difference 1.4e-6 to 2.4e-6 over the cases below;
+asserted <= 1e-4 (``TOLERANCE``), while every input covered moves pixels by more than 10 times that.
+
+Not matched exactly, by design (docs/evaluation.md): the node's default scheduler "ddim_uniform" with the
+pipeline's default "leading" spacing. The timesteps agree, but ComfyUI then starts from sigma * noise (sampling
+does not start at sigma_max) and ends at sigma 0, while diffusers DDIM starts from unit-variance noise and, with
+Stable Diffusion's ``set_alpha_to_one=False``, ends at the first training noise level (measured on these models:
+7.5e-3 max abs pixel difference at 10 steps, 2.3e-3 at 50).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from spire_test_support import tiny_comfy
+
+from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
+from spire_core.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
+from spire_core.training.components import SD_SCHEDULER_CONFIG
+
+ADAPTOR = "pipeline_match_sd1.safetensors"
+SHARPEN = {".attn2.to_k.": 10.0, ".attn2.to_v.": 10.0, "model.diffusion_model.out.2.": 30.0}
+"""Factors applied to the tiny UNet's checkpoint tensors whose key contains the pattern (see the module docstring)."""
+TOLERANCE = 1e-4
+"""Max abs pixel difference (images in [0, 1], float32) allowed between the pipeline and the node."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def export_vae(folder):
+    """The tiny ComfyUI VAE as a diffusers ``AutoencoderKL`` folder (LDM keys converted by diffusers)."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    ddconfig = tiny_comfy.VAE_DDCONFIG
+    config = {
+        "in_channels": ddconfig["in_channels"],
+        "out_channels": ddconfig["out_ch"],
+        "down_block_types": ["DownEncoderBlock2D"] * len(ddconfig["ch_mult"]),
+        "up_block_types": ["UpDecoderBlock2D"] * len(ddconfig["ch_mult"]),
+        "block_out_channels": [ddconfig["ch"] * m for m in ddconfig["ch_mult"]],
+        "layers_per_block": ddconfig["num_res_blocks"],
+        "latent_channels": ddconfig["z_channels"],
+        "norm_num_groups": 32,  # LDM's Normalize
+        "sample_size": ddconfig["resolution"],
+        "scaling_factor": 0.18215,  # SD1's latent scale (ComfyUI's SD15 latent format)
+    }
+    vae = AutoencoderKL(**config)
+    state = convert_ldm_vae_checkpoint(tiny_comfy.tiny_vae().first_stage_model.state_dict(), config)
+    vae.load_state_dict(state, strict=True)
+    vae.save_pretrained(folder, safe_serialization=True)
+
+
+def export_text_encoder(folder):
+    """The tiny ComfyUI SD1 CLIP as a transformers ``CLIPTextModel`` folder (same names, float32)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    prefix = "clip_l.transformer.text_model."
+    state = tiny_comfy.tiny_clip("sd1").cond_stage_model.state_dict()
+    config = CLIPTextConfig(
+        **tiny_comfy.CLIP_CONFIGS["sd1"],
+        vocab_size=49408,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    model = CLIPTextModel(config)
+    inner = "text_model." if any(k.startswith("text_model.") for k in model.state_dict()) else ""
+    model.load_state_dict({inner + k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)})
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def export_tokenizer(folder):
+    """A transformers ``CLIPTokenizer`` from ComfyUI's own SD1 vocabulary files, limited to 77 tokens."""
+    from pathlib import Path
+
+    import comfy.sd1_clip
+    from transformers import CLIPTokenizer
+
+    source = Path(comfy.sd1_clip.__file__).parent / "sd1_tokenizer"
+    CLIPTokenizer.from_pretrained(str(source), model_max_length=77).save_pretrained(folder)
+
+
+def sharpened_checkpoint(folder):
+    """``tiny_comfy.save_checkpoint``'s file with ``SHARPEN`` applied, and the ComfyUI MODEL running it."""
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source = tiny_comfy.save_checkpoint(folder / "tiny_sd1.safetensors", "sd1")
+    with safe_open(str(source), framework="pt") as f:
+        metadata = f.metadata()
+        state = {key: f.get_tensor(key) for key in f.keys()}
+    for key in state:
+        for pattern, factor in SHARPEN.items():
+            if pattern in key:
+                state[key] = state[key] * factor
+    path = folder / "sharp_sd1.safetensors"
+    save_file(state, str(path), metadata=metadata)
+    base = comfy.model_base.BaseModel(
+        tiny_comfy.model_config("sd1"), model_type=comfy.model_base.ModelType.EPS, device=mm.unet_offload_device()
+    )
+    prefix = "model.diffusion_model."
+    base.diffusion_model.load_state_dict({k[len(prefix) :]: v for k, v in state.items()}, strict=True)
+    model = comfy.model_patcher.ModelPatcher(
+        base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def setup(comfy, tmp_path_factory):
+    """(comfy, pipeline, control, model): the same UNet, VAE, CLIP and adaptor on both sides."""
+    from diffusers import DDPMScheduler
+
+    work = tmp_path_factory.mktemp("pipeline_match")
+    checkpoint, model = sharpened_checkpoint(work)
+    components = work / "components"
+    export_vae(components / "vae")
+    export_text_encoder(components / "text_encoder")
+    export_tokenizer(components / "tokenizer")
+    DDPMScheduler.from_config(SD_SCHEDULER_CONFIG).save_config(components / "scheduler")
+    unet, info = load_base_unet(checkpoint)
+    adaptor = SpireAdaptor.from_unet(unet, base_family="sd1", prediction_type=info.prediction_type)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in adaptor.head_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        for name, p in adaptor.controlnet.named_parameters():
+            if ".attn2.to_" in name:  # the tiny trunk's cross-attention is too weak to tell prompts apart
+                p.mul_(10.0)
+    save_adaptor(adaptor, comfy.models_dir("spire") / ADAPTOR)
+    pipe = SpirePipeline.load(checkpoint, comfy.models_dir("spire") / ADAPTOR, components=components)
+    control = comfy.nodes.NODE_CLASS_MAPPINGS["SPIRE_AdaptorLoader"].execute(ADAPTOR).result[0]
+    return comfy, pipe, control, model
+
+
+def photo(height: int, width: int) -> torch.Tensor:
+    """(1, H, W, 3) ComfyUI IMAGE."""
+    import skimage.data
+
+    resized = Image.fromarray(skimage.data.astronaut()).resize((width, height), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(resized).copy()).float().div(255).unsqueeze(0)
+
+
+def node_restore(comfy, model, control, image, **values) -> torch.Tensor:
+    """The 'Restore (SPIRE)' node as ComfyUI registered it; returns (B, 3, H, W)."""
+    clip, vae = tiny_comfy.tiny_clip("sd1"), tiny_comfy.tiny_vae()
+    values = {"tile_size": 0, "tile_overlap": 16, **values}
+    with torch.no_grad():  # as ComfyUI's executor runs nodes
+        out = comfy.nodes.NODE_CLASS_MAPPINGS["SPIRE_Restore"].execute(model, clip, vae, control, image, **values)
+    return out.result[0].movedim(-1, 1)
+
+
+def test_exported_text_encoder_vae_and_noise_are_comfyui_s(setup):
+    import comfy.sample
+
+    pipe = setup[1]
+    clip = tiny_comfy.tiny_clip("sd1")
+    for text in ("", "an astronaut", "Remove all degradation", "Deblur with sigma 2.0; Denoise with sigma 0.05"):
+        ours = pipe.encode_prompts([text], pipe.adaptor.config.text_encoder_layer)
+        theirs = clip.encode_from_tokens(clip.tokenize(text))
+        assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) <= 1e-5, text
+    latent = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = ((pipe.components.vae.decode(latent / pipe.components.scaling_factor).sample + 1) / 2).clamp(0, 1)
+        theirs = tiny_comfy.tiny_vae().decode(latent / pipe.components.scaling_factor).movedim(-1, 1)
+    assert float((ours - theirs).abs().max()) <= 1e-5
+    for seed in (0, 7, 2**40 + 3):
+        noise = comfy.sample.prepare_noise(torch.zeros(2, 4, 6, 8), seed)
+        assert torch.equal(
+            noise, torch.randn(pipe.noise_shape(2, 48, 64), generator=torch.Generator().manual_seed(seed))
+        )
+
+
+CASES = {
+    # node sampler/scheduler -> pipeline sampler + scheduler options; odd size, blind, CFG (two branches)
+    "ddim-simple": ({"sampler_name": "ddim", "scheduler": "simple"}, "ddim", COMFY_SIMPLE_SCHEDULE, {}),
+    "euler-normal": ({"sampler_name": "euler", "scheduler": "normal"}, "euler", {"timestep_spacing": "linspace"}, {}),
+    # restoration guidance (three branches) with a named restoration prompt
+    "restoration-scale": (
+        {"sampler_name": "ddim", "scheduler": "simple"},
+        "ddim",
+        COMFY_SIMPLE_SCHEDULE,
+        {"restoration_prompt": "Deblur with sigma 2.0; Denoise with sigma 0.05", "restoration_scale": 2.5},
+    ),
+    # "Upsample by 2.0x": output twice the input (bicubic hint), a colour fix, adaptor strength
+    "upsample-colorfix": (
+        {"sampler_name": "euler", "scheduler": "simple"},
+        "euler",
+        COMFY_SIMPLE_SCHEDULE,
+        {"restoration_prompt": "Upsample by 2.0x; Denoise with sigma 0.05", "color_fix": "adain", "strength": 0.7},
+    ),
+}
+
+
+SETTINGS = {
+    "semantic_prompt": "an astronaut",
+    "restoration_prompt": "Remove all degradation",
+    "steps": 4,
+    "semantic_scale": 4.0,
+    "restoration_scale": 1.0,
+    "seed": 7,
+    "strength": 1.0,
+    "color_fix": "none",
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pipeline_matches_the_restore_node(setup, case):
+    comfy, pipe, control, model = setup
+    node_sampling, sampler, options, overrides = CASES[case]
+    settings = {**SETTINGS, **overrides}
+    image = photo(45, 61)  # not a multiple of 8: padded by reflection, cropped back on both sides
+    theirs = node_restore(comfy, model, control, image, **node_sampling, **settings)
+    ours = pipe.restore(image.movedim(-1, 1), sampler=sampler, scheduler_options=options, **settings)
+    factor = 2 if "Upsample" in settings["restoration_prompt"] else 1
+    assert ours.shape == theirs.shape == (1, 3, 45 * factor, 61 * factor)
+    difference = float((ours - theirs).abs().max())
+    assert difference <= TOLERANCE, f"{case}: max abs pixel difference {difference:.3g}"
+
+
+def test_the_match_is_not_vacuous(setup):
+    """Every input the match covers moves the image by far more than the tolerance."""
+    pipe = setup[1]
+    image = photo(45, 61).movedim(-1, 1)
+
+    def restore(**overrides):
+        return pipe.restore(image, scheduler_options=COMFY_SIMPLE_SCHEDULE, **{**SETTINGS, **overrides})
+
+    reference = restore()
+    changes = {
+        "semantic prompt": {"semantic_prompt": "a red car"},
+        "semantic scale": {"semantic_scale": 9.0},
+        "restoration prompt": {"restoration_prompt": "Deblur with sigma 2.0; Denoise with sigma 0.05"},
+        "restoration scale": {"restoration_prompt": "Deblur with sigma 2.0", "restoration_scale": 2.5},
+        "adaptor strength": {"strength": 0.0},
+        "seed": {"seed": 8},
+    }
+    effects = {name: float((restore(**change) - reference).abs().max()) for name, change in changes.items()}
+    effects["restoration scale"] = float(
+        (restore(**changes["restoration scale"]) - restore(restoration_prompt="Deblur with sigma 2.0")).abs().max()
+    )
+    assert all(effect > 10 * TOLERANCE for effect in effects.values()), effects
