@@ -140,3 +140,13 @@ def comfy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     root = request.config.comfyui_dir  # type: ignore[attr-defined]
     assert root is not None, "the comfy tier runs only when ComfyUI is found"
     return _boot(Path(root), tmp_path_factory.mktemp("comfy_base"))
+
+
+@pytest.fixture(autouse=True)
+def inference_mode():
+    """Tests that call nodes or samplers directly run them as ComfyUI's executor does: in inference mode
+    (models a prompt loaded earlier hold inference tensors, which autograd must not see)."""
+    import torch
+
+    with torch.inference_mode():
+        yield
