@@ -263,6 +263,7 @@ class Restore(io.ComfyNode):
                 io.Boolean.Input(
                     "upsample",
                     default=True,
+                    optional=True,  # added after the first workflows shipped: older prompts still validate
                     tooltip="'Upsample by Nx' in the prompt makes the output N times the input size. Off: keep the "
                     "input's size (the image was already resized back, as 'Degrade Image (SPIRE)' does).",
                 ),
