@@ -24,18 +24,8 @@ from .common import describe_device
 PACK_DIR = Path(__file__).resolve().parents[2]
 VARIANTS = ("bare", "controlnet", "spire")
 
-_BOOT = r"""
-import importlib.util, sys
-root, pack, device = sys.argv[1], sys.argv[2], sys.argv[3]
-sys.path.insert(0, root)
-from comfy.cli_args import args
-args.cpu = device == "cpu"
-args.disable_api_nodes = True
-spec = importlib.util.spec_from_file_location("spire_pack", pack + "/__init__.py", submodule_search_locations=[pack])
-module = importlib.util.module_from_spec(spec); sys.modules["spire_pack"] = module; spec.loader.exec_module(module)
-from spire_pack.nodes import benchmark
-benchmark.main(sys.argv[4:])
-"""
+BOOT_SCRIPT = PACK_DIR / "nodes" / "bench_boot.py"
+"""The ComfyUI-side starter of the worker (the only part of the benchmark that imports ComfyUI)."""
 
 
 def find_comfyui() -> Path | None:
@@ -48,7 +38,7 @@ def find_comfyui() -> Path | None:
 
 
 def _worker(root: Path, device: str, *argv: str, timeout: float = 3600) -> dict[str, Any]:
-    command = [sys.executable, "-c", _BOOT, str(root), str(PACK_DIR), device, *argv, "--device", device]
+    command = [sys.executable, str(BOOT_SCRIPT), str(root), str(PACK_DIR), device, *argv, "--device", device]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=str(root))
     for line in done.stdout.splitlines():
         if line.startswith("SPIRE_BENCH_RESULT "):
