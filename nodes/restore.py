@@ -8,10 +8,10 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..spire_core.prompt import BLIND_PROMPT, parse
+from ..spire_core.prompt import BLIND_PROMPT
+from ..spire_core.restoration import COLOR_FIXES, apply_color_fix, output_size, pad_to_multiple
 from .adaptor import PROMPT_TOOLTIP, attach, encode_restoration, restoration_prompts
 from .guidance import make_guider
 from .spire_control import SpireControl
@@ -21,7 +21,6 @@ FORMULA = (
     "+ semantic_scale * [pred(semantic, r) - pred(empty, r)], where r is the restoration prompt and null is "
     f"'{BLIND_PROMPT}'. restoration_scale 1 is ordinary CFG over the semantic prompt (two predictions per step)."
 )
-COLOR_FIXES = ("none", "wavelet", "adain")
 
 
 def _scale_inputs() -> list:
@@ -69,37 +68,6 @@ class RestorationGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, clip, semantic_scale, restoration_scale) -> io.NodeOutput:
         return io.NodeOutput(make_guider(model, positive, negative, clip, semantic_scale, restoration_scale))
-
-
-def output_size(height: int, width: int, prompts: list[str]) -> tuple[int, int, float]:
-    """(height, width, factor) of the restoration: N x the input for "Upsample by Nx" (same N for the batch)."""
-    factors = {parse(p).upsample or 1.0 for p in prompts}
-    if len(factors) > 1:
-        raise ValueError(
-            f"restoration_prompt asks for different upsample factors {sorted(factors)} within one batch; one batch "
-            "has one output size"
-        )
-    factor = factors.pop()
-    return max(1, round(height * factor)), max(1, round(width * factor)), factor
-
-
-def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """(B, C, H, W) padded at the bottom/right by reflection (replicate where too small) to multiples."""
-    pad_h, pad_w = (-image.shape[-2]) % multiple, (-image.shape[-1]) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return image
-    mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
-    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
-
-
-def color_fix(restored: torch.Tensor, reference: torch.Tensor, method: str) -> torch.Tensor:
-    """(B, C, H, W) colour correction of ``restored`` against ``reference`` (the degraded input)."""
-    if method == "none":
-        return restored
-    from ..spire_core import color
-
-    fix = {"wavelet": color.wavelet_color_fix, "adain": color.adain_color_fix}[method]
-    return fix(restored, reference)
 
 
 def restore(
@@ -181,7 +149,7 @@ def restore(
     else:
         pixels = vae.decode(samples)
     pixels = pixels.reshape(-1, *pixels.shape[-3:])[..., :height, :width, :3]  # exactly the requested size
-    restored = color_fix(pixels.movedim(-1, 1).float(), hint.to(pixels.device), color_fix_method)
+    restored = apply_color_fix(pixels.movedim(-1, 1).float(), hint.to(pixels.device), color_fix_method)
     return restored.clamp(0, 1).movedim(1, -1)
 
 

@@ -51,14 +51,13 @@ from .models import (
     load_adaptor,
     predict_noise,
 )
-from .prompt import BLIND_PROMPT, RestorationPromptError, canonicalize, parse
+from .prompt import BLIND_PROMPT, RestorationPromptError, canonicalize
+from .restoration import COLOR_FIXES, apply_color_fix, output_size, pad_to_multiple
 from .training.components import FrozenComponents, encode_prompts, load_components
 
 SAMPLERS = ("ddim", "euler")
 """Samplers of ``SpirePipeline.restore``: DDIM (eta 0) and Euler, both deterministic."""
 
-COLOR_FIXES = ("none", "wavelet", "adain")
-"""Colour corrections against the degraded input (``spire_core.color``), as in the ComfyUI node."""
 
 NULL_RESTORATION_PROMPT = BLIND_PROMPT
 """The restoration prompt the restoration scale measures against ("Remove all degradation")."""
@@ -101,39 +100,6 @@ def restoration_prompts(prompts: str | Sequence[str], batch: int) -> list[str]:
             f"{len(canonical)} restoration prompts for {batch} images: give one for the whole batch or one per image"
         )
     return canonical
-
-
-def output_size(height: int, width: int, prompts: Sequence[str]) -> tuple[int, int, float]:
-    """(height, width, factor) of the restoration: N times the input for "Upsample by Nx" (one N per batch)."""
-    factors = {parse(p).upsample or 1.0 for p in prompts}
-    if len(factors) > 1:
-        raise ValueError(
-            f"the restoration prompts ask for different upsample factors {sorted(factors)} within one batch; one "
-            "batch has one output size"
-        )
-    factor = factors.pop()
-    return max(1, round(height * factor)), max(1, round(width * factor)), factor
-
-
-def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """(B, C, H, W) padded at the bottom and right by reflection (replicate where too small) to multiples."""
-    pad_h, pad_w = (-image.shape[-2]) % multiple, (-image.shape[-1]) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return image
-    mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
-    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
-
-
-def apply_color_fix(restored: torch.Tensor, reference: torch.Tensor, method: str) -> torch.Tensor:
-    """(B, C, H, W) colour correction of ``restored`` against ``reference``: ``"none"``, ``"wavelet"``, ``"adain"``."""
-    if method == "none":
-        return restored
-    from . import color
-
-    fixes = {"wavelet": color.wavelet_color_fix, "adain": color.adain_color_fix}
-    if method not in fixes:
-        raise ValueError(f"color_fix {method!r} is unknown; expected one of {COLOR_FIXES}")
-    return fixes[method](restored, reference)
 
 
 def combine_guidance(
