@@ -67,7 +67,7 @@ DIRECT_BUCKETS = (7, 13, 21)
 sizes so a batch runs in a few grouped convolutions; wider kernels go through the FFT, whose cost
 does not grow with the kernel. Separable kernels (1-D taps) run as two 1-D passes."""
 
-CPU_DIRECT_MAX = 7
+CPU_DIRECT_MAX = 5
 """On CPUs, 2-D kernels up to this size are applied by direct convolution, wider ones by the FFT."""
 
 CPU_SEPARABLE_MAX = 31
@@ -274,6 +274,22 @@ def _banded(n_in: int, n_out: int, interpolation: str) -> tuple[tuple[torch.Tens
     return tuple(taps)
 
 
+@lru_cache(maxsize=512)
+def _is_nearest_exact(n_in: int, n_out: int) -> bool:
+    """Whether the box filter on this axis is a single unit tap per output pixel that picks exactly
+    the pixel torch's ``nearest-exact`` picks (true when enlarging, barring float rounding of the
+    source coordinate, which this checks on the indices themselves)."""
+    if n_out == n_in:
+        return True
+    taps = _banded(n_in, n_out, "area")
+    if len(taps) != 1 or not bool((taps[0][1] == 1).all()):
+        return False
+    source = torch.arange(n_in, dtype=torch.float32)
+    picked = F.interpolate(source.view(1, 1, n_in, 1), size=(n_out, 1), mode="nearest-exact").flatten()
+    across = F.interpolate(source.view(1, 1, 1, n_in), size=(1, n_out), mode="nearest-exact").flatten()
+    return torch.equal(picked.long(), taps[0][0]) and torch.equal(across.long(), taps[0][0])
+
+
 def _apply_banded(images: torch.Tensor, taps: tuple[tuple[torch.Tensor, torch.Tensor], ...], dim: int) -> torch.Tensor:
     """Apply a banded one-axis operator (``_banded``) along ``dim`` (-1 or -2): a weighted sum of
     gathered pixels, in float32 on the images' device."""
@@ -283,8 +299,6 @@ def _apply_banded(images: torch.Tensor, taps: tuple[tuple[torch.Tensor, torch.Te
         index = index.to(images.device)
         # advanced indexing gathers along the last axis faster than index_select does
         term = images[..., index] if dim == -1 else images.index_select(dim, index)
-        if len(taps) == 1 and bool((weight == 1).all()):
-            return term
         term.mul_(weight.to(images.device, images.dtype).view(shape))
         out = term if out is None else out.add_(term)
     return out
@@ -301,10 +315,15 @@ def apply_resize(images: torch.Tensor, size: tuple[int, int], interpolation: str
     if (h, w) == tuple(size):
         return images
     if interpolation == "area":
+        if _is_nearest_exact(h, size[0]) and _is_nearest_exact(w, size[1]):
+            return F.interpolate(images, size=tuple(size), mode="nearest-exact")
         # box weights are a handful of equal taps per output pixel: gathering them is several times
         # cheaper than multiplying by the mostly-zero resize matrices
-        rows, cols = _banded(h, size[0], "area"), _banded(w, size[1], "area")
-        return _apply_banded(_apply_banded(images, rows, -2), cols, -1)
+        if size[0] != h:
+            images = _apply_banded(images, _banded(h, size[0], "area"), -2)
+        if size[1] != w:
+            images = _apply_banded(images, _banded(w, size[1], "area"), -1)
+        return images
     # torch's antialiased kernels compute exactly resize_matrix's weights (checked in the tests), faster;
     # when enlarging, the triangle filter is not stretched and plain bilinear is the same sum, faster still
     enlarging = size[0] >= h and size[1] >= w
@@ -424,9 +443,19 @@ def apply_noise(images: torch.Tensor, noises: Sequence[NoiseParams | None]) -> t
 # --------------------------------------------------------------------------------------------------
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) float in [0, 1] -> contiguous (B, H, W, C) uint8, rounding half to even."""
-    return images.detach().permute(0, 2, 3, 1).mul(255).round_().to(torch.uint8).contiguous().cpu().numpy()
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    """(C, H, W) float in [0, 1], C = 1 or 3 -> 8-bit Pillow image (rounding half to even, clipped)."""
+    planes = image.detach().mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    if planes.shape[0] == 1:
+        return Image.fromarray(planes[0], mode="L")
+    # planar -> interleaved inside Pillow is cheaper than a byte transpose in torch
+    return Image.merge("RGB", [Image.fromarray(plane, mode="L") for plane in planes])
+
+
+def _encode(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(quality), subsampling=0 if image.mode == "L" else 2)
+    return buffer.getvalue()
 
 
 def jpeg_encode(pixels: np.ndarray, quality: int) -> bytes:
@@ -436,10 +465,7 @@ def jpeg_encode(pixels: np.ndarray, quality: int) -> bytes:
     settings libjpeg defaults to, so any libjpeg encode at the same quality gives the same bytes.
     """
     grey = pixels.shape[-1] == 1
-    image = Image.fromarray(pixels[..., 0] if grey else pixels, mode="L" if grey else "RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=int(quality), subsampling=0 if grey else 2)
-    return buffer.getvalue()
+    return _encode(Image.fromarray(pixels[..., 0] if grey else pixels, mode="L" if grey else "RGB"), quality)
 
 
 def jpeg_decode(data: bytes) -> np.ndarray:
@@ -455,6 +481,15 @@ def jpeg_roundtrip_uint8(pixels: np.ndarray, quality: int) -> np.ndarray:
     return jpeg_decode(jpeg_encode(pixels, quality))
 
 
+def _jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """One (C, H, W) float image through ``jpeg_encode`` and ``jpeg_decode``, as (C, H, W) float32
+    on the CPU; planes are handed to and taken from Pillow directly (no HWC copies)."""
+    with Image.open(io.BytesIO(_encode(_to_pil(image), quality))) as decoded:
+        decoded.load()
+        planes = np.stack([np.asarray(plane) for plane in decoded.split()])
+    return torch.from_numpy(planes).to(torch.float32).div_(255)
+
+
 def _workers(n: int) -> int:
     return max(1, min(n, os.cpu_count() or 1, torch.get_num_threads()))
 
@@ -462,25 +497,26 @@ def _workers(n: int) -> int:
 def apply_jpeg(images: torch.Tensor, settings: Sequence[JpegParams | None]) -> torch.Tensor:
     """JPEG-compress each item at its own quality through libjpeg (Pillow).
 
-    The image is rounded to 8 bits first (JPEG stores 8-bit samples); the result is the decoded
-    8-bit image as float32 in [0, 1] on the input's device. Decoding runs in parallel threads
-    (Pillow releases the GIL while decoding).
+    The image is rounded to 8 bits first (JPEG stores 8-bit samples; values are clipped to [0, 1]
+    there); the result is the decoded 8-bit image as float32 in [0, 1] on the input's device. Items
+    of a batch are coded in parallel threads (Pillow releases the GIL while coding).
     """
     if len(settings) != images.shape[0]:
         raise ValueError(f"apply_jpeg: {len(settings)} settings for a batch of {images.shape[0]}")
     active = [i for i, s in enumerate(settings) if s is not None]
     if not active:
         return images
-    every = len(active) == images.shape[0]
-    pixels = to_uint8(images if every else images[active])
-    encoded = [jpeg_encode(p, settings[i].quality) for p, i in zip(pixels, active)]
-    if len(encoded) == 1:
-        decoded = [jpeg_decode(encoded[0])]
+
+    def one(i: int) -> torch.Tensor:
+        return _jpeg_roundtrip(images[i], settings[i].quality)
+
+    if len(active) == 1:
+        coded = [one(active[0])]
     else:
-        with ThreadPoolExecutor(max_workers=_workers(len(encoded))) as pool:
-            decoded = list(pool.map(jpeg_decode, encoded))
-    batch = torch.from_numpy(np.stack(decoded)).to(images.device).permute(0, 3, 1, 2).to(torch.float32).div_(255)
-    if every:
+        with ThreadPoolExecutor(max_workers=_workers(len(active))) as pool:
+            coded = list(pool.map(one, active))
+    batch = torch.stack(coded).to(images.device)
+    if len(active) == images.shape[0]:
         return batch
     out = images.clone()
     out[active] = batch

@@ -91,7 +91,9 @@ class _Group:
         return [_Group([self.index[p] for p in pos], self.images[pos]) for pos in order.values()]
 
 
-def _run(images: torch.Tensor, params: Sequence[DegradationParams]) -> torch.Tensor:
+def _run(
+    images: torch.Tensor, params: Sequence[DegradationParams], out: torch.Tensor | None = None
+) -> torch.Tensor:
     height, width = images.shape[-2:]
     groups = [_Group(list(range(images.shape[0])), images)]
     n_stages = max(len(p.stages) for p in params)
@@ -124,11 +126,14 @@ def _run(images: torch.Tensor, params: Sequence[DegradationParams]) -> torch.Ten
             g.images = apply_jpeg(g.images, [None if x is None else x.jpeg for x in st])
         groups = next_groups
     # 5. back to the input size, each item with its own final filter
-    out = torch.empty_like(images)
+    out = torch.empty_like(images) if out is None else out
     for g in groups:
         for sub in g.split([params[i].final_interpolation for i in g.index]):
             resized = apply_resize(sub.images, (height, width), params[sub.index[0]].final_interpolation)
-            out[sub.index] = resized.clamp(0, 1)
+            if len(sub.index) == out.shape[0]:
+                torch.clamp(resized, 0, 1, out=out)
+            else:
+                out[sub.index] = resized.clamp(0, 1)
     return out
 
 
@@ -145,16 +150,19 @@ def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) ->
     threads = torch.get_num_threads()
     inference = torch.is_inference_mode_enabled()
 
-    def one(i: int) -> torch.Tensor:
+    out = torch.empty_like(images)  # its pages are first touched, in parallel, by the workers
+
+    def one(i: int) -> None:
         torch.set_num_threads(1)  # this worker thread's intra-op pool
         with torch.inference_mode(inference), torch.no_grad():
-            return _run(images[i : i + 1], params[i : i + 1])
+            _run(images[i : i + 1], params[i : i + 1], out=out[i : i + 1])
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(images.shape[0], threads))) as pool:
-            return torch.cat(list(pool.map(one, range(images.shape[0]))))
+            list(pool.map(one, range(images.shape[0])))
     finally:
         torch.set_num_threads(threads)
+    return out
 
 
 def degrade(images: torch.Tensor, params: Sequence[DegradationParams] | DegradationParams) -> DegradationResult:
