@@ -189,21 +189,27 @@ def _blur_fft(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     k = kernels.shape[-1]
     p = k // 2
-    padded = reflect101_pad(x, p)
     # Circular correlation on a zero-extended canvas equals linear correlation inside the crop: the
-    # crop only reads taps within the reflect pad, which is as wide as the kernel's half-width.
+    # crop only reads taps within the reflect pad, which is as wide as the kernel's half-width. The
+    # kernel rides along as one more plane of the canvas, centred on the origin, so one forward
+    # transform serves both.
     fh, fw = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
-    origin = torch.zeros(b, fh, fw, dtype=kernels.dtype, device=kernels.device)
-    origin[:, :k, :k] = kernels
-    origin = torch.roll(origin, shifts=(-p, -p), dims=(1, 2))
-    response = torch.fft.rfft2(origin)
+    canvas = x.new_zeros((b, c + 1, fh, fw))
+    canvas[:, :c, : h + 2 * p, : w + 2 * p] = reflect101_pad(x, p)
+    plane = canvas[:, c]
+    plane[:, : p + 1, : p + 1] = kernels[:, p:, p:]
+    plane[:, : p + 1, fw - p :] = kernels[:, p:, :p]
+    plane[:, fh - p :, : p + 1] = kernels[:, :p, p:]
+    plane[:, fh - p :, fw - p :] = kernels[:, :p, :p]
+    spectrum = torch.fft.rfft2(canvas)
+    response = spectrum[:, c:]
     if torch.equal(kernels, kernels.flip(-1, -2)):
         response = response.real  # a point-symmetric kernel has a real spectrum: a cheaper product
     else:
         response = torch.conj(response)
-    spectrum = torch.fft.rfft2(padded, s=(fh, fw))
-    spectrum *= response.unsqueeze(1)
-    out = torch.fft.irfft2(spectrum, s=(fh, fw))
+    image = spectrum[:, :c]
+    image *= response
+    out = torch.fft.irfft2(image, s=(fh, fw))
     return out[..., p : p + h, p : p + w]
 
 
@@ -344,13 +350,14 @@ _POISSON_BUCKETS = 2048
 
 
 @lru_cache(maxsize=8)
-def _poisson_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per integer rate 0..255: the Poisson CDF (float32, flattened 256 x K), a guide table (int32,
-    flattened 256 x BUCKETS) and the number of bisection steps that settles any bucket.
+def _poisson_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Per integer rate 0..255: the Poisson CDF (float32, flattened 256 x K), two guide tables
+    (flattened 256 x BUCKETS) and the number of bisection steps that settles any bucket.
 
-    Guide entry j of a rate covers the uniforms in [j / BUCKETS, (j + 1) / BUCKETS): it holds the count
-    itself when one count covers the whole bucket, else ``-1 - (lo | hi << 16)`` for the first counts
-    whose CDF exceeds the bucket's lower and upper edge (the answer lies in [lo, hi])."""
+    Guide entry j of a rate covers the uniforms in [j / BUCKETS, (j + 1) / BUCKETS). ``delta`` (float32)
+    holds ``count - rate`` when one count covers the whole bucket, else NaN; ``span`` (int32) holds
+    ``lo | hi << 16``, the first counts whose CDF exceeds the bucket's lower and upper edge (the answer
+    lies in [lo, hi])."""
     rates = torch.arange(int(POISSON_PEAK) + 1, dtype=torch.float64).unsqueeze(1)
     k = torch.arange(_POISSON_K, dtype=torch.float64).unsqueeze(0)
     pmf = torch.exp(k * torch.log(rates.clamp(min=1e-300)) - rates - torch.lgamma(k + 1))
@@ -360,17 +367,47 @@ def _poisson_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, i
     edges = (torch.arange(_POISSON_BUCKETS + 1, dtype=torch.float64) / _POISSON_BUCKETS).expand(cdf.shape[0], -1)
     first = torch.searchsorted(cdf.double(), edges.contiguous(), right=True).clamp(max=_POISSON_K - 1)
     lo, hi = first[:, :-1], first[:, 1:]
-    guide = torch.where(hi == lo, lo, -1 - (lo | (hi << 16))).to(torch.int32)
+    delta = torch.where(hi == lo, lo - rates, math.nan)
+    span = (lo | (hi << 16)).to(torch.int32)
     steps = max(1, math.ceil(math.log2(int((hi - lo).max()) + 1)))
-    return cdf.reshape(-1).to(device), guide.reshape(-1).to(device), steps
+    return (
+        cdf.reshape(-1).to(device),
+        delta.to(torch.float32).reshape(-1).to(device),
+        span.reshape(-1).to(device),
+        steps,
+    )
+
+
+def _poisson_deltas(rates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``Poisson(rate) - rate`` as float32 for int32 ``rates`` in [0, 255], by inversion
+    (``k = min{k : CDF_rate(k) > u}``, one uniform per element): a guide table answers about 97% of
+    the elements outright, and a fixed-length bisection settles the rest."""
+    cdf, delta, span, steps = _poisson_tables(rates.device)
+    flat = rates.reshape(-1)
+    u = torch.rand(flat.shape, generator=generator, device=flat.device, dtype=torch.float32)
+    cell = torch.add(u.mul(_POISSON_BUCKETS).to(torch.int32), flat, alpha=_POISSON_BUCKETS)
+    out = delta.index_select(0, cell)
+    todo = out.isnan().nonzero().squeeze(1)
+    if todo.numel():
+        code = span.index_select(0, cell.index_select(0, todo))
+        lo, hi = code & 0xFFFF, code >> 16
+        uu = u.index_select(0, todo)
+        rate = flat.index_select(0, todo)
+        base = rate * _POISSON_K
+        for _ in range(steps):  # bisection for the first k in [lo, hi] with CDF(k) > u
+            mid = (lo + hi) >> 1
+            above = cdf.index_select(0, base + mid) <= uu
+            lo = torch.where(above, mid + 1, lo)
+            hi = torch.where(above, hi, mid)
+        out.index_copy_(0, todo, (lo - rate).to(torch.float32))
+    return out.reshape(rates.shape)
 
 
 def sample_poisson_counts(rates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Exact Poisson draws for integer rates in [0, 255] by inversion: ``k = min{k : CDF_rate(k) > u}``.
 
-    One uniform per element; a guide table answers about 97% of the elements outright, and a
-    fixed-length bisection settles the rest. Several times faster than ``torch.poisson`` on a CPU; on
-    any device, the same seed gives the same counts.
+    One uniform per element (see ``_poisson_deltas``); several times faster than ``torch.poisson`` on
+    a CPU; on any device, the same seed gives the same counts.
 
     Args:
         rates: integer tensor of rates in [0, 255] (any shape).
@@ -379,24 +416,26 @@ def sample_poisson_counts(rates: torch.Tensor, generator: torch.Generator) -> to
     Returns:
         int32 counts, shape of ``rates``.
     """
-    cdf, guide, steps = _poisson_tables(rates.device)
-    flat = rates.reshape(-1).to(torch.int32)
-    u = torch.rand(flat.shape, generator=generator, device=flat.device, dtype=torch.float32)
-    cell = torch.add((u * _POISSON_BUCKETS).to(torch.int32), flat, alpha=_POISSON_BUCKETS)
-    counts = guide.index_select(0, cell)
-    todo = (counts < 0).nonzero().squeeze(1)
-    if todo.numel():
-        code = -1 - counts.index_select(0, todo)
-        lo, hi = code & 0xFFFF, code >> 16
-        uu = u.index_select(0, todo)
-        base = flat.index_select(0, todo) * _POISSON_K
-        for _ in range(steps):  # bisection for the first k in [lo, hi] with CDF(k) > u
-            mid = (lo + hi) >> 1
-            above = cdf.index_select(0, base + mid) <= uu
-            lo = torch.where(above, mid + 1, lo)
-            hi = torch.where(above, hi, mid)
-        counts.index_copy_(0, todo, lo)
-    return counts.reshape(rates.shape)
+    rates = rates.to(torch.int32)
+    return _poisson_deltas(rates, generator).to(torch.int32).add_(rates)
+
+
+def _unit_noise(params: NoiseParams, image: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(field, multiplier)`` with ``noise_field == field * multiplier`` (kept apart so the multiply
+    can be folded into the addition)."""
+    c, h, w = image.shape
+    generator = torch.Generator(device=image.device).manual_seed(params.seed)
+    channels = 1 if params.gray else c
+    if params.kind == "gaussian":
+        field = torch.randn((channels, h, w), generator=generator, device=image.device, dtype=torch.float32)
+        return field, params.sigma
+    if params.gray and c == 3:
+        weights = torch.tensor(LUMA_WEIGHTS, device=image.device, dtype=image.dtype).view(3, 1, 1)
+        value = (image * weights).sum(0, keepdim=True)
+    else:
+        value = image[:1] if params.gray else image
+    rates = value.mul(POISSON_PEAK).clamp_(0, POISSON_PEAK).round_().to(torch.int32)
+    return _poisson_deltas(rates, generator), params.scale / POISSON_PEAK
 
 
 def noise_field(params: NoiseParams, image: torch.Tensor) -> torch.Tensor:
@@ -407,24 +446,12 @@ def noise_field(params: NoiseParams, image: torch.Tensor) -> torch.Tensor:
     ``scale * (Poisson(n) - n) / PEAK``: zero mean, standard deviation ``scale * sqrt(v / PEAK)``.
     A grey field has one channel and broadcasts over colour.
     """
-    c, h, w = image.shape
-    generator = torch.Generator(device=image.device).manual_seed(params.seed)
-    channels = 1 if params.gray else c
-    if params.kind == "gaussian":
-        field = torch.randn((channels, h, w), generator=generator, device=image.device, dtype=torch.float32)
-        return field * params.sigma
-    if params.gray and c == 3:
-        weights = torch.tensor(LUMA_WEIGHTS, device=image.device, dtype=image.dtype).view(3, 1, 1)
-        value = (image * weights).sum(0, keepdim=True)
-    else:
-        value = image[:1] if params.gray else image
-    rates = (value.clamp(0, 1) * POISSON_PEAK).round_().to(torch.int32)
-    counts = sample_poisson_counts(rates, generator)
-    return counts.sub_(rates).to(torch.float32).mul_(params.scale / POISSON_PEAK)
+    field, multiplier = _unit_noise(params, image)
+    return field.mul_(multiplier)
 
 
 def apply_noise(images: torch.Tensor, noises: Sequence[NoiseParams | None]) -> torch.Tensor:
-    """Add each item's noise field and clip to [0, 1]."""
+    """Add each item's noise field (``noise_field``) and clip to [0, 1]."""
     if len(noises) != images.shape[0]:
         raise ValueError(f"apply_noise: {len(noises)} settings for a batch of {images.shape[0]}")
     if all(n is None for n in noises):
@@ -434,7 +461,8 @@ def apply_noise(images: torch.Tensor, noises: Sequence[NoiseParams | None]) -> t
         if params is None:
             out[i] = images[i]
         else:
-            torch.add(images[i], noise_field(params, images[i]), out=out[i]).clamp_(0, 1)
+            field, multiplier = _unit_noise(params, images[i])
+            torch.add(images[i], field, alpha=multiplier, out=out[i]).clamp_(0, 1)
     return out
 
 
@@ -483,11 +511,14 @@ def jpeg_roundtrip_uint8(pixels: np.ndarray, quality: int) -> np.ndarray:
 
 def _jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
     """One (C, H, W) float image through ``jpeg_encode`` and ``jpeg_decode``, as (C, H, W) float32
-    on the CPU; planes are handed to and taken from Pillow directly (no HWC copies)."""
+    on the CPU; planes go to Pillow without an 8-bit HWC copy, and come back converted to float and
+    to planes in one pass."""
     with Image.open(io.BytesIO(_encode(_to_pil(image), quality))) as decoded:
         decoded.load()
-        planes = np.stack([np.asarray(plane) for plane in decoded.split()])
-    return torch.from_numpy(planes).to(torch.float32).div_(255)
+        pixels = torch.from_numpy(np.array(decoded))  # a writable copy: torch warns on read-only arrays
+    out = torch.empty(image.shape, dtype=torch.float32)
+    out.copy_(pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1))  # to planes and float at once
+    return out.div_(255)
 
 
 def _workers(n: int) -> int:
