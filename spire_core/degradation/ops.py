@@ -394,11 +394,17 @@ def _poisson_deltas(rates: torch.Tensor, generator: torch.Generator) -> torch.Te
         uu = u.index_select(0, todo)
         rate = flat.index_select(0, todo)
         base = rate * _POISSON_K
-        for _ in range(steps):  # bisection for the first k in [lo, hi] with CDF(k) > u
-            mid = (lo + hi) >> 1
-            above = cdf.index_select(0, base + mid) <= uu
-            lo = torch.where(above, mid + 1, lo)
-            hi = torch.where(above, hi, mid)
+        # most ambiguous buckets hold two counts: one comparison settles them
+        lo += (cdf.index_select(0, base + lo) <= uu).to(torch.int32)
+        wide = (hi - lo > 0).nonzero().squeeze(1)
+        if wide.numel():
+            l, h, w_base, w_u = lo[wide], hi[wide], base[wide], uu[wide]
+            for _ in range(min(steps, int(h.sub(l).max()).bit_length())):  # bisection: first k in [l, h] with CDF(k) > u
+                mid = (l + h) >> 1
+                above = cdf.index_select(0, w_base + mid) <= w_u
+                l = torch.where(above, mid + 1, l)
+                h = torch.where(above, h, mid)
+            lo[wide] = l
         out.index_copy_(0, todo, (lo - rate).to(torch.float32))
     return out.reshape(rates.shape)
 
@@ -546,7 +552,7 @@ def apply_jpeg(images: torch.Tensor, settings: Sequence[JpegParams | None]) -> t
     else:
         with ThreadPoolExecutor(max_workers=_workers(len(active))) as pool:
             coded = list(pool.map(one, active))
-    batch = torch.stack(coded).to(images.device)
+    batch = (coded[0].unsqueeze(0) if len(coded) == 1 else torch.stack(coded)).to(images.device)
     if len(active) == images.shape[0]:
         return batch
     out = images.clone()
