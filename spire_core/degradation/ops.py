@@ -332,9 +332,12 @@ def apply_resize(images: torch.Tensor, size: tuple[int, int], interpolation: str
         return images
     # torch's antialiased kernels compute exactly resize_matrix's weights (checked in the tests), faster;
     # when enlarging, the triangle filter is not stretched and plain bilinear is the same sum, faster still
-    enlarging = size[0] >= h and size[1] >= w
-    antialias = not (interpolation == "bilinear" and enlarging)
-    return F.interpolate(images, size=tuple(size), mode=interpolation, antialias=antialias, align_corners=False)
+    if interpolation == "bilinear" and size[0] >= h and size[1] >= w:
+        # channels as batch items: this kernel then gives the same bits whatever the thread count
+        planes = images.reshape(-1, 1, h, w)
+        out = F.interpolate(planes, size=tuple(size), mode="bilinear", antialias=False, align_corners=False)
+        return out.reshape(*images.shape[:-2], *size)
+    return F.interpolate(images, size=tuple(size), mode=interpolation, antialias=True, align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -143,22 +143,22 @@ def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) ->
     Item by item is faster than batched on CPUs: per-image buffers (a few MB) are recycled by the
     allocator, while batch-sized temporaries are fresh page-faulted memory every time. Much of the
     work is serial per item (random numbers, libjpeg, small tensor ops), so items run side by side,
-    each on one intra-op thread: every item is then computed the same way whatever the batch size or
-    thread count, so a batch gives exactly the bytes its items give alone. The thread setting is
-    restored on return.
+    the intra-op threads shared out among them (a lone image gets them all). Every operation gives
+    the same bits whatever its thread count (tested), so a batch gives exactly the bytes its items
+    give alone. The thread setting is restored on return.
     """
     threads = torch.get_num_threads()
     inference = torch.is_inference_mode_enabled()
-
+    workers = max(1, min(images.shape[0], threads))
     out = torch.empty_like(images)  # its pages are first touched, in parallel, by the workers
 
     def one(i: int) -> None:
-        torch.set_num_threads(1)  # this worker thread's intra-op pool
+        torch.set_num_threads(max(1, threads // workers))  # this worker thread's intra-op pool
         with torch.inference_mode(inference), torch.no_grad():
             _run(images[i : i + 1], params[i : i + 1], out=out[i : i + 1])
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(images.shape[0], threads))) as pool:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(one, range(images.shape[0])))
     finally:
         torch.set_num_threads(threads)

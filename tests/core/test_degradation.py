@@ -265,6 +265,48 @@ def test_batch_items_get_different_params_and_match_single_runs(astronaut, coffe
     assert not torch.equal(out[1], out[2])  # same image, different params
 
 
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bytes_do_not_depend_on_the_thread_count(astronaut, restore_threads):
+    """CPU items run side by side with the intra-op threads shared out among them, so one item may be
+    computed on 1 thread in a batch and on several alone: every operation must give the same bits."""
+    crops = torch.cat([astronaut[..., :256, :256], astronaut[..., 256:, 256:], astronaut[..., :256, 256:]])
+    params = sample_params(PRESETS["paper"], gen(11), 3)
+    # and one draw through every operation whose kernels might split work by thread
+    params.append(
+        DegradationParams(
+            stages=(
+                StageParams(
+                    blur=BlurParams(kernel="aniso", size=5, sigma_x=1.5, sigma_y=0.5, angle=20.0),
+                    resize=ResizeParams(scale=1.3, interpolation="area"),
+                    noise=NoiseParams(kind="poisson", scale=1.5, gray=False, seed=4),
+                    jpeg=JpegParams(quality=70),
+                ),
+                StageParams(
+                    blur=BlurParams(kernel="sinc", size=11, cutoff=1.5),
+                    resize=ResizeParams(scale=0.5, interpolation="bicubic"),
+                    noise=NoiseParams(kind="gaussian", sigma=0.05, gray=True, seed=5),
+                ),
+            ),
+            final_interpolation="bilinear",
+        )
+    )
+    crops = torch.cat([crops, astronaut[..., 100:356, 50:306]])
+    torch.set_num_threads(1)
+    expected = degrade(crops, params).images
+    for threads in (2, 3, 4):
+        torch.set_num_threads(threads)
+        assert torch.equal(degrade(crops, params).images, expected), threads
+        for i in (0, 3):
+            assert torch.equal(degrade(crops[i : i + 1], params[i]).images, expected[i : i + 1]), (threads, i)
+    assert torch.get_num_threads() == 4  # the caller's setting survives the call
+
+
 def test_params_json_round_trip():
     params = sample_params(PRESETS["heavy"], gen(9), 8)
     assert params_list_from_json(params_list_to_json(params)) == params
