@@ -402,7 +402,8 @@ def _poisson_deltas(rates: torch.Tensor, generator: torch.Generator) -> torch.Te
         wide = (hi - lo > 0).nonzero().squeeze(1)
         if wide.numel():
             l, h, w_base, w_u = lo[wide], hi[wide], base[wide], uu[wide]
-            for _ in range(min(steps, int(h.sub(l).max()).bit_length())):  # bisection: first k in [l, h] with CDF(k) > u
+            # bisection for the first k in [l, h] with CDF(k) > u, as deep as the widest bucket needs
+            for _ in range(min(steps, int(h.sub(l).max()).bit_length())):
                 mid = (l + h) >> 1
                 above = cdf.index_select(0, w_base + mid) <= w_u
                 l = torch.where(above, mid + 1, l)

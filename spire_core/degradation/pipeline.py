@@ -91,9 +91,7 @@ class _Group:
         return [_Group([self.index[p] for p in pos], self.images[pos]) for pos in order.values()]
 
 
-def _run(
-    images: torch.Tensor, params: Sequence[DegradationParams], out: torch.Tensor | None = None
-) -> torch.Tensor:
+def _run(images: torch.Tensor, params: Sequence[DegradationParams], out: torch.Tensor | None = None) -> torch.Tensor:
     height, width = images.shape[-2:]
     groups = [_Group(list(range(images.shape[0])), images)]
     n_stages = max(len(p.stages) for p in params)
