@@ -35,6 +35,7 @@ from spire_core.degradation import (
 )
 from spire_core.degradation.ops import (
     POISSON_PEAK,
+    apply_blur,
     apply_resize,
     jpeg_roundtrip_uint8,
     resize_matrix,
@@ -225,6 +226,21 @@ def test_jpeg_matches_an_independent_libjpeg_encode(quality, astronaut):
     assert np.abs(ours * 255 - independent * 255).max() <= 2
     # and it is a real lossy codec: lower quality, lower fidelity
     assert psnr(out.unsqueeze(0), astronaut) < 45
+
+
+def test_jpeg_clips_overshoot_before_the_8_bit_cast():
+    """A sinc blur rings past 0 and 1 at hard edges; with no noise stage to clip, JPEG must clip (as the
+    reference does) rather than wrap the 8-bit samples."""
+    from spire_core.bench.reference import reference_degrade_one
+
+    edges = torch.zeros(1, 3, 64, 64)
+    edges[..., 16:48, 16:48] = 1.0
+    params = one_stage(blur=BlurParams(kernel="sinc", size=21, cutoff=0.6), jpeg=JpegParams(quality=95))
+    raw = apply_blur(edges, [make_kernel(params.stages[0].blur)])
+    assert raw.min() < -0.02 and raw.max() > 1.02  # the ringing really leaves [0, 1]
+    out = degrade(edges, params).images[0].permute(1, 2, 0)
+    ref = torch.from_numpy(reference_degrade_one(edges[0].permute(1, 2, 0).numpy(), params))
+    assert psnr(out, ref) > 50
 
 
 def test_jpeg_quality_is_per_item(astronaut):
