@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..captions import read_coco_captions as _read_coco
+
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "spire-benchmark/1"
 CLEAN_DIR = "clean"
@@ -180,28 +182,14 @@ def center_crop(path: Path, size: int) -> torch.Tensor:
 
 
 def read_coco_captions(path: str | os.PathLike) -> dict[str, list[str]]:
-    """File name -> captions (in file order) from a COCO captions JSON (``{"images": [{"id", "file_name"}],
-    "annotations": [{"image_id", "caption"}]}``); empty captions are dropped.
+    """Photo file name (without folders) -> captions, in file order, from a COCO captions JSON.
 
     Raises:
         BenchmarkError: no such file, or not that layout.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BenchmarkError(f"--captions {path} does not exist; expected a COCO captions JSON")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        names = {image["id"]: Path(image["file_name"]).name for image in data["images"]}
-        captions: dict[str, list[str]] = {}
-        for annotation in data["annotations"]:
-            text = str(annotation["caption"]).strip()
-            if text and annotation["image_id"] in names:
-                captions.setdefault(names[annotation["image_id"]], []).append(text)
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise BenchmarkError(
-            f"{path} is not a COCO captions JSON ({type(error).__name__}: {error}); expected "
-            '{"images": [{"id", "file_name"}, ...], "annotations": [{"image_id", "caption"}, ...]}'
-        ) from None
+    captions: dict[str, list[str]] = {}
+    for name, texts in _read_coco(path, BenchmarkError, "--captions").items():
+        captions.setdefault(Path(name).name, []).extend(texts)
     return captions
 
 

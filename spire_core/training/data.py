@@ -13,7 +13,6 @@ With ``on_bad="error"`` the first bad file stops the run with a ``DataError`` na
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..captions import read_coco_captions
 from .config import DataConfig
 from .seeds import generator_for, seed_for
 
@@ -88,25 +88,8 @@ class ScanReport:
 
 
 def load_coco_captions(path: str | Path) -> dict[str, list[str]]:
-    """File name -> captions from a COCO captions JSON (``{"images": [{"id", "file_name"}], "annotations":
-    [{"image_id", "caption"}]}``); captions are stripped, empty ones dropped."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data.captions_file {path} does not exist; expected a COCO captions JSON")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        names = {image["id"]: image["file_name"] for image in data["images"]}
-        captions: dict[str, list[str]] = {}
-        for annotation in data["annotations"]:
-            text = str(annotation["caption"]).strip()
-            if text and annotation["image_id"] in names:
-                captions.setdefault(names[annotation["image_id"]], []).append(text)
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise DataError(
-            f"{path} is not a COCO captions JSON ({type(error).__name__}: {error}); expected "
-            '{"images": [{"id", "file_name"}, ...], "annotations": [{"image_id", "caption"}, ...]}'
-        ) from None
-    return captions
+    """File name -> captions from a COCO captions JSON (``spire_core.captions.read_coco_captions``)."""
+    return read_coco_captions(path, DataError, "data.captions_file")
 
 
 def read_sidecar(image: Path) -> list[str] | None:
