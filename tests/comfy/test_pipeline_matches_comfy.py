@@ -46,6 +46,7 @@ import pytest
 import torch
 from PIL import Image
 from spire_test_support import tiny_comfy
+from spire_test_support.adaptors import randomize_heads
 
 from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
 from spire_core.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
@@ -165,13 +166,7 @@ def setup(comfy, tmp_path_factory):
     DDPMScheduler.from_config(SD_SCHEDULER_CONFIG).save_config(components / "scheduler")
     unet, info = load_base_unet(checkpoint)
     adaptor = SpireAdaptor.from_unet(unet, base_family="sd1", prediction_type=info.prediction_type)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in adaptor.head_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        for name, p in adaptor.controlnet.named_parameters():
-            if ".attn2.to_" in name:  # the tiny trunk's cross-attention is too weak to tell prompts apart
-                p.mul_(10.0)
+    randomize_heads(adaptor, seed=1, scale=0.1, attention_gain=10.0)
     save_adaptor(adaptor, comfy.models_dir("spire") / ADAPTOR)
     pipe = SpirePipeline.load(checkpoint, comfy.models_dir("spire") / ADAPTOR, components=components)
     control = comfy.nodes.NODE_CLASS_MAPPINGS["SPIRE_AdaptorLoader"].execute(ADAPTOR).result[0]

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from spire_test_support.adaptors import randomize_heads
 from spire_test_support.workflows import api_twin, expected_widget_count, load, shipped_workflows, ui_to_api
 
 WORKFLOWS = shipped_workflows()
@@ -108,7 +109,6 @@ def small_photo(comfy):
 @pytest.fixture(scope="module")
 def tiny_adaptor(comfy, tmp_path_factory):
     """Write the adaptor a restore workflow names, made from the tiny SD1 checkpoint; fresh or trained-like."""
-    import torch
     from spire_test_support import tiny_comfy
 
     from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
@@ -119,13 +119,7 @@ def tiny_adaptor(comfy, tmp_path_factory):
     def write(name: str, random: bool) -> None:
         adaptor = SpireAdaptor.from_unet(unet, base_family="sd1", prediction_type=info.prediction_type)
         if random:
-            g = torch.Generator().manual_seed(0)
-            with torch.no_grad():
-                for p in adaptor.head_parameters():
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-                for key, p in adaptor.controlnet.named_parameters():
-                    if ".attn2.to_" in key:  # the tiny trunk's cross-attention is too weak to tell prompts apart
-                        p.mul_(10.0)
+            randomize_heads(adaptor, seed=0, scale=0.1, attention_gain=10.0)
         save_adaptor(adaptor, comfy.models_dir("spire") / name)
 
     return write

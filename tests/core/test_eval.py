@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from spire_test_support.adaptors import randomize_heads
 
 from spire_core.eval.__main__ import main
 from spire_core.eval.benchmark import (
@@ -280,11 +281,7 @@ def tiny_models(tmp_path_factory):
     unet, info = load_base_unet(base)
     fresh = SpireAdaptor.from_unet(unet, prediction_type=info.prediction_type)
     save_adaptor(fresh, folder / "fresh.safetensors")
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in fresh.head_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    save_adaptor(fresh, folder / "random.safetensors")
+    save_adaptor(randomize_heads(fresh, seed=3, scale=0.2), folder / "random.safetensors")
     return base, folder / "fresh.safetensors", folder / "random.safetensors"
 
 

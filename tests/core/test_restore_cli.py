@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from spire_test_support.adaptors import randomize_heads
 
 from spire_core.imageio import load_image
 from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
@@ -22,10 +23,7 @@ def models(tmp_path_factory):
     base = write_tiny_base(folder / "tiny_sd1")
     unet, info = load_base_unet(base)
     adaptor = SpireAdaptor.from_unet(unet, base_family="sd1", prediction_type=info.prediction_type)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in adaptor.head_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    randomize_heads(adaptor, seed=0, scale=0.05)
     return base, save_adaptor(adaptor, folder / "adaptor.safetensors"), folder
 
 
