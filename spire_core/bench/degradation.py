@@ -9,6 +9,8 @@ float precision when JPEG is left out, and by PSNR (independent libjpeg encode) 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from ..degradation import degrade, get_preset, sample_params
-from ..degradation.ops import noise_field
+from ..degradation import ops
 from ..eval.metrics import psnr
 from ..imageio import load_image
 from .common import describe_device, interleaved, summarize
@@ -51,25 +53,52 @@ def benchmark_images(batch: int, size: int, generator: torch.Generator) -> torch
     return torch.cat(out).contiguous()
 
 
-def _library_noise(params, image: np.ndarray) -> np.ndarray:  # noqa: ANN001
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    return noise_field(params, chw).permute(1, 2, 0).numpy()
+@contextmanager
+def _recorded_noise_fields() -> Iterator[dict[int, np.ndarray]]:
+    """While active, every noise field the library adds is kept (HWC float32, keyed by its seed), so
+    the reference can add exactly the same random numbers."""
+    fields: dict[int, np.ndarray] = {}
+    original = ops._unit_noise
+
+    def recording(params, image: torch.Tensor):  # noqa: ANN001, ANN202
+        field, multiplier = original(params, image)
+        fields[params.seed] = (field * multiplier).permute(1, 2, 0).numpy().copy()
+        return field, multiplier
+
+    ops._unit_noise = recording
+    try:
+        yield fields
+    finally:
+        ops._unit_noise = original
+
+
+def _replay(fields: dict[int, np.ndarray]):  # noqa: ANN202
+    def noise(params, image: np.ndarray) -> np.ndarray:  # noqa: ANN001
+        field = fields[params.seed]
+        if field.shape[:2] != image.shape[:2]:
+            raise AssertionError(f"noise stage at {image.shape[:2]} in the reference, {field.shape[:2]} in the library")
+        return field
+
+    return noise
 
 
 def check_equality(images: torch.Tensor, params: list) -> dict[str, Any]:
-    """Compare the torch pipeline with the reference on every item (library noise in both).
+    """Compare the torch pipeline with the reference on every item, the reference adding the very
+    noise fields the library drew (recorded from its run), so that only the deterministic operations
+    are compared.
 
-    Without JPEG the two agree to float precision except where float rounding flips an 8-bit Poisson
-    rate (an isolated pixel moves by one photon count times the noise scale), hence the criteria: PSNR
-    >= 80 dB and at most 1e-4 of the values off by more than 1e-4. With JPEG in (OpenCV's libjpeg in
-    the reference, Pillow's in the library), PSNR >= 50 dB.
+    Without JPEG the two agree to float precision, hence the criteria: PSNR >= 80 dB and at most 1e-4
+    of the values off by more than 1e-4. With JPEG in (OpenCV's libjpeg in the reference, Pillow's in
+    the library), PSNR >= 50 dB: float rounding can move an 8-bit sample before the encode.
     """
     worst_psnr, worst_fraction, max_abs, jpeg_psnrs = math.inf, 0.0, 0.0, []
     for with_jpeg in (False, True):
         run_params = params if with_jpeg else [p.without({"jpeg"}) for p in params]
-        ours = degrade(images, run_params).images
+        with _recorded_noise_fields() as fields:
+            ours = degrade(images, run_params).images
         for i, p in enumerate(run_params):
-            ref = torch.from_numpy(reference_degrade_one(images[i].permute(1, 2, 0).numpy(), p, noise=_library_noise))
+            hwc = images[i].permute(1, 2, 0).numpy()
+            ref = torch.from_numpy(reference_degrade_one(hwc, p, noise=_replay(fields)))
             mine = ours[i].permute(1, 2, 0)
             if with_jpeg:
                 jpeg_psnrs.append(psnr(mine, ref))

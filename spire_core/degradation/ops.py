@@ -67,8 +67,10 @@ DIRECT_BUCKETS = (7, 13, 21)
 sizes so a batch runs in a few grouped convolutions; wider kernels go through the FFT, whose cost
 does not grow with the kernel. Separable kernels (1-D taps) run as two 1-D passes."""
 
-CPU_DIRECT_MAX = 5
-"""On CPUs, 2-D kernels up to this size are applied by direct convolution, wider ones by the FFT."""
+CPU_DIRECT_MAX = 7
+"""On CPUs, 2-D kernels up to this size are applied tap by tap (one multiply-add of a shifted view
+per nonzero tap), wider ones by the FFT (whose cost does not grow with the kernel): at 512 x 512 a
+7 x 7 kernel costs half an FFT, a 9 x 9 kernel about as much."""
 
 CPU_SEPARABLE_MAX = 31
 """On CPUs, 1-D taps up to this length run as two shift-and-add passes, longer ones by the FFT."""
@@ -81,7 +83,7 @@ def _method(kernel: torch.Tensor, device: torch.device) -> tuple[str, int]:
         # a CPU batch is degraded item by item (see ``degrade``): no bucketing, exact sizes
         if kernel.dim() == 1:
             return ("shift", size) if size <= CPU_SEPARABLE_MAX else ("fft", size)
-        return ("direct", size) if size <= CPU_DIRECT_MAX else ("fft", size)
+        return ("taps", size) if size <= CPU_DIRECT_MAX else ("fft", size)
     if kernel.dim() == 1:
         return "separable", next((b for b in (*DIRECT_BUCKETS, 41) if size <= b), size)
     if size <= DIRECT_BUCKETS[-1]:
@@ -165,6 +167,23 @@ def _blur_shift(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _blur_taps(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """2-D correlation as one multiply-add of a shifted view per nonzero tap (one item)."""
+    if kernels.shape[0] != 1:
+        return torch.cat([_blur_taps(x[i : i + 1], kernels[i : i + 1]) for i in range(kernels.shape[0])])
+    h, w = x.shape[-2:]
+    k = kernels.shape[-1]
+    padded = reflect101_pad(x, k // 2)
+    out = None
+    for i, row in enumerate(kernels[0].tolist()):
+        for j, weight in enumerate(row):
+            if weight == 0.0:
+                continue  # motion kernels are mostly zeros
+            window = padded[..., i : i + h, j : j + w]
+            out = window * weight if out is None else out.add_(window, alpha=weight)
+    return out if out is not None else torch.zeros_like(x)
+
+
 def _blur_separable(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     k = taps.shape[-1]
@@ -213,7 +232,13 @@ def _blur_fft(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return out[..., p : p + h, p : p + w]
 
 
-_BLUR_METHODS = {"shift": _blur_shift, "separable": _blur_separable, "direct": _blur_direct, "fft": _blur_fft}
+_BLUR_METHODS = {
+    "shift": _blur_shift,
+    "taps": _blur_taps,
+    "separable": _blur_separable,
+    "direct": _blur_direct,
+    "fft": _blur_fft,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,66 +371,86 @@ def apply_resize(images: torch.Tensor, size: tuple[int, int], interpolation: str
 
 
 _POISSON_K = 512
-"""CDF table width: P(X >= 512) for X ~ Poisson(255) is far below float32 resolution."""
+"""Counts per rate in the tables: P(X >= 512) for X ~ Poisson(255) is far below 2^-31."""
 
-_POISSON_BUCKETS = 2048
-"""Guide-table buckets per rate: a uniform u starts its search at the bucket floor(u * 2048)."""
+_POISSON_BITS = 31
+"""Each draw is a uniform integer ``b`` in [0, 2^31) (``random_`` on int32); ``u = b / 2^31``."""
+
+_POISSON_BUCKET_SHIFT = 20
+"""Guide-table bucket of a draw: its top 11 bits, ``b >> 20`` (2048 buckets per rate)."""
+
+_POISSON_BUCKETS = 1 << (_POISSON_BITS - _POISSON_BUCKET_SHIFT)
+
+_AMBIGUOUS = 4096.0
+"""Guide entry of a bucket that two or more counts share (no ``count - rate`` comes near it)."""
 
 
 @lru_cache(maxsize=8)
 def _poisson_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Per integer rate 0..255: the Poisson CDF (float32, flattened 256 x K), two guide tables
-    (flattened 256 x BUCKETS) and the number of bisection steps that settles any bucket.
+    """Per integer rate 0..255: the inversion thresholds, two guide tables and the number of bisection
+    steps that settles any bucket.
 
-    Guide entry j of a rate covers the uniforms in [j / BUCKETS, (j + 1) / BUCKETS). ``delta`` (float32)
-    holds ``count - rate`` when one count covers the whole bucket, else NaN; ``span`` (int32) holds
-    ``lo | hi << 16``, the first counts whose CDF exceeds the bucket's lower and upper edge (the answer
-    lies in [lo, hi])."""
+    ``threshold`` (int64, flattened 256 x K) holds ``ceil(CDF_rate(k) * 2^31)`` from a float64 CDF, so
+    that for a draw ``b`` the count is ``min{k : b < threshold[k]}``, i.e. ``min{k : CDF(k) > b / 2^31}``.
+    Guide entry j of a rate covers the draws ``b >> 20 == j``: ``delta`` (float32) holds ``count - rate``
+    when one count covers the whole bucket, else ``_AMBIGUOUS``; ``span`` (int32) holds ``lo | hi << 16``,
+    the counts of the bucket's first and last draw (the answer lies in [lo, hi])."""
     rates = torch.arange(int(POISSON_PEAK) + 1, dtype=torch.float64).unsqueeze(1)
     k = torch.arange(_POISSON_K, dtype=torch.float64).unsqueeze(0)
     pmf = torch.exp(k * torch.log(rates.clamp(min=1e-300)) - rates - torch.lgamma(k + 1))
     pmf[0] = 0.0
     pmf[0, 0] = 1.0
-    cdf = torch.cumsum(pmf, dim=1).to(torch.float32).clamp(max=1.0)
-    edges = (torch.arange(_POISSON_BUCKETS + 1, dtype=torch.float64) / _POISSON_BUCKETS).expand(cdf.shape[0], -1)
-    first = torch.searchsorted(cdf.double(), edges.contiguous(), right=True).clamp(max=_POISSON_K - 1)
-    lo, hi = first[:, :-1], first[:, 1:]
-    delta = torch.where(hi == lo, lo - rates, math.nan)
+    cdf = torch.cumsum(pmf, dim=1).clamp(max=1.0)
+    cdf[:, -1] = 1.0  # every draw lands below the last threshold
+    threshold = torch.ceil(cdf * 2.0**_POISSON_BITS).to(torch.int64).contiguous()
+    step = 1 << _POISSON_BUCKET_SHIFT
+    first_draw = torch.arange(_POISSON_BUCKETS, dtype=torch.int64) * step
+    edges = torch.stack([first_draw, first_draw + (step - 1)]).T.reshape(1, -1).expand(cdf.shape[0], -1)
+    counts = torch.searchsorted(threshold, edges.contiguous(), right=True).view(cdf.shape[0], _POISSON_BUCKETS, 2)
+    lo, hi = counts[..., 0], counts[..., 1]
+    delta = torch.where(hi == lo, lo - rates, _AMBIGUOUS)
     span = (lo | (hi << 16)).to(torch.int32)
     steps = max(1, math.ceil(math.log2(int((hi - lo).max()) + 1)))
     return (
-        cdf.reshape(-1).to(device),
+        threshold.reshape(-1).to(device),
         delta.to(torch.float32).reshape(-1).to(device),
         span.reshape(-1).to(device),
         steps,
     )
 
 
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Positions of the true elements of a 1-D bool tensor (int64)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))  # several times faster than torch.nonzero
+    return mask.nonzero().squeeze(1)
+
+
 def _poisson_deltas(rates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``Poisson(rate) - rate`` as float32 for int32 ``rates`` in [0, 255], by inversion
-    (``k = min{k : CDF_rate(k) > u}``, one uniform per element): a guide table answers about 97% of
-    the elements outright, and a fixed-length bisection settles the rest."""
-    cdf, delta, span, steps = _poisson_tables(rates.device)
+    (``k = min{k : CDF_rate(k) > u}``, one 31-bit uniform draw per element): a guide table answers
+    about 97% of the elements outright, and a fixed-length bisection settles the rest."""
+    threshold, delta, span, steps = _poisson_tables(rates.device)
     flat = rates.reshape(-1)
-    u = torch.rand(flat.shape, generator=generator, device=flat.device, dtype=torch.float32)
-    cell = torch.add(u.mul(_POISSON_BUCKETS).to(torch.int32), flat, alpha=_POISSON_BUCKETS)
+    draws = torch.empty(flat.shape, dtype=torch.int32, device=flat.device).random_(generator=generator)
+    cell = torch.bitwise_right_shift(draws, _POISSON_BUCKET_SHIFT).add_(flat, alpha=_POISSON_BUCKETS)
     out = delta.index_select(0, cell)
-    todo = out.isnan().nonzero().squeeze(1)
+    todo = _flat_nonzero(out > _AMBIGUOUS / 2)
     if todo.numel():
         code = span.index_select(0, cell.index_select(0, todo))
         lo, hi = code & 0xFFFF, code >> 16
-        uu = u.index_select(0, todo)
+        draw = draws.index_select(0, todo).to(torch.int64)
         rate = flat.index_select(0, todo)
         base = rate * _POISSON_K
         # most ambiguous buckets hold two counts: one comparison settles them
-        lo += (cdf.index_select(0, base + lo) <= uu).to(torch.int32)
-        wide = (hi - lo > 0).nonzero().squeeze(1)
+        lo += (threshold.index_select(0, base + lo) <= draw).to(torch.int32)
+        wide = _flat_nonzero(hi > lo)
         if wide.numel():
-            l, h, w_base, w_u = lo[wide], hi[wide], base[wide], uu[wide]
-            # bisection for the first k in [l, h] with CDF(k) > u, as deep as the widest bucket needs
+            l, h, w_base, w_draw = lo[wide], hi[wide], base[wide], draw[wide]
+            # bisection for the first k in [l, h] with threshold(k) > draw, as deep as the widest bucket needs
             for _ in range(min(steps, int(h.sub(l).max()).bit_length())):
                 mid = (l + h) >> 1
-                above = cdf.index_select(0, w_base + mid) <= w_u
+                above = threshold.index_select(0, w_base + mid) <= w_draw
                 l = torch.where(above, mid + 1, l)
                 h = torch.where(above, h, mid)
             lo[wide] = l
@@ -416,8 +461,8 @@ def _poisson_deltas(rates: torch.Tensor, generator: torch.Generator) -> torch.Te
 def sample_poisson_counts(rates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Exact Poisson draws for integer rates in [0, 255] by inversion: ``k = min{k : CDF_rate(k) > u}``.
 
-    One uniform per element (see ``_poisson_deltas``); several times faster than ``torch.poisson`` on
-    a CPU; on any device, the same seed gives the same counts.
+    One uniform draw per element (see ``_poisson_deltas``); several times faster than ``torch.poisson``
+    on a CPU; on a given device, the same generator state gives the same counts.
 
     Args:
         rates: integer tensor of rates in [0, 255] (any shape).
@@ -483,7 +528,8 @@ def apply_noise(images: torch.Tensor, noises: Sequence[NoiseParams | None]) -> t
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
     """(C, H, W) float in [0, 1], C = 1 or 3 -> 8-bit Pillow image (rounding half to even, clipped)."""
-    planes = image.detach().mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    # numpy casts float32 to uint8 several times faster than torch does on CPUs
+    planes = image.detach().mul(255).round_().clamp_(0, 255).cpu().numpy().astype(np.uint8)
     if planes.shape[0] == 1:
         return Image.fromarray(planes[0], mode="L")
     # planar -> interleaved inside Pillow is cheaper than a byte transpose in torch
