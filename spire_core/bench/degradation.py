@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..degradation import degrade, get_preset, sample_params
-from ..degradation import ops
+from ..degradation import degrade, get_preset, ops, sample_params
 from ..eval.metrics import psnr
 from ..imageio import load_image
 from .common import describe_device, interleaved, summarize
