@@ -59,8 +59,8 @@ def _recorded_noise_fields() -> Iterator[dict[int, np.ndarray]]:
     fields: dict[int, np.ndarray] = {}
     original = ops._unit_noise
 
-    def recording(params, image: torch.Tensor):  # noqa: ANN001, ANN202
-        field, multiplier = original(params, image)
+    def recording(params, image: torch.Tensor, **options):  # noqa: ANN001, ANN003, ANN202
+        field, multiplier = original(params, image, **options)
         fields[params.seed] = (field * multiplier).permute(1, 2, 0).numpy().copy()
         return field, multiplier
 

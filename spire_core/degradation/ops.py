@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -28,6 +29,54 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R BT.601 luma, used for grey (luma-only) Poisson noise on colour images."""
 
 # --------------------------------------------------------------------------------------------------
+# Scratch memory
+# --------------------------------------------------------------------------------------------------
+
+_SCRATCH = threading.local()
+_SCRATCH_LOCK = threading.Lock()
+_SCRATCH_DICTS: list[dict[tuple[str, torch.dtype], torch.Tensor]] = []
+
+SCRATCH_KEEP_BYTES = 192 * 2**20
+"""Scratch memory a thread keeps once a ``degrade`` call is over (enough for 1024 x 1024 items); a
+thread holding more (after a larger image) lets it go (``trim_scratch``)."""
+
+
+def enable_scratch() -> None:
+    """Let the calling thread keep its large temporaries between operations (see ``_scratch``).
+
+    For the CPU workers of ``degrade``: a buffer freed back to the C allocator is often handed back
+    to the OS and page-faulted in again on its next use, which costs more than the work done in it.
+    The buffers go with the thread, or at ``trim_scratch``."""
+    if not hasattr(_SCRATCH, "buffers"):
+        _SCRATCH.buffers = {}
+        with _SCRATCH_LOCK:
+            _SCRATCH_DICTS.append(_SCRATCH.buffers)
+
+
+def trim_scratch(keep_bytes: int = SCRATCH_KEEP_BYTES) -> None:
+    """Drop the scratch buffers of every thread that holds more than ``keep_bytes`` (safe while they
+    are in use: a buffer lives on until its last view is gone)."""
+    with _SCRATCH_LOCK:
+        for buffers in _SCRATCH_DICTS:
+            if sum(t.numel() * t.element_size() for t in list(buffers.values())) > keep_bytes:
+                buffers.clear()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor for a temporary that dies within the calling operation: this thread's
+    buffer called ``name`` when the thread keeps scratch memory (``enable_scratch``), else a new one.
+    Never return it, nor a view of it."""
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None or device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    numel = math.prod(shape)
+    buffer = buffers.get((name, dtype))
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
+    return buffer[:numel].view(shape)
+
+
+# --------------------------------------------------------------------------------------------------
 # Borders
 # --------------------------------------------------------------------------------------------------
 
@@ -42,19 +91,34 @@ def _reflect101_index_cpu(n: int, pad: int) -> torch.Tensor:
     return torch.where(idx >= n, period - idx, idx)
 
 
-def reflect101_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+def reflect101_pad(x: torch.Tensor, pad: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Pad the last two dims by ``pad`` with reflect-101 borders (``dcb|abcd|cba``), for any ``pad``.
 
     Unlike ``F.pad(mode="reflect")`` this works when ``pad`` exceeds the image side (it keeps
-    reflecting), which tiny images with large kernels need.
+    reflecting), which tiny images with large kernels need. With ``out`` (shape ``(..., H + 2 pad,
+    W + 2 pad)``), the padded image is written there and ``out`` is returned.
     """
-    if pad == 0:
-        return x
-    if pad < min(x.shape[-2:]):
-        return F.pad(x, (pad, pad, pad, pad), mode="reflect")  # torch's "reflect" is reflect-101
-    ih = _reflect101_index_cpu(x.shape[-2], pad).to(x.device)
-    iw = _reflect101_index_cpu(x.shape[-1], pad).to(x.device)
-    return x.index_select(-2, ih).index_select(-1, iw)
+    h, w = x.shape[-2:]
+    if pad >= min(h, w):
+        ih = _reflect101_index_cpu(h, pad).to(x.device)
+        iw = _reflect101_index_cpu(w, pad).to(x.device)
+        padded = x.index_select(-2, ih).index_select(-1, iw)
+        return padded if out is None else out.copy_(padded)
+    if out is None:
+        return x if pad == 0 else F.pad(x, (pad, pad, pad, pad), mode="reflect")  # torch's "reflect" is reflect-101
+    out[..., pad : pad + h, pad : pad + w] = x
+    if pad:
+        out[..., :pad, pad : pad + w] = x[..., 1 : pad + 1, :].flip(-2)
+        out[..., pad + h :, pad : pad + w] = x[..., h - pad - 1 : h - 1, :].flip(-2)
+        out[..., :pad] = out[..., pad + 1 : 2 * pad + 1].flip(-1)
+        out[..., pad + w :] = out[..., w - 1 : w + pad - 1].flip(-1)
+    return out
+
+
+def _padded_scratch(name: str, x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``reflect101_pad(x, pad)`` in this thread's scratch buffer ``name`` (see ``_scratch``)."""
+    shape = (*x.shape[:-2], x.shape[-2] + 2 * pad, x.shape[-1] + 2 * pad)
+    return reflect101_pad(x, pad, out=_scratch(name, shape, x.dtype, x.device))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,11 +218,13 @@ def apply_blur(images: torch.Tensor, kernels: Sequence[torch.Tensor | None]) -> 
 
 def _blur_shift(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """Separable correlation as two passes of shifted multiply-adds (cache-friendly on CPUs)."""
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     k = taps.shape[-1]
-    padded = reflect101_pad(x, k // 2)
+    padded = _padded_scratch("blur_padded", x, k // 2)
     weights = taps.view(b, 1, 1, 1, k)
-    rows = padded[..., :, 0:w] * weights[..., 0]
+    rows = torch.mul(
+        padded[..., :, 0:w], weights[..., 0], out=_scratch("blur_rows", (b, c, h + k - 1, w), x.dtype, x.device)
+    )
     for j in range(1, k):
         rows.addcmul_(padded[..., :, j : j + w], weights[..., j])
     out = rows[..., 0:h, :] * weights[..., 0]
@@ -173,7 +239,7 @@ def _blur_taps(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
         return torch.cat([_blur_taps(x[i : i + 1], kernels[i : i + 1]) for i in range(kernels.shape[0])])
     h, w = x.shape[-2:]
     k = kernels.shape[-1]
-    padded = reflect101_pad(x, k // 2)
+    padded = _padded_scratch("blur_padded", x, k // 2)
     out = None
     for i, row in enumerate(kernels[0].tolist()):
         for j, weight in enumerate(row):
@@ -213,14 +279,16 @@ def _blur_fft(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     # kernel rides along as one more plane of the canvas, centred on the origin, so one forward
     # transform serves both.
     fh, fw = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
-    canvas = x.new_zeros((b, c + 1, fh, fw))
-    canvas[:, :c, : h + 2 * p, : w + 2 * p] = reflect101_pad(x, p)
+    canvas = _scratch("fft_canvas", (b, c + 1, fh, fw), x.dtype, x.device).zero_()
+    reflect101_pad(x, p, out=canvas[:, :c, : h + 2 * p, : w + 2 * p])
     plane = canvas[:, c]
     plane[:, : p + 1, : p + 1] = kernels[:, p:, p:]
     plane[:, : p + 1, fw - p :] = kernels[:, p:, :p]
     plane[:, fh - p :, : p + 1] = kernels[:, :p, p:]
     plane[:, fh - p :, fw - p :] = kernels[:, :p, :p]
-    spectrum = torch.fft.rfft2(canvas)
+    spectrum = torch.fft.rfft2(
+        canvas, out=_scratch("fft_spectrum", (b, c + 1, fh, fw // 2 + 1), torch.complex64, x.device)
+    )
     response = spectrum[:, c:]
     if torch.equal(kernels, kernels.flip(-1, -2)):
         response = response.real  # a point-symmetric kernel has a real spectrum: a cheaper product
@@ -426,16 +494,21 @@ def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
-def _poisson_deltas(rates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _poisson_deltas(rates: torch.Tensor, generator: torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
     """``Poisson(rate) - rate`` as float32 for int32 ``rates`` in [0, 255], by inversion
     (``k = min{k : CDF_rate(k) > u}``, one 31-bit uniform draw per element): a guide table answers
-    about 97% of the elements outright, and a fixed-length bisection settles the rest."""
+    about 97% of the elements outright, and a fixed-length bisection settles the rest. Written to
+    ``out`` (float32, ``rates.numel()`` elements) when given."""
     threshold, delta, span, steps = _poisson_tables(rates.device)
     flat = rates.reshape(-1)
-    draws = torch.empty(flat.shape, dtype=torch.int32, device=flat.device).random_(generator=generator)
-    cell = torch.bitwise_right_shift(draws, _POISSON_BUCKET_SHIFT).add_(flat, alpha=_POISSON_BUCKETS)
-    out = delta.index_select(0, cell)
-    todo = _flat_nonzero(out > _AMBIGUOUS / 2)
+    n, device = flat.numel(), flat.device
+    draws = _scratch("poisson_draws", (n,), torch.int32, device).random_(generator=generator)
+    cell = torch.bitwise_right_shift(
+        draws, _POISSON_BUCKET_SHIFT, out=_scratch("poisson_cell", (n,), torch.int32, device)
+    )
+    cell.add_(flat, alpha=_POISSON_BUCKETS)
+    out = torch.index_select(delta, 0, cell, out=torch.empty(n, device=device) if out is None else out.view(n))
+    todo = _flat_nonzero(torch.gt(out, _AMBIGUOUS / 2, out=_scratch("poisson_mask", (n,), torch.bool, device)))
     if todo.numel():
         code = span.index_select(0, cell.index_select(0, todo))
         lo, hi = code & 0xFFFF, code >> 16
@@ -475,22 +548,28 @@ def sample_poisson_counts(rates: torch.Tensor, generator: torch.Generator) -> to
     return _poisson_deltas(rates, generator).to(torch.int32).add_(rates)
 
 
-def _unit_noise(params: NoiseParams, image: torch.Tensor) -> tuple[torch.Tensor, float]:
+def _unit_noise(params: NoiseParams, image: torch.Tensor, temporary: bool = False) -> tuple[torch.Tensor, float]:
     """``(field, multiplier)`` with ``noise_field == field * multiplier`` (kept apart so the multiply
-    can be folded into the addition)."""
+    can be folded into the addition). A ``temporary`` field may live in this thread's scratch memory
+    (see ``_scratch``): use it before the next operation."""
     c, h, w = image.shape
-    generator = torch.Generator(device=image.device).manual_seed(params.seed)
+    device = image.device
+    generator = torch.Generator(device=device).manual_seed(params.seed)
     channels = 1 if params.gray else c
+    field = _scratch("noise_field", (channels, h, w), torch.float32, device) if temporary else None
     if params.kind == "gaussian":
-        field = torch.randn((channels, h, w), generator=generator, device=image.device, dtype=torch.float32)
+        field = torch.randn((channels, h, w), generator=generator, device=device, dtype=torch.float32, out=field)
         return field, params.sigma
     if params.gray and c == 3:
-        weights = torch.tensor(LUMA_WEIGHTS, device=image.device, dtype=image.dtype).view(3, 1, 1)
-        value = (image * weights).sum(0, keepdim=True)
+        weights = torch.tensor(LUMA_WEIGHTS, device=device, dtype=image.dtype).view(3, 1, 1)
+        weighted = torch.mul(image, weights, out=_scratch("noise_weighted", (3, h, w), image.dtype, device))
+        value = torch.sum(weighted, 0, keepdim=True, out=_scratch("noise_luma", (1, h, w), image.dtype, device))
     else:
         value = image[:1] if params.gray else image
-    rates = value.mul(POISSON_PEAK).clamp_(0, POISSON_PEAK).round_().to(torch.int32)
-    return _poisson_deltas(rates, generator), params.scale / POISSON_PEAK
+    scaled = torch.mul(value, POISSON_PEAK, out=_scratch("noise_scaled", value.shape, value.dtype, device))
+    scaled.clamp_(0, POISSON_PEAK).round_()
+    rates = _scratch("noise_rates", value.shape, torch.int32, device).copy_(scaled)
+    return _poisson_deltas(rates, generator, out=field), params.scale / POISSON_PEAK
 
 
 def noise_field(params: NoiseParams, image: torch.Tensor) -> torch.Tensor:
@@ -516,7 +595,7 @@ def apply_noise(images: torch.Tensor, noises: Sequence[NoiseParams | None]) -> t
         if params is None:
             out[i] = images[i]
         else:
-            field, multiplier = _unit_noise(params, images[i])
+            field, multiplier = _unit_noise(params, images[i], temporary=True)
             torch.add(images[i], field, alpha=multiplier, out=out[i]).clamp_(0, 1)
     return out
 
@@ -528,8 +607,11 @@ def apply_noise(images: torch.Tensor, noises: Sequence[NoiseParams | None]) -> t
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
     """(C, H, W) float in [0, 1], C = 1 or 3 -> 8-bit Pillow image (rounding half to even, clipped)."""
+    image = image.detach().cpu()
+    scaled = torch.mul(image, 255, out=_scratch("jpeg_scaled", image.shape, image.dtype, image.device))
+    scaled.round_().clamp_(0, 255)
     # numpy casts float32 to uint8 several times faster than torch does on CPUs
-    planes = image.detach().mul(255).round_().clamp_(0, 255).cpu().numpy().astype(np.uint8)
+    planes = scaled.numpy().astype(np.uint8)
     if planes.shape[0] == 1:
         return Image.fromarray(planes[0], mode="L")
     # planar -> interleaved inside Pillow is cheaper than a byte transpose in torch

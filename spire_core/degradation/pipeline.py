@@ -9,6 +9,8 @@ size groups where resizes send items to different sizes.
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +20,16 @@ import torch
 
 from ..prompt import RestorationRequest, render
 from .kernels import gaussian_1d, kernel_sigma, make_kernel
-from .ops import POISSON_PEAK, apply_blur, apply_jpeg, apply_noise, apply_resize, resized_size
+from .ops import (
+    POISSON_PEAK,
+    apply_blur,
+    apply_jpeg,
+    apply_noise,
+    apply_resize,
+    enable_scratch,
+    resized_size,
+    trim_scratch,
+)
 from .params import OPERATION_OF_CLAUSE, BlurParams, DegradationParams, NoiseParams
 
 CLAUSE_KEYS = tuple(OPERATION_OF_CLAUSE)
@@ -135,15 +146,42 @@ def _run(images: torch.Tensor, params: Sequence[DegradationParams], out: torch.T
     return out
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """In a forked child the parent's worker threads do not exist: start afresh."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """The long-lived CPU worker threads for ``workers`` items side by side (created on first use).
+    They keep their scratch memory from call to call (``ops.enable_scratch``)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="spire-degrade", initializer=enable_scratch
+            )
+        return pool
+
+
 def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) -> torch.Tensor:
     """Degrade a CPU batch item by item, items spread over ``torch.get_num_threads()`` threads.
 
-    Item by item is faster than batched on CPUs: per-image buffers (a few MB) are recycled by the
-    allocator, while batch-sized temporaries are fresh page-faulted memory every time. Much of the
-    work is serial per item (random numbers, libjpeg, small tensor ops), so items run side by side,
-    the intra-op threads shared out among them (a lone image gets them all). Every operation gives
-    the same bits whatever its thread count (tested), so a batch gives exactly the bytes its items
-    give alone. The thread setting is restored on return.
+    Item by item is faster than batched on CPUs: per-image buffers (a few MB) are recycled, while
+    batch-sized temporaries are fresh page-faulted memory every time. Much of the work is serial per
+    item (random numbers, libjpeg, small tensor ops), so items run side by side on long-lived worker
+    threads, the intra-op threads shared out among them (a lone image gets them all). Every operation
+    gives the same bits whatever its thread count (tested), so a batch gives exactly the bytes its
+    items give alone. The caller's thread setting is restored on return.
     """
     threads = torch.get_num_threads()
     inference = torch.is_inference_mode_enabled()
@@ -156,10 +194,10 @@ def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) ->
             _run(images[i : i + 1], params[i : i + 1], out=out[i : i + 1])
 
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(one, range(images.shape[0])))
+        list(_worker_pool(workers).map(one, range(images.shape[0])))
     finally:
         torch.set_num_threads(threads)
+        trim_scratch()
     return out
 
 
