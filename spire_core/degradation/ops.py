@@ -16,9 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
+import scipy.fft
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+try:  # scipy's low-level pocketfft binding (private, present since scipy 1.4): transforms with out=
+    from scipy.fft._pocketfft import pypocketfft as _pocketfft
+except ImportError:  # pragma: no cover - an older or newer scipy: the public functions serve
+    _pocketfft = None
 
 from .params import JpegParams, NoiseParams
 
@@ -309,6 +315,30 @@ def _kernel_response(kernel: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
         torch.set_num_threads(threads)
 
 
+def _correlate_pocketfft(canvas: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Circular correlation of each (B, C, fh, fw) canvas with its kernel, through pocketfft
+    (scipy's FFT): about 1.4x faster than torch's on CPUs, and with scipy's low-level functions the
+    spectrum lives in a scratch buffer and is transformed back in place (no fresh temporaries, whose
+    page faults cost as much as the transforms). Each 1-D transform is computed whole by one thread,
+    so the bits do not depend on the thread count."""
+    b, c, fh, fw = canvas.shape
+    threads = torch.get_num_threads()
+    responses = [_kernel_response(kernels[i], fh, fw) for i in range(b)]
+    if _pocketfft is None:  # scipy without its low-level module: the public functions, which allocate
+        spectrum = scipy.fft.rfft2(canvas.numpy(), workers=threads)
+        for i in range(b):
+            spectrum[i] *= responses[i].numpy()
+        return torch.from_numpy(scipy.fft.irfft2(spectrum, s=(fh, fw), workers=threads, overwrite_x=True))
+    spectrum = _scratch("fft_spectrum", (b, c, fh, fw // 2 + 1), torch.complex64, canvas.device).numpy()
+    _pocketfft.r2c(canvas.numpy(), (2, 3), True, 0, spectrum, threads)
+    for i in range(b):
+        spectrum[i] *= responses[i].mul_(1.0 / (fh * fw)).numpy()  # the inverse's scaling folded in
+    _pocketfft.c2c(spectrum, (2,), False, 0, spectrum, threads)
+    out = torch.empty((b, c, fh, fw), dtype=torch.float32)
+    _pocketfft.c2r(spectrum, (3,), fw, False, 0, out.numpy(), threads)
+    return out
+
+
 def _blur_fft(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     k = kernels.shape[-1]
@@ -320,7 +350,9 @@ def _blur_fft(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     canvas[..., h + 2 * p :, :] = 0
     canvas[..., : h + 2 * p, w + 2 * p :] = 0
     reflect101_pad(x, p, out=canvas[..., : h + 2 * p, : w + 2 * p])
-    spectrum = torch.fft.rfft2(canvas, out=_scratch("fft_spectrum", (b, c, fh, fw // 2 + 1), torch.complex64, x.device))
+    if x.device.type == "cpu":
+        return _correlate_pocketfft(canvas, kernels)[..., p : p + h, p : p + w]
+    spectrum = torch.fft.rfft2(canvas)
     for i in range(b):
         spectrum[i] *= _kernel_response(kernels[i], fh, fw).to(x.device)
     out = torch.fft.irfft2(spectrum, s=(fh, fw))
