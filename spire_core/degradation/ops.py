@@ -612,9 +612,11 @@ def _poisson_deltas(rates: torch.Tensor, generator: torch.Generator, out: torch.
         draw = draws.index_select(0, todo).to(torch.int64)
         rate = flat.index_select(0, todo)
         base = rate * _POISSON_K
-        # most ambiguous buckets hold two counts: one comparison settles them
-        lo += (threshold.index_select(0, base + lo) <= draw).to(torch.int32)
-        wide = _flat_nonzero(hi > lo)
+        # most ambiguous buckets hold two counts: one comparison settles them (a draw below the
+        # first threshold is the first count, whatever the bucket's width)
+        above = threshold.index_select(0, base + lo) <= draw
+        lo += above.to(torch.int32)
+        wide = _flat_nonzero(above & (hi > lo))
         if wide.numel():
             l, h, w_base, w_draw = lo[wide], hi[wide], base[wide], draw[wide]
             # bisection for the first k in [l, h] with threshold(k) > draw, as deep as the widest bucket needs
