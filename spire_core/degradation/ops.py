@@ -7,9 +7,11 @@ the noise seeds carried by the params.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import math
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +82,39 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torc
     if buffer is None or buffer.numel() < numel:
         buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
     return buffer[:numel].view(shape)
+
+
+_HUGE_PAGE = 1 << 21
+_MADV_HUGEPAGE = 14
+
+
+@lru_cache(maxsize=1)
+def _madvise() -> object | None:
+    """libc's ``madvise`` on Linux, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return function
+
+
+def advise_huge_pages(tensor: torch.Tensor) -> None:
+    """Ask Linux to back a large, not yet touched CPU tensor with transparent huge pages (as numpy
+    does for its large arrays): its first touch then takes a few dozen page faults instead of one
+    per 4 KiB, several times faster. Only the 2 MiB-aligned part of the tensor's own memory is
+    advised; a refusal (or another OS) changes nothing."""
+    madvise = _madvise()
+    if madvise is None or tensor.device.type != "cpu" or not tensor.is_contiguous():
+        return
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first, last = -(-start // _HUGE_PAGE) * _HUGE_PAGE, end // _HUGE_PAGE * _HUGE_PAGE
+    if last > first:
+        madvise(first, last - first, _MADV_HUGEPAGE)
 
 
 # --------------------------------------------------------------------------------------------------

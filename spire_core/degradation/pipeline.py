@@ -24,6 +24,7 @@ from .ops import (
     CPU_DIRECT_MAX,
     CPU_SEPARABLE_MAX,
     POISSON_PEAK,
+    advise_huge_pages,
     apply_blur,
     apply_jpeg,
     apply_noise,
@@ -216,6 +217,7 @@ def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) ->
     inference = torch.is_inference_mode_enabled()
     workers = max(1, min(images.shape[0], threads))
     out = torch.empty_like(images)  # its pages are first touched, in parallel, by the workers
+    advise_huge_pages(out)
 
     def one(i: int) -> None:
         torch.set_num_threads(max(1, threads // workers))  # this worker thread's intra-op pool
