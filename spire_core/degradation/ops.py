@@ -752,10 +752,38 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
     return Image.merge("RGB", [Image.fromarray(plane, mode="L") for plane in planes])
 
 
+def _jpeg_file() -> io.BufferedRandom | None:
+    """This thread's in-memory file for JPEG encoding (Linux ``memfd``), for threads that keep
+    scratch memory (``enable_scratch``); None elsewhere."""
+    if not hasattr(_SCRATCH, "buffers") or not hasattr(os, "memfd_create"):
+        return None
+    file = getattr(_SCRATCH, "jpeg_file", None)
+    if file is None:
+        try:
+            file = _SCRATCH.jpeg_file = open(os.memfd_create("spire-jpeg", os.MFD_CLOEXEC), "w+b")  # noqa: SIM115
+        except OSError:
+            return None
+    return file
+
+
 def _encode(image: Image.Image, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=int(quality), subsampling=0 if image.mode == "L" else 2)
-    return buffer.getvalue()
+    """JPEG bytes of ``image`` (libjpeg through Pillow).
+
+    Pillow encodes into a file descriptor without holding the GIL, but into a BytesIO while holding
+    it, which stalls every other thread for the whole encode; so the degradation workers encode into
+    an in-memory file (``_jpeg_file``). The bytes are the same either way."""
+    options = {"format": "JPEG", "quality": int(quality), "subsampling": 0 if image.mode == "L" else 2}
+    file = _jpeg_file()
+    if file is None:
+        buffer = io.BytesIO()
+        image.save(buffer, **options)
+        return buffer.getvalue()
+    file.seek(0)
+    file.truncate()
+    image.save(file, **options)
+    file.flush()
+    fd = file.fileno()
+    return os.pread(fd, os.lseek(fd, 0, os.SEEK_END), 0)
 
 
 def jpeg_encode(pixels: np.ndarray, quality: int) -> bytes:
