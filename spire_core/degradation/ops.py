@@ -81,6 +81,7 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torc
     buffer = buffers.get((name, dtype))
     if buffer is None or buffer.numel() < numel:
         buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
+        advise_huge_pages(buffer)  # long-lived: fewer TLB misses, and a few faults to fill it
     return buffer[:numel].view(shape)
 
 
