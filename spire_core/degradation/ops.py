@@ -812,17 +812,17 @@ def jpeg_roundtrip_uint8(pixels: np.ndarray, quality: int) -> np.ndarray:
 
 def _jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
     """One (C, H, W) float image through ``jpeg_encode`` and ``jpeg_decode``, as (C, H, W) float32
-    on the CPU; planes go to Pillow without an 8-bit HWC copy, and come back as 8-bit planes first
-    (a byte transpose and a contiguous cast beat one strided casting copy)."""
+    on the CPU. Planes go to Pillow without an 8-bit HWC copy, and come back one band at a time,
+    each divided by 255 straight into its float plane."""
+    out = torch.empty(image.shape, dtype=torch.float32)
+    planes = out.numpy()
     with Image.open(io.BytesIO(_encode(_to_pil(image), quality))) as decoded:
         decoded.load()
-        pixels = torch.from_numpy(np.array(decoded))  # a writable copy: torch warns on read-only arrays
-    out = torch.empty(image.shape, dtype=torch.float32)
-    if pixels.dim() == 2:
-        out[0].copy_(pixels)
-    else:
-        out.copy_(_scratch("jpeg_planes", tuple(out.shape), torch.uint8, out.device).copy_(pixels.permute(2, 0, 1)))
-    return out.div_(255)
+        height, width = planes.shape[1:]
+        for c, band in enumerate("L" if planes.shape[0] == 1 else "RGB"):
+            pixels = np.frombuffer(decoded.tobytes("raw", band), dtype=np.uint8).reshape(height, width)
+            np.divide(pixels, np.float32(255), out=planes[c])  # float32 division, as torch's
+    return out
 
 
 def _workers(n: int) -> int:
