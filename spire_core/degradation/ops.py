@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -42,7 +43,18 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 _SCRATCH = threading.local()
 _SCRATCH_LOCK = threading.Lock()
-_SCRATCH_DICTS: list[dict[tuple[str, torch.dtype], torch.Tensor]] = []
+
+
+class _Buffers(dict):
+    """One thread's scratch: ``(name, dtype)`` -> buffer, and ``(name, dtype, shape)`` -> a view of it.
+    Compared and hashed by identity (it lives in a WeakSet)."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
+_SCRATCH_DICTS: weakref.WeakSet[_Buffers] = weakref.WeakSet()
+"""Every live thread's scratch (a thread's goes when the thread ends)."""
 
 SCRATCH_KEEP_BYTES = 192 * 2**20
 """Scratch memory a thread keeps once a ``degrade`` call is over (enough for 1024 x 1024 items); a
@@ -56,17 +68,18 @@ def enable_scratch() -> None:
     to the OS and page-faulted in again on its next use, which costs more than the work done in it.
     The buffers go with the thread, or at ``trim_scratch``."""
     if not hasattr(_SCRATCH, "buffers"):
-        _SCRATCH.buffers = {}
+        _SCRATCH.buffers = _Buffers()
         with _SCRATCH_LOCK:
-            _SCRATCH_DICTS.append(_SCRATCH.buffers)
+            _SCRATCH_DICTS.add(_SCRATCH.buffers)
 
 
 def trim_scratch(keep_bytes: int = SCRATCH_KEEP_BYTES) -> None:
     """Drop the scratch buffers of every thread that holds more than ``keep_bytes`` (safe while they
     are in use: a buffer lives on until its last view is gone)."""
     with _SCRATCH_LOCK:
-        for buffers in _SCRATCH_DICTS:
-            if sum(t.numel() * t.element_size() for t in list(buffers.values())) > keep_bytes:
+        for buffers in list(_SCRATCH_DICTS):
+            held = [t for key, t in list(buffers.items()) if len(key) == 2]  # the buffers, not their views
+            if sum(t.numel() * t.element_size() for t in held) > keep_bytes:
                 buffers.clear()
 
 
@@ -77,12 +90,21 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torc
     buffers = getattr(_SCRATCH, "buffers", None)
     if buffers is None or device.type != "cpu":
         return torch.empty(shape, dtype=dtype, device=device)
+    view = buffers.get((name, dtype, shape))  # the same shape again: the view made last time
+    if view is not None:
+        return view
     numel = math.prod(shape)
     buffer = buffers.get((name, dtype))
     if buffer is None or buffer.numel() < numel:
+        for key in [key for key in buffers if key[:2] == (name, dtype)]:
+            del buffers[key]  # views of the buffer being replaced
         buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
         advise_huge_pages(buffer)  # long-lived: fewer TLB misses, and a few faults to fill it
-    return buffer[:numel].view(shape)
+    if len(buffers) > 512:  # many image sizes seen: forget the views (never the buffers)
+        for key in [key for key in buffers if len(key) == 3]:
+            del buffers[key]
+    view = buffers[(name, dtype, shape)] = buffer[:numel].view(shape)
+    return view
 
 
 _HUGE_PAGE = 1 << 21
