@@ -94,16 +94,19 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torc
     if view is not None:
         return view
     numel = math.prod(shape)
-    buffer = buffers.get((name, dtype))
-    if buffer is None or buffer.numel() < numel:
-        for key in [key for key in buffers if key[:2] == (name, dtype)]:
-            del buffers[key]  # views of the buffer being replaced
-        buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
-        advise_huge_pages(buffer)  # long-lived: fewer TLB misses, and a few faults to fill it
-    if len(buffers) > 512:  # many image sizes seen: forget the views (never the buffers)
-        for key in [key for key in buffers if len(key) == 3]:
-            del buffers[key]
-    view = buffers[(name, dtype, shape)] = buffer[:numel].view(shape)
+    # buffers and views are made as normal tensors whatever the caller's mode: one made under
+    # inference_mode could not be written in place by a later call outside it
+    with torch.inference_mode(False):
+        buffer = buffers.get((name, dtype))
+        if buffer is None or buffer.numel() < numel:
+            for key in [key for key in buffers if key[:2] == (name, dtype)]:
+                del buffers[key]  # views of the buffer being replaced
+            buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
+            advise_huge_pages(buffer)  # long-lived: fewer TLB misses, and a few faults to fill it
+        if len(buffers) > 512:  # many image sizes seen: forget the views (never the buffers)
+            for key in [key for key in buffers if len(key) == 3]:
+                del buffers[key]
+        view = buffers[(name, dtype, shape)] = buffer[:numel].view(shape)
     return view
 
 

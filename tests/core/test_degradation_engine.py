@@ -1,0 +1,238 @@
+"""The CPU machinery behind ``degrade``: scratch buffers, the long-lived workers, the FFT and JPEG
+paths it picks for speed. Each is checked against the plain computation it stands in for."""
+
+from __future__ import annotations
+
+import gc
+import io
+import multiprocessing
+import threading
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spire_core.degradation import PRESETS, BlurParams, degrade, make_kernel, ops, pipeline, sample_params
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def fresh_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every scratch request a new tensor, as without scratch memory."""
+    monkeypatch.setattr(
+        ops, "_scratch", lambda name, shape, dtype, device: torch.empty(shape, dtype=dtype, device=device)
+    )
+
+
+def test_scratch_memory_changes_no_bit_and_results_own_their_memory(astronaut, monkeypatch):
+    crops = torch.cat([astronaut[..., :256, :256], astronaut[..., 256:, 256:], astronaut[..., 100:356, :256]])
+    first_params = sample_params(PRESETS["paper"], gen(21), 3)
+    second_params = sample_params(PRESETS["heavy"], gen(22), 3)
+    first = degrade(crops, first_params).images
+    kept = first.clone()
+    degrade(crops, second_params)  # the workers reuse their buffers for other sizes and operations
+    assert torch.equal(first, kept)  # nothing returned lives in a worker's scratch memory
+    fresh_scratch(monkeypatch)
+    assert torch.equal(degrade(crops, first_params).images, first)
+
+
+def test_inference_mode_and_normal_calls_share_the_workers(astronaut):
+    """ComfyUI runs nodes under inference_mode, training does not: the workers' buffers serve both."""
+    crops = torch.cat([astronaut[..., :128, :128], astronaut[..., 128:256, :128]])
+    params = sample_params(PRESETS["paper"], gen(31), 2)
+    ops.trim_scratch(keep_bytes=0)  # the buffers are made afresh, under inference_mode
+    with torch.inference_mode():
+        inside = degrade(crops, params).images
+    outside = degrade(crops, params).images
+    with torch.inference_mode():
+        again = degrade(crops, params).images
+    assert torch.equal(inside, outside) and torch.equal(outside, again)
+    assert not outside.is_inference()
+
+
+def test_scratch_views_and_trim():
+    seen = {}
+
+    def worker() -> None:
+        ops.enable_scratch()
+        cpu = torch.device("cpu")
+        a = ops._scratch("t", (4, 5), torch.float32, cpu)
+        b = ops._scratch("t", (4, 5), torch.float32, cpu)
+        c = ops._scratch("t", (2, 3), torch.float32, cpu)
+        seen["same view"] = a is b
+        seen["same memory"] = c.data_ptr() == a.data_ptr()
+        big = ops._scratch("t", (1000, 1000), torch.float32, cpu)  # grows: a new buffer
+        seen["grown"] = big.numel() == 10**6 and big.data_ptr() != a.data_ptr()
+        seen["old views dropped"] = ops._scratch("t", (4, 5), torch.float32, cpu).data_ptr() == big.data_ptr()
+        big.fill_(2.0)
+        ops.trim_scratch(keep_bytes=10**6)  # this thread holds 4 MB: dropped
+        seen["trimmed"] = len(ops._SCRATCH.buffers) == 0
+        seen["a live view outlives the trim"] = float(big.sum()) == 2.0e6
+        seen["kept below the limit"] = ops._scratch("u", (10,), torch.float32, cpu) is not None
+        ops.trim_scratch(keep_bytes=10**6)
+        seen["small scratch kept"] = len(ops._SCRATCH.buffers) > 0
+        mine.append(weakref.ref(ops._SCRATCH.buffers))
+
+    mine = []
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == dict.fromkeys(seen, True), seen
+    gc.collect()
+    assert mine[0]() is None  # a thread's scratch goes with it
+    assert all(buffers is not mine[0]() for buffers in ops._SCRATCH_DICTS)
+
+
+def test_outside_the_workers_scratch_requests_are_new_tensors():
+    cpu = torch.device("cpu")
+    a = ops._scratch("t", (8,), torch.float32, cpu)
+    b = ops._scratch("t", (8,), torch.float32, cpu)
+    assert a.data_ptr() != b.data_ptr()
+
+
+def test_reflect_pad_into_a_buffer_equals_torch_reflect():
+    x = torch.rand(2, 3, 9, 13)
+    for pad in (0, 1, 4, 8):
+        out = torch.full((2, 3, 9 + 2 * pad, 13 + 2 * pad), float("nan"))
+        ops.reflect101_pad(x, pad, out=out)
+        expected = torch.nn.functional.pad(x, (pad,) * 4, mode="reflect") if pad else x
+        assert torch.equal(out, expected), pad
+    out = torch.empty(2, 3, 9 + 24, 13 + 24)  # wider than the image: keeps reflecting
+    assert torch.equal(ops.reflect101_pad(x, 12, out=out), ops.reflect101_pad(x, 12))
+
+
+@pytest.mark.parametrize("n", [1, 7, 37, 361, 538, 549, 1000])
+def test_fft_sizes_are_multiples_of_4_with_small_factors(n):
+    m = ops._fft_size(n)
+    assert m >= n and m % 4 == 0
+    r = m
+    for p in (2, 3, 5):
+        while r % p == 0:
+            r //= p
+    assert r == 1
+    assert all(ops._fft_size(k) == m for k in range(n, m + 1)), "the smallest such size"
+
+
+def kernel_plane(kernel: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
+    p = kernel.shape[-1] // 2
+    plane = torch.zeros(fh, fw, dtype=torch.float64)
+    plane[: p + 1, : p + 1] = kernel[p:, p:]
+    plane[: p + 1, fw - p :] = kernel[p:, :p]
+    plane[fh - p :, : p + 1] = kernel[:p, p:]
+    plane[fh - p :, fw - p :] = kernel[:p, :p]
+    return plane
+
+
+@pytest.mark.parametrize(
+    "blur",
+    [
+        BlurParams(kernel="aniso", size=27, sigma_x=4.0, sigma_y=1.5, angle=30.0),
+        BlurParams(kernel="motion", size=13, length=9.5, angle=37.0),
+        BlurParams(kernel="plateau_iso", size=9, sigma_x=1.5, sigma_y=1.5, beta=1.5),
+    ],
+    ids=lambda b: b.kernel,
+)
+def test_kernel_response_is_the_conjugate_spectrum_of_the_kernel(blur):
+    kernel = make_kernel(blur).to(torch.float64)
+    asymmetric = kernel.clone()
+    asymmetric[0, 1] += 0.01  # not point-symmetric: a complex response
+    for k in (kernel, asymmetric):
+        expected = torch.conj(torch.fft.rfft2(kernel_plane(k, 60, 44)))
+        got = ops._kernel_response(k.float(), 60, 44)
+        assert got.is_complex() == (k is asymmetric)
+        assert (got.to(torch.complex128) - expected).abs().max() < 2e-6
+
+
+def test_pocketfft_blur_equals_direct_correlation_and_its_fallback(coffee, monkeypatch):
+    import cv2
+
+    image = coffee[..., :150, :201].contiguous()
+    blur = BlurParams(kernel="generalized_aniso", size=25, sigma_x=3.5, sigma_y=1.2, angle=100.0, beta=2.5)
+    kernel = make_kernel(blur).float()
+    out = ops.apply_blur(image, [kernel])
+    hwc = image[0].permute(1, 2, 0).numpy()
+    reference = cv2.filter2D(hwc, -1, kernel.numpy(), borderType=cv2.BORDER_REFLECT_101)
+    assert np.abs(out[0].permute(1, 2, 0).numpy() - reference).max() < 2e-6
+    monkeypatch.setattr(ops, "_pocketfft", None)  # scipy's public functions instead
+    assert (ops.apply_blur(image, [kernel]) - out).abs().max() < 1e-6
+
+
+def test_jpeg_encoded_in_a_worker_has_the_same_bytes(astronaut):
+    image = astronaut[0, :, :200, :300].contiguous()
+    grey = image[:1].contiguous()
+    plain = {q: (ops._encode(ops._to_pil(image), q), ops._encode(ops._to_pil(grey), q)) for q in (30, 90)}
+    seen = {}
+
+    def worker() -> None:
+        ops.enable_scratch()
+        for q in (30, 90, 30):
+            seen.setdefault(q, []).append((ops._encode(ops._to_pil(image), q), ops._encode(ops._to_pil(grey), q)))
+        seen["file"] = ops._jpeg_file() is not None or not hasattr(__import__("os"), "memfd_create")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen.pop("file")
+    for q, encodings in seen.items():
+        assert all(e == plain[q] for e in encodings), q
+    with Image.open(io.BytesIO(plain[30][0])) as decoded:
+        assert decoded.format == "JPEG" and decoded.size == (300, 200) and decoded.mode == "RGB"
+
+
+def test_huge_page_advice_keeps_values_and_ignores_what_it_cannot_advise():
+    big = torch.empty(3 * 2**20)
+    ops.advise_huge_pages(big)
+    big.fill_(0.25)
+    assert float(big.sum()) == 0.25 * big.numel()
+    ops.advise_huge_pages(torch.zeros(10))  # smaller than a huge page
+    ops.advise_huge_pages(torch.zeros(2048, 2048)[:, ::2])  # not contiguous
+
+
+def test_longest_items_start_first(monkeypatch):
+    params = sample_params(PRESETS["paper"], gen(4), 6)
+    costs = [pipeline._item_cost(p, 64, 64) for p in params]
+    assert len(set(costs)) == 6
+    heavy = sample_params(PRESETS["heavy"], gen(2), 1)[0]
+    light = sample_params(PRESETS["light"], gen(1), 1)[0]
+    assert pipeline._item_cost(heavy, 512, 512) > pipeline._item_cost(light, 512, 512)
+    started = []
+    run = pipeline._run
+
+    def recording(images, item_params, out=None):  # noqa: ANN001, ANN202
+        started.append(params.index(item_params[0]))
+        return run(images, item_params, out=out)
+
+    monkeypatch.setattr(pipeline, "_run", recording)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        degrade(torch.rand(6, 3, 64, 64), params)
+    finally:
+        torch.set_num_threads(threads)
+    by_cost = sorted(range(6), key=lambda i: -costs[i])
+    assert set(started[:2]) == set(by_cost[:2]) and sorted(started) == list(range(6))
+
+
+def _degrade_in_child(queue) -> None:  # noqa: ANN001
+    images = torch.rand(3, 3, 48, 64, generator=gen(7))
+    queue.put(degrade(images, sample_params(PRESETS["paper"], gen(3), 3)).images.numpy())
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this OS")
+def test_a_forked_child_gets_its_own_workers():
+    """Data loaders fork after the parent has used the worker threads, which do not exist in the
+    child: the child must start its own instead of waiting on the parent's."""
+    images = torch.rand(3, 3, 48, 64, generator=gen(7))
+    expected = degrade(images, sample_params(PRESETS["paper"], gen(3), 3)).images  # the parent's pool exists now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_degrade_in_child, args=(queue,))
+    child.start()
+    got = queue.get(timeout=120)
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert torch.equal(torch.from_numpy(got), expected)
