@@ -407,17 +407,27 @@ def _blur_fft(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     # Circular correlation on a zero-extended canvas equals linear correlation inside the crop: the
     # crop only reads taps within the reflect pad, which is as wide as the kernel's half-width.
     fh, fw = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
-    canvas = _scratch("fft_canvas", (b, c, fh, fw), x.dtype, x.device)
-    canvas[..., h + 2 * p :, :] = 0
-    canvas[..., : h + 2 * p, w + 2 * p :] = 0
-    reflect101_pad(x, p, out=canvas[..., : h + 2 * p, : w + 2 * p])
     if x.device.type == "cpu":
+        canvas = _scratch("fft_canvas", (b, c, fh, fw), x.dtype, x.device)
+        canvas[..., h + 2 * p :, :] = 0
+        canvas[..., : h + 2 * p, w + 2 * p :] = 0
+        reflect101_pad(x, p, out=canvas[..., : h + 2 * p, : w + 2 * p])
         return _correlate_pocketfft(canvas, kernels)[..., p : p + h, p : p + w]
+    # On GPUs the kernels ride along as one more plane of the canvas, centred on the origin, so
+    # one batched forward transform on the device serves images and kernels alike.
+    canvas = x.new_zeros((b, c + 1, fh, fw))
+    reflect101_pad(x, p, out=canvas[:, :c, : h + 2 * p, : w + 2 * p])
+    plane = canvas[:, c]
+    plane[:, : p + 1, : p + 1] = kernels[:, p:, p:]
+    plane[:, : p + 1, fw - p :] = kernels[:, p:, :p]
+    plane[:, fh - p :, : p + 1] = kernels[:, :p, p:]
+    plane[:, fh - p :, fw - p :] = kernels[:, :p, :p]
     spectrum = torch.fft.rfft2(canvas)
-    for i in range(b):
-        spectrum[i] *= _kernel_response(kernels[i], fh, fw).to(x.device)
-    out = torch.fft.irfft2(spectrum, s=(fh, fw))
-    return out[..., p : p + h, p : p + w]
+    response = spectrum[:, c:]
+    response = response.real if torch.equal(kernels, kernels.flip(-1, -2)) else torch.conj(response)
+    image = spectrum[:, :c]
+    image *= response
+    return torch.fft.irfft2(image, s=(fh, fw))[..., p : p + h, p : p + w]
 
 
 _BLUR_METHODS = {
