@@ -46,7 +46,7 @@ _SCRATCH_LOCK = threading.Lock()
 
 
 class _Buffers(dict):
-    """One thread's scratch: ``(name, dtype)`` -> buffer, and ``(name, dtype, shape)`` -> a view of it.
+    """One thread's scratch: ``(slot,)`` -> byte buffer, and ``(slot, dtype, shape)`` -> a view of it.
     Compared and hashed by identity (it lives in a WeakSet)."""
 
     __hash__ = object.__hash__
@@ -56,9 +56,9 @@ class _Buffers(dict):
 _SCRATCH_DICTS: weakref.WeakSet[_Buffers] = weakref.WeakSet()
 """Every live thread's scratch (a thread's goes when the thread ends)."""
 
-SCRATCH_KEEP_BYTES = 192 * 2**20
-"""Scratch memory a thread keeps once a ``degrade`` call is over (enough for 1024 x 1024 items); a
-thread holding more (after a larger image) lets it go (``trim_scratch``)."""
+SCRATCH_KEEP_BYTES = 64 * 2**20
+"""Scratch memory a thread keeps once a ``degrade`` call is over (about 30 MB serve 512 x 512
+training crops); a thread holding more (after a larger image) lets it go (``trim_scratch``)."""
 
 
 def enable_scratch() -> None:
@@ -78,36 +78,49 @@ def trim_scratch(keep_bytes: int = SCRATCH_KEEP_BYTES) -> None:
     are in use: a buffer lives on until its last view is gone)."""
     with _SCRATCH_LOCK:
         for buffers in list(_SCRATCH_DICTS):
-            held = [t for key, t in list(buffers.items()) if len(key) == 2]  # the buffers, not their views
+            held = [t for key, t in list(buffers.items()) if len(key) == 1]  # the buffers, not their views
             if sum(t.numel() * t.element_size() for t in held) > keep_bytes:
                 buffers.clear()
 
 
-def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised tensor for a temporary that dies within the calling operation: this thread's
-    buffer called ``name`` when the thread keeps scratch memory (``enable_scratch``), else a new one.
-    Never return it, nor a view of it."""
+def _scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor for a temporary that dies within the calling operation: a view of this
+    thread's byte buffer ``slot`` when the thread keeps scratch memory (``enable_scratch``), else a
+    new tensor. Never return it, nor a view of it.
+
+    Slots are shared by temporaries that are never alive together (one operation runs at a time in
+    a thread); the temporaries alive together in an operation take different slots (``SLOTS``)."""
     buffers = getattr(_SCRATCH, "buffers", None)
     if buffers is None or device.type != "cpu":
         return torch.empty(shape, dtype=dtype, device=device)
-    view = buffers.get((name, dtype, shape))  # the same shape again: the view made last time
+    view = buffers.get((slot, dtype, shape))  # the same request again: the view made last time
     if view is not None:
         return view
-    numel = math.prod(shape)
+    size = math.prod(shape) * dtype.itemsize
     # buffers and views are made as normal tensors whatever the caller's mode: one made under
     # inference_mode could not be written in place by a later call outside it
     with torch.inference_mode(False):
-        buffer = buffers.get((name, dtype))
-        if buffer is None or buffer.numel() < numel:
-            for key in [key for key in buffers if key[:2] == (name, dtype)]:
-                del buffers[key]  # views of the buffer being replaced
-            buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
+        buffer = buffers.get((slot,))
+        if buffer is None or buffer.numel() < size:
+            for key in [key for key in buffers if key[0] == slot]:
+                del buffers[key]  # the buffer being replaced and its views
+            buffer = buffers[(slot,)] = torch.empty(size, dtype=torch.uint8)
             advise_huge_pages(buffer)  # long-lived: fewer TLB misses, and a few faults to fill it
         if len(buffers) > 512:  # many image sizes seen: forget the views (never the buffers)
             for key in [key for key in buffers if len(key) == 3]:
                 del buffers[key]
-        view = buffers[(name, dtype, shape)] = buffer[:numel].view(shape)
+        view = buffers[(slot, dtype, shape)] = buffer[:size].view(dtype).view(shape)
     return view
+
+
+SLOTS = {
+    "a": "reflect-padded image (blur); FFT canvas; noise field; JPEG's 8-bit scaling",
+    "b": "row pass (separable blur); FFT spectrum; luma weights, then scaled rates, then bucket indices (noise)",
+    "c": "luma, then the ambiguous-bucket mask (Poisson noise)",
+    "d": "integer rates (Poisson noise)",
+    "e": "uniform draws (Poisson noise)",
+}
+"""The scratch slots and what takes them, operation by operation."""
 
 
 _HUGE_PAGE = 1 << 21
@@ -182,10 +195,10 @@ def reflect101_pad(x: torch.Tensor, pad: int, out: torch.Tensor | None = None) -
     return out
 
 
-def _padded_scratch(name: str, x: torch.Tensor, pad: int) -> torch.Tensor:
-    """``reflect101_pad(x, pad)`` in this thread's scratch buffer ``name`` (see ``_scratch``)."""
+def _padded_scratch(slot: str, x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``reflect101_pad(x, pad)`` in this thread's scratch slot (see ``_scratch``)."""
     shape = (*x.shape[:-2], x.shape[-2] + 2 * pad, x.shape[-1] + 2 * pad)
-    return reflect101_pad(x, pad, out=_scratch(name, shape, x.dtype, x.device))
+    return reflect101_pad(x, pad, out=_scratch(slot, shape, x.dtype, x.device))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,11 +301,9 @@ def _blur_shift(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """Separable correlation as two passes of shifted multiply-adds (cache-friendly on CPUs)."""
     b, c, h, w = x.shape
     k = taps.shape[-1]
-    padded = _padded_scratch("blur_padded", x, k // 2)
+    padded = _padded_scratch("a", x, k // 2)
     weights = taps.view(b, 1, 1, 1, k)
-    rows = torch.mul(
-        padded[..., :, 0:w], weights[..., 0], out=_scratch("blur_rows", (b, c, h + k - 1, w), x.dtype, x.device)
-    )
+    rows = torch.mul(padded[..., :, 0:w], weights[..., 0], out=_scratch("b", (b, c, h + k - 1, w), x.dtype, x.device))
     for j in range(1, k):
         rows.addcmul_(padded[..., :, j : j + w], weights[..., j])
     out = rows[..., 0:h, :] * weights[..., 0]
@@ -307,7 +318,7 @@ def _blur_taps(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
         return torch.cat([_blur_taps(x[i : i + 1], kernels[i : i + 1]) for i in range(kernels.shape[0])])
     h, w = x.shape[-2:]
     k = kernels.shape[-1]
-    padded = _padded_scratch("blur_padded", x, k // 2)
+    padded = _padded_scratch("a", x, k // 2)
     out = None
     for i, row in enumerate(kernels[0].tolist()):
         for j, weight in enumerate(row):
@@ -390,7 +401,7 @@ def _correlate_pocketfft(canvas: torch.Tensor, kernels: torch.Tensor) -> torch.T
         for i in range(b):
             spectrum[i] *= responses[i].numpy()
         return torch.from_numpy(scipy.fft.irfft2(spectrum, s=(fh, fw), workers=threads, overwrite_x=True))
-    spectrum = _scratch("fft_spectrum", (b, c, fh, fw // 2 + 1), torch.complex64, canvas.device).numpy()
+    spectrum = _scratch("b", (b, c, fh, fw // 2 + 1), torch.complex64, canvas.device).numpy()
     _pocketfft.r2c(canvas.numpy(), (2, 3), True, 0, spectrum, threads)
     for i in range(b):
         spectrum[i] *= responses[i].mul_(1.0 / (fh * fw)).numpy()  # the inverse's scaling folded in
@@ -408,7 +419,7 @@ def _blur_fft(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     # crop only reads taps within the reflect pad, which is as wide as the kernel's half-width.
     fh, fw = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
     if x.device.type == "cpu":
-        canvas = _scratch("fft_canvas", (b, c, fh, fw), x.dtype, x.device)
+        canvas = _scratch("a", (b, c, fh, fw), x.dtype, x.device)
         canvas[..., h + 2 * p :, :] = 0
         canvas[..., : h + 2 * p, w + 2 * p :] = 0
         reflect101_pad(x, p, out=canvas[..., : h + 2 * p, : w + 2 * p])
@@ -654,7 +665,7 @@ def _uniform_draws(n: int, generator: torch.Generator) -> torch.Tensor:
     two draws each: about twice as fast as torch's Mersenne twister. Elsewhere, ``random_`` on the
     device. Either way the generator advances, and the same state gives the same draws."""
     device = generator.device
-    out = _scratch("uniform_draws", (n,), torch.int32, device)
+    out = _scratch("e", (n,), torch.int32, device)
     if device.type != "cpu":
         return out.random_(generator=generator)
     seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
@@ -671,12 +682,10 @@ def _poisson_deltas(rates: torch.Tensor, generator: torch.Generator, out: torch.
     flat = rates.reshape(-1)
     n, device = flat.numel(), flat.device
     draws = _uniform_draws(n, generator)
-    cell = torch.bitwise_right_shift(
-        draws, _POISSON_BUCKET_SHIFT, out=_scratch("poisson_cell", (n,), torch.int32, device)
-    )
+    cell = torch.bitwise_right_shift(draws, _POISSON_BUCKET_SHIFT, out=_scratch("b", (n,), torch.int32, device))
     cell.add_(flat, alpha=_POISSON_BUCKETS)
     out = torch.index_select(delta, 0, cell, out=torch.empty(n, device=device) if out is None else out.view(n))
-    todo = _flat_nonzero(torch.gt(out, _AMBIGUOUS / 2, out=_scratch("poisson_mask", (n,), torch.bool, device)))
+    todo = _flat_nonzero(torch.gt(out, _AMBIGUOUS / 2, out=_scratch("c", (n,), torch.bool, device)))
     if todo.numel():
         code = span.index_select(0, cell.index_select(0, todo))
         lo, hi = code & 0xFFFF, code >> 16
@@ -726,19 +735,19 @@ def _unit_noise(params: NoiseParams, image: torch.Tensor, temporary: bool = Fals
     device = image.device
     generator = torch.Generator(device=device).manual_seed(params.seed)
     channels = 1 if params.gray else c
-    field = _scratch("noise_field", (channels, h, w), torch.float32, device) if temporary else None
+    field = _scratch("a", (channels, h, w), torch.float32, device) if temporary else None
     if params.kind == "gaussian":
         field = torch.randn((channels, h, w), generator=generator, device=device, dtype=torch.float32, out=field)
         return field, params.sigma
     if params.gray and c == 3:
         weights = torch.tensor(LUMA_WEIGHTS, device=device, dtype=image.dtype).view(3, 1, 1)
-        weighted = torch.mul(image, weights, out=_scratch("noise_weighted", (3, h, w), image.dtype, device))
-        value = torch.sum(weighted, 0, keepdim=True, out=_scratch("noise_luma", (1, h, w), image.dtype, device))
+        weighted = torch.mul(image, weights, out=_scratch("b", (3, h, w), image.dtype, device))
+        value = torch.sum(weighted, 0, keepdim=True, out=_scratch("c", (1, h, w), image.dtype, device))
     else:
         value = image[:1] if params.gray else image
-    scaled = torch.mul(value, POISSON_PEAK, out=_scratch("noise_scaled", value.shape, value.dtype, device))
+    scaled = torch.mul(value, POISSON_PEAK, out=_scratch("b", value.shape, value.dtype, device))
     scaled.clamp_(0, POISSON_PEAK).round_()
-    rates = _scratch("noise_rates", value.shape, torch.int32, device).copy_(scaled)
+    rates = _scratch("d", value.shape, torch.int32, device).copy_(scaled)
     return _poisson_deltas(rates, generator, out=field), params.scale / POISSON_PEAK
 
 
@@ -778,7 +787,7 @@ def apply_noise(images: torch.Tensor, noises: Sequence[NoiseParams | None]) -> t
 def _to_pil(image: torch.Tensor) -> Image.Image:
     """(C, H, W) float in [0, 1], C = 1 or 3 -> 8-bit Pillow image (rounding half to even, clipped)."""
     image = image.detach().cpu()
-    scaled = torch.mul(image, 255, out=_scratch("jpeg_scaled", image.shape, image.dtype, image.device))
+    scaled = torch.mul(image, 255, out=_scratch("a", image.shape, image.dtype, image.device))
     scaled.round_().clamp_(0, 255)
     # numpy casts float32 to uint8 several times faster than torch does on CPUs
     planes = scaled.numpy().astype(np.uint8)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -149,31 +150,35 @@ def _run(images: torch.Tensor, params: Sequence[DegradationParams], out: torch.T
     return out
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_POOL_LOCK = threading.Lock()
 
 
-def _forget_pools() -> None:
+def _forget_pool() -> None:
     """In a forked child the parent's worker threads do not exist: start afresh."""
-    global _POOLS_LOCK
-    _POOLS.clear()
-    _POOLS_LOCK = threading.Lock()
+    global _POOL, _POOL_SIZE, _POOL_LOCK
+    _POOL, _POOL_SIZE, _POOL_LOCK = None, 0, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools)
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _worker_pool(workers: int) -> ThreadPoolExecutor:
-    """The long-lived CPU worker threads for ``workers`` items side by side (created on first use).
-    They keep their scratch memory from call to call (``ops.enable_scratch``)."""
-    with _POOLS_LOCK:
-        pool = _POOLS.get(workers)
-        if pool is None:
-            pool = _POOLS[workers] = ThreadPoolExecutor(
+    """The long-lived CPU worker threads, at least ``workers`` of them (created on first use, and
+    replaced by a larger pool when a call wants more). They keep their scratch memory from call to
+    call (``ops.enable_scratch``); a replaced pool's threads end, and their scratch with them."""
+    global _POOL, _POOL_SIZE
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_SIZE < workers:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)  # work already given to it still runs
+            _POOL = ThreadPoolExecutor(
                 max_workers=workers, thread_name_prefix="spire-degrade", initializer=enable_scratch
             )
-        return pool
+            _POOL_SIZE = workers
+        return _POOL
 
 
 def _item_cost(params: DegradationParams, height: int, width: int) -> float:
@@ -208,28 +213,42 @@ def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) ->
 
     Item by item is faster than batched on CPUs: per-image buffers (a few MB) are recycled, while
     batch-sized temporaries are fresh page-faulted memory every time. Much of the work is serial per
-    item (random numbers, libjpeg, small tensor ops), so items run side by side on long-lived worker
-    threads, the intra-op threads shared out among them (a lone image gets them all). Every operation
-    gives the same bits whatever its thread count (tested), so a batch gives exactly the bytes its
-    items give alone. The caller's thread setting is restored on return.
+    item (random numbers, libjpeg, small tensor ops), so items run side by side, the longest first
+    (``_item_cost``), on long-lived worker threads with the intra-op threads shared out among them (a
+    lone image gets them all). Every operation gives the same bits whatever its thread count
+    (tested), so a batch gives exactly the bytes its items give alone. The caller's thread setting is
+    restored on return.
     """
     threads = torch.get_num_threads()
     inference = torch.is_inference_mode_enabled()
     workers = max(1, min(images.shape[0], threads))
     out = torch.empty_like(images)  # its pages are first touched, in parallel, by the workers
     advise_huge_pages(out)
-
-    def one(i: int) -> None:
-        torch.set_num_threads(max(1, threads // workers))  # this worker thread's intra-op pool
-        with torch.inference_mode(inference), torch.no_grad():
-            _run(images[i : i + 1], params[i : i + 1], out=out[i : i + 1])
-
     order = range(images.shape[0])
     if workers > 1:
         height, width = images.shape[-2:]
         order = sorted(order, key=lambda i: -_item_cost(params[i], height, width))
+    pending = deque(order)
+
+    def lane() -> None:
+        """One of ``workers`` loops taking the next item until none is left."""
+        torch.set_num_threads(max(1, threads // workers))  # this worker thread's intra-op pool
+        with torch.inference_mode(inference), torch.no_grad():
+            while True:
+                try:
+                    i = pending.popleft()
+                except IndexError:
+                    return
+                try:
+                    _run(images[i : i + 1], params[i : i + 1], out=out[i : i + 1])
+                except BaseException:
+                    pending.clear()  # the other lanes stop too
+                    raise
+
     try:
-        list(_worker_pool(workers).map(one, order))
+        pool = _worker_pool(workers)
+        for lane_done in [pool.submit(lane) for _ in range(workers)]:
+            lane_done.result()
     finally:
         torch.set_num_threads(threads)
         trim_scratch()

@@ -236,3 +236,21 @@ def test_a_forked_child_gets_its_own_workers():
     child.join(timeout=30)
     assert child.exitcode == 0
     assert torch.equal(torch.from_numpy(got), expected)
+
+
+def test_an_error_in_one_item_reaches_the_caller_and_the_workers_carry_on(monkeypatch):
+    images = torch.rand(4, 3, 32, 32)
+    params = sample_params(PRESETS["paper"], gen(8), 4)
+    expected = degrade(images, params).images
+    run = pipeline._run
+
+    def failing(batch, item_params, out=None):  # noqa: ANN001, ANN202
+        if item_params[0] == params[2]:
+            raise RuntimeError("item 2 failed")
+        return run(batch, item_params, out=out)
+
+    monkeypatch.setattr(pipeline, "_run", failing)
+    with pytest.raises(RuntimeError, match="item 2 failed"):
+        degrade(images, params)
+    monkeypatch.setattr(pipeline, "_run", run)
+    assert torch.equal(degrade(images, params).images, expected)
