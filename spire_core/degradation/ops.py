@@ -57,7 +57,7 @@ _SCRATCH_DICTS: weakref.WeakSet[_Buffers] = weakref.WeakSet()
 """Every live thread's scratch (a thread's goes when the thread ends)."""
 
 SCRATCH_KEEP_BYTES = 64 * 2**20
-"""Scratch memory a thread keeps once a ``degrade`` call is over (about 30 MB serve 512 x 512
+"""Scratch memory a thread keeps once a ``degrade`` call is over (about 25 MB serve 512 x 512
 training crops); a thread holding more (after a larger image) lets it go (``trim_scratch``)."""
 
 
