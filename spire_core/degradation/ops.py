@@ -37,6 +37,14 @@ POISSON_PEAK = 255.0
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R BT.601 luma, used for grey (luma-only) Poisson noise on colour images."""
 
+
+def _cpu_path(device: torch.device) -> bool:
+    """Whether tensors on ``device`` take the CPU algorithms (item by item, pocketfft, Pillow, numpy's
+    generator) rather than the batched device ones. One predicate, so that tests can run the device
+    algorithms on CPU tensors."""
+    return device.type == "cpu"
+
+
 # --------------------------------------------------------------------------------------------------
 # Scratch memory
 # --------------------------------------------------------------------------------------------------
@@ -223,7 +231,7 @@ CPU_SEPARABLE_MAX = 31
 def _method(kernel: torch.Tensor, device: torch.device) -> tuple[str, int]:
     """(method, padded kernel size) for one kernel: items sharing both run together."""
     size = kernel.shape[-1]
-    if device.type == "cpu":
+    if _cpu_path(device):
         # a CPU batch is degraded item by item (see ``degrade``): no bucketing, exact sizes
         if kernel.dim() == 1:
             return ("shift", size) if size <= CPU_SEPARABLE_MAX else ("fft", size)
@@ -418,7 +426,7 @@ def _blur_fft(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     # Circular correlation on a zero-extended canvas equals linear correlation inside the crop: the
     # crop only reads taps within the reflect pad, which is as wide as the kernel's half-width.
     fh, fw = _fft_size(h + 2 * p), _fft_size(w + 2 * p)
-    if x.device.type == "cpu":
+    if _cpu_path(x.device):
         canvas = _scratch("a", (b, c, fh, fw), x.dtype, x.device)
         canvas[..., h + 2 * p :, :] = 0
         canvas[..., : h + 2 * p, w + 2 * p :] = 0
@@ -578,7 +586,7 @@ def apply_resize(images: torch.Tensor, size: tuple[int, int], interpolation: str
     if interpolation == "area":
         if _is_nearest_exact(h, size[0]) and _is_nearest_exact(w, size[1]):
             return F.interpolate(images, size=tuple(size), mode="nearest-exact")
-        if images.device.type == "cpu":
+        if _cpu_path(images.device):
             return _resize_pillow(images, size, interpolation)
         # box weights are a handful of equal taps per output pixel: gathering them is several times
         # cheaper than multiplying by the mostly-zero resize matrices
@@ -653,7 +661,7 @@ def _poisson_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, t
 
 def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     """Positions of the true elements of a 1-D bool tensor (int64)."""
-    if mask.device.type == "cpu":
+    if _cpu_path(mask.device):
         return torch.from_numpy(np.flatnonzero(mask.numpy()))  # several times faster than torch.nonzero
     return mask.nonzero().squeeze(1)
 
@@ -666,7 +674,7 @@ def _uniform_draws(n: int, generator: torch.Generator) -> torch.Tensor:
     device. Either way the generator advances, and the same state gives the same draws."""
     device = generator.device
     out = _scratch("e", (n,), torch.int32, device)
-    if device.type != "cpu":
+    if not _cpu_path(device):
         return out.random_(generator=generator)
     seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
     raw = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.int32)[:n]

@@ -20,6 +20,7 @@ from functools import lru_cache
 import torch
 
 from ..prompt import RestorationRequest, render
+from . import ops
 from .kernels import gaussian_1d, kernel_sigma, make_kernel
 from .ops import (
     CPU_DIRECT_MAX,
@@ -280,7 +281,7 @@ def degrade(images: torch.Tensor, params: Sequence[DegradationParams] | Degradat
         raise TypeError("degrade: params must be DegradationParams (see sample_params or manual_params)")
     x = images.to(torch.float32)
     colour = x[:, :3] if x.shape[1] == 4 else x
-    out = _run_items_cpu(colour, params) if x.device.type == "cpu" else _run(colour, params)
+    out = _run_items_cpu(colour, params) if ops._cpu_path(x.device) else _run(colour, params)
     if x.shape[1] == 4:
         out = torch.cat([out, x[:, 3:]], dim=1)
     return DegradationResult(images=out.to(images.dtype), params=params)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from spire_core.degradation import PRESETS, BlurParams, degrade, make_kernel, ops, pipeline, sample_params
+from spire_core.eval.metrics import psnr
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -254,3 +255,31 @@ def test_an_error_in_one_item_reaches_the_caller_and_the_workers_carry_on(monkey
         degrade(images, params)
     monkeypatch.setattr(pipeline, "_run", run)
     assert torch.equal(degrade(images, params).images, expected)
+
+
+def test_the_device_algorithms_agree_with_the_cpu_ones(astronaut, coffee, monkeypatch):
+    """The batched algorithms that GPUs run (grouped and bucketed convolutions, FFT with kernel
+    planes, gathered box taps, one batch through every stage, the device generator), run here on
+    CPU tensors: without noise they give the CPU path's result to float precision, and with noise
+    the same bytes for the same seeds."""
+    crops = torch.cat([astronaut[..., :160, :160], coffee[..., :160, :160], astronaut[..., 200:360, 100:260]])
+    crops = torch.cat([crops, crops.flip(-1)])
+    params = sample_params(PRESETS["heavy"], gen(41), 6) + sample_params(PRESETS["paper"], gen(42), 6)
+    images = torch.cat([crops, crops])
+    quiet = [p.without({"noise", "jpeg"}) for p in params]
+    cpu_quiet = degrade(images, quiet).images
+    cpu_noisy = degrade(images, params).images
+    monkeypatch.setattr(ops, "_cpu_path", lambda device: False)
+    device_quiet = degrade(images, quiet).images
+    assert (device_quiet - cpu_quiet).abs().max() < 1e-5
+    device_noisy = degrade(images, params).images
+    assert torch.equal(device_noisy, degrade(images, params).images)
+    assert not torch.equal(device_noisy, cpu_noisy)  # another generator: other noise
+    for i in range(len(params)):  # but the same degradation, up to the noise realisation
+        assert (
+            abs(
+                psnr(device_noisy[i : i + 1], crops[i % 6 : i % 6 + 1])
+                - psnr(cpu_noisy[i : i + 1], crops[i % 6 : i % 6 + 1])
+            )
+            < 1.5
+        )
