@@ -281,5 +281,5 @@ def test_the_device_algorithms_agree_with_the_cpu_ones(astronaut, coffee, monkey
                 psnr(device_noisy[i : i + 1], crops[i % 6 : i % 6 + 1])
                 - psnr(cpu_noisy[i : i + 1], crops[i % 6 : i % 6 + 1])
             )
-            < 1.5
+            < 0.5
         )
