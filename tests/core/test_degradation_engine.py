@@ -283,3 +283,27 @@ def test_the_device_algorithms_agree_with_the_cpu_ones(astronaut, coffee, monkey
             )
             < 0.5
         )
+
+
+def test_concurrent_calls_share_the_workers_safely(astronaut, coffee):
+    """Two threads degrading at once (a data loader and a preview, say) share the worker pool, and a
+    one-image call may grow it while a batch runs: every result equals its call made alone."""
+    batches = [
+        (torch.cat([astronaut[..., :128, :128], coffee[..., :128, :128], astronaut[..., 128:256, :128]]), 51),
+        (coffee[..., 100:300, 50:250].contiguous(), 52),
+        (torch.cat([coffee[..., :96, :160], astronaut[..., :96, :160]]), 53),
+    ]
+    jobs = [(images, sample_params(PRESETS["paper"], gen(seed), images.shape[0])) for images, seed in batches]
+    expected = [degrade(images, params).images for images, params in jobs]
+    results: dict[int, torch.Tensor] = {}
+
+    def call(k: int) -> None:
+        for _ in range(3):
+            results[k] = degrade(*jobs[k]).images
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(torch.equal(results[k], expected[k]) for k in range(len(jobs)))
