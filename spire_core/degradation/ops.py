@@ -771,16 +771,18 @@ def noise_field(params: NoiseParams, image: torch.Tensor) -> torch.Tensor:
     return field.mul_(multiplier)
 
 
-def apply_noise(images: torch.Tensor, noises: Sequence[NoiseParams | None]) -> torch.Tensor:
-    """Add each item's noise field (``noise_field``) and clip to [0, 1]."""
+def apply_noise(images: torch.Tensor, noises: Sequence[NoiseParams | None], inplace: bool = False) -> torch.Tensor:
+    """Add each item's noise field (``noise_field``) and clip to [0, 1]; into ``images`` itself when
+    ``inplace`` (for a caller whose tensor it is: the pipeline's intermediates), else into a new one."""
     if len(noises) != images.shape[0]:
         raise ValueError(f"apply_noise: {len(noises)} settings for a batch of {images.shape[0]}")
     if all(n is None for n in noises):
         return images
-    out = torch.empty_like(images)
+    out = images if inplace else torch.empty_like(images)
     for i, params in enumerate(noises):
         if params is None:
-            out[i] = images[i]
+            if not inplace:
+                out[i] = images[i]
         else:
             field, multiplier = _unit_noise(params, images[i], temporary=True)
             torch.add(images[i], field, alpha=multiplier, out=out[i]).clamp_(0, 1)

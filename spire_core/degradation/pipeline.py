@@ -90,12 +90,19 @@ class DegradationResult:
 
 
 class _Group:
-    """Batch items that currently share a spatial size."""
+    """Batch items that currently share a spatial size; ``owned`` when their tensor is the pipeline's
+    own (not the caller's images nor a view of them), so that it may be written in place."""
 
-    __slots__ = ("index", "images")
+    __slots__ = ("index", "images", "owned")
 
-    def __init__(self, index: list[int], images: torch.Tensor) -> None:
+    def __init__(self, index: list[int], images: torch.Tensor, owned: bool = False) -> None:
         self.index = index
+        self.images = images
+        self.owned = owned
+
+    def update(self, images: torch.Tensor) -> None:
+        """Take an operation's result (a new tensor, or the same one when nothing was done)."""
+        self.owned = self.owned or images is not self.images
         self.images = images
 
     def split(self, keys: list[object]) -> list[_Group]:
@@ -104,7 +111,7 @@ class _Group:
             order.setdefault(key, []).append(pos)
         if len(order) == 1:
             return [self]
-        return [_Group([self.index[p] for p in pos], self.images[pos]) for pos in order.values()]
+        return [_Group([self.index[p] for p in pos], self.images[pos], owned=True) for pos in order.values()]
 
 
 def _run(images: torch.Tensor, params: Sequence[DegradationParams], out: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,7 +125,7 @@ def _run(images: torch.Tensor, params: Sequence[DegradationParams], out: torch.T
             st = [stage[i] for i in g.index]
             # 1. blur, each item with its own kernel
             kernels = [None if x is None or x.blur is None else _kernel(x.blur) for x in st]
-            g.images = apply_blur(g.images, kernels)
+            g.update(apply_blur(g.images, kernels))
             # 2. resize: items may go to different sizes, so the group splits by target size
             h, w = g.images.shape[-2:]
             targets = [
@@ -130,14 +137,14 @@ def _run(images: torch.Tensor, params: Sequence[DegradationParams], out: torch.T
             for sub in g.split(targets):
                 th, tw, mode = targets[g.index.index(sub.index[0])]
                 if mode:
-                    sub.images = apply_resize(sub.images, (th, tw), mode)
+                    sub.update(apply_resize(sub.images, (th, tw), mode))
                 next_groups.append(sub)
         for g in next_groups:
             st = [stage[i] for i in g.index]
-            # 3. noise, each item from its own seed
-            g.images = apply_noise(g.images, [None if x is None else x.noise for x in st])
+            # 3. noise, each item from its own seed (added in place to a tensor of the pipeline's own)
+            g.update(apply_noise(g.images, [None if x is None else x.noise for x in st], inplace=g.owned))
             # 4. JPEG, each item at its own quality
-            g.images = apply_jpeg(g.images, [None if x is None else x.jpeg for x in st])
+            g.update(apply_jpeg(g.images, [None if x is None else x.jpeg for x in st]))
         groups = next_groups
     # 5. back to the input size, each item with its own final filter
     out = torch.empty_like(images) if out is None else out
