@@ -9,6 +9,7 @@ float precision when JPEG is left out, and by PSNR (independent libjpeg encode) 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,6 +154,14 @@ def run(
     if reference:
         ratio = ours / result["throughput"]["reference_per_image"]["items_per_s"]
         result["ratio_torch_over_reference"] = round(ratio, 2)
+        # each repeat times both back to back: the ratio within each pair, as drift hits both alike
+        pairs = [r / t for t, r in zip(times["torch_batched"], times["reference_per_image"])]
+        result["pair_ratios"] = {
+            "each": [round(x, 2) for x in pairs],
+            "median": round(statistics.median(pairs), 2),
+            "min": round(min(pairs), 2),
+            "max": round(max(pairs), 2),
+        }
         if dev.type == "cpu":
             result["target"] = {"ratio": TARGET_CPU_RATIO, "met": ratio >= TARGET_CPU_RATIO}
     if dev.type == "cuda":

@@ -307,3 +307,16 @@ def test_concurrent_calls_share_the_workers_safely(astronaut, coffee):
     for thread in threads:
         thread.join()
     assert all(torch.equal(results[k], expected[k]) for k in range(len(jobs)))
+
+
+def test_the_degradation_benchmark_reports_equal_outputs_and_side_by_side_ratios():
+    """The benchmark itself (tiny, untimed assertions): the equality check passes, and each repeat
+    contributes one ratio measured back to back."""
+    from spire_core.bench.degradation import run
+
+    result = run(batch=3, size=64, repeats=2)
+    assert result["equality"]["equal"], result["equality"]
+    assert result["equality"]["without_jpeg"]["max_fraction_off_by_more_than_1e-4"] == 0.0
+    assert len(result["pair_ratios"]["each"]) == 2
+    assert result["pair_ratios"]["min"] <= result["pair_ratios"]["median"] <= result["pair_ratios"]["max"]
+    assert result["target"]["ratio"] == 4.0 and result["machine"]["device"] == "cpu"
