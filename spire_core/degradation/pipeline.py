@@ -12,8 +12,8 @@ import math
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -173,20 +173,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _worker_pool(workers: int) -> ThreadPoolExecutor:
-    """The long-lived CPU worker threads, at least ``workers`` of them (created on first use, and
-    replaced by a larger pool when a call wants more). They keep their scratch memory from call to
-    call (``ops.enable_scratch``); a replaced pool's threads end, and their scratch with them."""
+def _start_lanes(workers: int, lane: Callable[[], None]) -> list[Future]:
+    """Run ``lane`` ``workers`` times side by side on the long-lived CPU worker threads: a pool of at
+    least ``workers`` threads, created on first use and replaced by a larger one when a call wants
+    more (work already given to a replaced pool still runs; its threads end after it, and their
+    scratch memory with them). The threads keep their scratch memory from call to call
+    (``ops.enable_scratch``)."""
     global _POOL, _POOL_SIZE
-    with _POOL_LOCK:
+    with _POOL_LOCK:  # held while submitting: no other call can shut this pool down in between
         if _POOL is None or _POOL_SIZE < workers:
             if _POOL is not None:
-                _POOL.shutdown(wait=False)  # work already given to it still runs
+                _POOL.shutdown(wait=False)
             _POOL = ThreadPoolExecutor(
                 max_workers=workers, thread_name_prefix="spire-degrade", initializer=enable_scratch
             )
             _POOL_SIZE = workers
-        return _POOL
+        return [_POOL.submit(lane) for _ in range(workers)]
 
 
 def _item_cost(params: DegradationParams, height: int, width: int) -> float:
@@ -254,8 +256,7 @@ def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) ->
                     raise
 
     try:
-        pool = _worker_pool(workers)
-        for lane_done in [pool.submit(lane) for _ in range(workers)]:
+        for lane_done in _start_lanes(workers, lane):
             lane_done.result()
     finally:
         torch.set_num_threads(threads)

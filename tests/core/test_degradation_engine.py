@@ -296,16 +296,20 @@ def test_concurrent_calls_share_the_workers_safely(astronaut, coffee):
     jobs = [(images, sample_params(PRESETS["paper"], gen(seed), images.shape[0])) for images, seed in batches]
     expected = [degrade(images, params).images for images, params in jobs]
     results: dict[int, torch.Tensor] = {}
+    pipeline._forget_pool()  # as if new: the first call makes a one-thread pool, a batch grows it
 
     def call(k: int) -> None:
         for _ in range(3):
             results[k] = degrade(*jobs[k]).images
 
-    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(jobs))]
+    threads = [threading.Thread(target=call, args=(k,)) for k in (1, 0, 2)]  # the one-image call first
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    torch.set_num_threads(torch_threads)
     assert all(torch.equal(results[k], expected[k]) for k in range(len(jobs)))
 
 
