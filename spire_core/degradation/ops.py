@@ -19,15 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
-import scipy.fft
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-try:  # scipy's low-level pocketfft binding (private, present since scipy 1.4): transforms with out=
-    from scipy.fft._pocketfft import pypocketfft as _pocketfft
-except ImportError:  # pragma: no cover - an older or newer scipy: the public functions serve
-    _pocketfft = None
 
 from .params import JpegParams, NoiseParams
 
@@ -395,6 +389,20 @@ def _kernel_response(kernel: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
         torch.set_num_threads(threads)
 
 
+@lru_cache(maxsize=1)
+def _pocketfft_modules() -> tuple[object, object | None]:
+    """``scipy.fft`` and its low-level pocketfft binding (transforms with ``out=``; private, present
+    since scipy 1.4), or None for the latter. Imported on first use: scipy.fft alone takes about
+    0.2 s to import, which would otherwise slow every ComfyUI start."""
+    import scipy.fft
+
+    try:
+        from scipy.fft._pocketfft import pypocketfft
+    except ImportError:  # pragma: no cover - an older or newer scipy: the public functions serve
+        pypocketfft = None
+    return scipy.fft, pypocketfft
+
+
 def _correlate_pocketfft(canvas: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Circular correlation of each (B, C, fh, fw) canvas with its kernel, through pocketfft
     (scipy's FFT): about 1.4x faster than torch's on CPUs, and with scipy's low-level functions the
@@ -404,18 +412,19 @@ def _correlate_pocketfft(canvas: torch.Tensor, kernels: torch.Tensor) -> torch.T
     b, c, fh, fw = canvas.shape
     threads = torch.get_num_threads()
     responses = [_kernel_response(kernels[i], fh, fw) for i in range(b)]
-    if _pocketfft is None:  # scipy without its low-level module: the public functions, which allocate
-        spectrum = scipy.fft.rfft2(canvas.numpy(), workers=threads)
+    fft, pocketfft = _pocketfft_modules()
+    if pocketfft is None:  # scipy without its low-level module: the public functions, which allocate
+        spectrum = fft.rfft2(canvas.numpy(), workers=threads)
         for i in range(b):
             spectrum[i] *= responses[i].numpy()
-        return torch.from_numpy(scipy.fft.irfft2(spectrum, s=(fh, fw), workers=threads, overwrite_x=True))
+        return torch.from_numpy(fft.irfft2(spectrum, s=(fh, fw), workers=threads, overwrite_x=True))
     spectrum = _scratch("b", (b, c, fh, fw // 2 + 1), torch.complex64, canvas.device).numpy()
-    _pocketfft.r2c(canvas.numpy(), (2, 3), True, 0, spectrum, threads)
+    pocketfft.r2c(canvas.numpy(), (2, 3), True, 0, spectrum, threads)
     for i in range(b):
         spectrum[i] *= responses[i].mul_(1.0 / (fh * fw)).numpy()  # the inverse's scaling folded in
-    _pocketfft.c2c(spectrum, (2,), False, 0, spectrum, threads)
+    pocketfft.c2c(spectrum, (2,), False, 0, spectrum, threads)
     out = torch.empty((b, c, fh, fw), dtype=torch.float32)
-    _pocketfft.c2r(spectrum, (3,), fw, False, 0, out.numpy(), threads)
+    pocketfft.c2r(spectrum, (3,), fw, False, 0, out.numpy(), threads)
     return out
 
 
