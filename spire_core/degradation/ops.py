@@ -222,14 +222,20 @@ CPU_SEPARABLE_MAX = 31
 """On CPUs, 1-D taps up to this length run as two shift-and-add passes, longer ones by the FFT."""
 
 
+def cpu_blur_method(separable: bool, size: int) -> str:
+    """How a CPU applies a kernel of side ``size`` (1-D taps when ``separable``): "shift", "taps" or
+    "fft" (see ``CPU_SEPARABLE_MAX`` and ``CPU_DIRECT_MAX``)."""
+    if separable:
+        return "shift" if size <= CPU_SEPARABLE_MAX else "fft"
+    return "taps" if size <= CPU_DIRECT_MAX else "fft"
+
+
 def _method(kernel: torch.Tensor, device: torch.device) -> tuple[str, int]:
     """(method, padded kernel size) for one kernel: items sharing both run together."""
     size = kernel.shape[-1]
     if _cpu_path(device):
         # a CPU batch is degraded item by item (see ``degrade``): no bucketing, exact sizes
-        if kernel.dim() == 1:
-            return ("shift", size) if size <= CPU_SEPARABLE_MAX else ("fft", size)
-        return ("taps", size) if size <= CPU_DIRECT_MAX else ("fft", size)
+        return cpu_blur_method(kernel.dim() == 1, size), size
     if kernel.dim() == 1:
         return "separable", next((b for b in (*DIRECT_BUCKETS, 41) if size <= b), size)
     if size <= DIRECT_BUCKETS[-1]:

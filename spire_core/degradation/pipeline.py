@@ -23,14 +23,13 @@ from ..prompt import RestorationRequest, render
 from . import ops
 from .kernels import gaussian_1d, kernel_sigma, make_kernel
 from .ops import (
-    CPU_DIRECT_MAX,
-    CPU_SEPARABLE_MAX,
     POISSON_PEAK,
     advise_huge_pages,
     apply_blur,
     apply_jpeg,
     apply_noise,
     apply_resize,
+    cpu_blur_method,
     enable_scratch,
     resized_size,
     trim_scratch,
@@ -199,9 +198,10 @@ def _item_cost(params: DegradationParams, height: int, width: int) -> float:
     for stage in params.stages:
         if stage.blur is not None:
             k = stage.blur.size
-            if stage.blur.kernel == "iso" and k <= CPU_SEPARABLE_MAX:
+            method = cpu_blur_method(stage.blur.kernel == "iso", k)  # iso kernels go as 1-D taps (_kernel)
+            if method == "shift":
                 cost += 0.2 * k * h * w
-            elif k <= CPU_DIRECT_MAX:
+            elif method == "taps":
                 cost += 0.12 * k * k * h * w
             else:
                 cost += 9.0 * (h + k) * (w + k)
