@@ -823,9 +823,9 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def _jpeg_file() -> io.BufferedRandom | None:
-    """This thread's in-memory file for JPEG encoding (Linux ``memfd``), for threads that keep
-    scratch memory (``enable_scratch``); None elsewhere."""
-    if not hasattr(_SCRATCH, "buffers") or not hasattr(os, "memfd_create"):
+    """This thread's in-memory file for JPEG encoding (Linux ``memfd``; closed when the thread ends),
+    or None where there is none."""
+    if not hasattr(os, "memfd_create"):
         return None
     file = getattr(_SCRATCH, "jpeg_file", None)
     if file is None:
@@ -840,8 +840,8 @@ def _encode(image: Image.Image, quality: int) -> bytes:
     """JPEG bytes of ``image`` (libjpeg through Pillow).
 
     Pillow encodes into a file descriptor without holding the GIL, but into a BytesIO while holding
-    it, which stalls every other thread for the whole encode; so the degradation workers encode into
-    an in-memory file (``_jpeg_file``). The bytes are the same either way."""
+    it, which stalls every other thread for the whole encode; so each thread encodes into its own
+    in-memory file (``_jpeg_file``) where it can. The bytes are the same either way."""
     options = {"format": "JPEG", "quality": int(quality), "subsampling": 0 if image.mode == "L" else 2}
     file = _jpeg_file()
     if file is None:
