@@ -15,14 +15,8 @@ import numpy as np
 from PIL import Image
 
 from ..degradation.kernels import make_kernel
-from ..degradation.ops import LUMA_WEIGHTS, POISSON_PEAK, resized_size
+from ..degradation.ops import LUMA_WEIGHTS, PIL_FILTERS, POISSON_PEAK, resized_size
 from ..degradation.params import DegradationParams, NoiseParams
-
-_PIL_FILTERS = {
-    "area": Image.Resampling.BOX,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
 
 NoiseFn = Callable[[NoiseParams, np.ndarray], np.ndarray]
 """(params, HWC float32 image) -> additive noise broadcastable to the image."""
@@ -49,7 +43,7 @@ def _resize(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.
     h, w = size
     channels = [
         np.asarray(
-            Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F").resize((w, h), _PIL_FILTERS[interpolation])
+            Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F").resize((w, h), PIL_FILTERS[interpolation])
         )
         for c in range(image.shape[2])
     ]

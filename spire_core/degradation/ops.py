@@ -567,11 +567,12 @@ def _apply_banded(images: torch.Tensor, taps: tuple[tuple[torch.Tensor, torch.Te
     return out
 
 
-_PIL_FILTERS = {
+PIL_FILTERS = {
     "area": Image.Resampling.BOX,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
+"""Pillow's antialiased filter for each interpolation name (the filters ``resize_matrix`` follows)."""
 
 
 def _resize_pillow(images: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
@@ -583,7 +584,7 @@ def _resize_pillow(images: torch.Tensor, size: tuple[int, int], interpolation: s
     target = out.numpy()
     for i in range(b):
         for j in range(c):
-            plane = Image.fromarray(source[i, j], mode="F").resize((size[1], size[0]), _PIL_FILTERS[interpolation])
+            plane = Image.fromarray(source[i, j], mode="F").resize((size[1], size[0]), PIL_FILTERS[interpolation])
             target[i, j] = np.asarray(plane)
     return out
 
