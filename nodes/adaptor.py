@@ -6,7 +6,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..spire_core.prompt import BLIND_PROMPT, RestorationPromptError, canonicalize
+from ..spire_core.prompt import BLIND_PROMPT, RestorationPromptError, canonicalize, restoration_features
 from .adaptor_model import load_spire_adaptor
 from .paths import MODEL_FOLDER
 from .spire_control import SpireControl
@@ -190,6 +190,7 @@ class ApplyAdaptor(io.ComfyNode):
         embedding = encode_restoration(clip, prompts, control_net.info.get("text_encoder_layer"))
         control = control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
         control.restoration_embedding = embedding
+        control.restoration_features = restoration_features(prompts)
         cache: dict = {}
         return io.NodeOutput(attach(positive, control, embedding, cache), attach(negative, control, embedding, cache))
 

@@ -22,13 +22,16 @@ from ..spire_core.models.checkpoint import read_adaptor_file
 from ..spire_core.models.comfy_layout import ComfyLayoutError, cldm_kwargs, level_heads, to_cldm_state_dict
 from ..spire_core.models.config import AdaptorConfig
 from ..spire_core.models.files import AdaptorFileError
+from ..spire_core.models.numeric import NumericTokens, numeric_context
 from .spire_control import SpireControl
 
 
 class ComfyAdaptor(comfy.cldm.cldm.ControlNet):
     """ComfyUI-layout SPIRE adaptor.
 
-    Forward returns, in modulation fusion, ``{"gamma": [...], "beta": [...], "gamma_mid", "beta_mid"}`` with one
+    The restoration prompt's context gets the numeric channel's tokens appended (``numeric_context``, the same
+    code as the diffusers adaptor) when the adaptor has one. Forward returns, in modulation fusion,
+    ``{"gamma": [...], "beta": [...], "gamma_mid", "beta_mid"}`` with one
     (B, C_j, H_j, W_j) tensor per UNet input block j; in additive fusion the ControlNet dict
     ``{"output": [...], "middle": [...]}``.
     """
@@ -41,6 +44,11 @@ class ComfyAdaptor(comfy.cldm.cldm.ControlNet):
         self.spire_config = config
         self.spire_kwargs = cldm_kwargs(config)
         self.fusion = config.fusion
+        self.spire_numeric = None
+        if config.numeric_tokens:
+            self.spire_numeric = NumericTokens(
+                config.numeric_tokens, kwargs["context_dim"], linear=operations.Linear, dtype=dtype, device=device
+            )
         if self.fusion != "modulation":
             return
         skips = [block[0].in_channels for block in self.zero_convs]
@@ -56,7 +64,8 @@ class ComfyAdaptor(comfy.cldm.cldm.ControlNet):
         self.spire_gamma_mid = head(middle)
         self.spire_beta_mid = head(middle)
 
-    def forward(self, x, hint, timesteps, context, y=None, **kwargs):
+    def forward(self, x, hint, timesteps, context, y=None, numeric_features=None, **kwargs):
+        context = numeric_context(self.spire_numeric, context, numeric_features)
         out = super().forward(x, hint, timesteps, context, y=y, **kwargs)
         if self.fusion != "modulation":
             return out
@@ -142,4 +151,5 @@ def load_spire_adaptor(path: str | os.PathLike) -> SpireControl:
     module = module.to(offload)
     info = {"path": str(path), **{k.removeprefix("spire."): v for k, v in config.to_metadata().items()}}
     info["heads"] = ", ".join(HEAD_NAMES) if config.fusion == "modulation" else "none (additive)"
+    info["numeric_channel"] = f"{config.numeric_tokens} tokens" if config.numeric_tokens else "none (CLIP only)"
     return SpireControl(module, load_device=load_device, manual_cast_dtype=manual_cast_dtype, info=info)

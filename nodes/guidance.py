@@ -19,26 +19,28 @@ from __future__ import annotations
 import comfy.samplers
 import torch
 
-from ..spire_core.prompt import BLIND_PROMPT
+from ..spire_core.prompt import BLIND_PROMPT, restoration_features
 from .spire_control import SpireControl
 
 TILE_KEY = "spire_tile"
 """``transformer_options`` key carrying the current tile: (top, left, height, width, full_h, full_w) in latent units."""
 
 
-def with_restoration(control, embedding: torch.Tensor):
-    """A copy of a control chain in which every SPIRE adaptor reads ``embedding`` as its restoration prompt.
+def with_restoration(control, embedding: torch.Tensor, features: torch.Tensor | None):
+    """A copy of a control chain in which every SPIRE adaptor reads ``embedding`` (and, for its numeric channel,
+    ``features``) as its restoration prompt.
 
     Returns:
         (new chain, number of SPIRE adaptors found).
     """
     if control is None:
         return None, 0
-    previous, found = with_restoration(control.previous_controlnet, embedding)
+    previous, found = with_restoration(control.previous_controlnet, embedding, features)
     copy = control.copy()
     copy.set_previous_controlnet(previous)
     if isinstance(control, SpireControl):
         copy.restoration_embedding = embedding
+        copy.restoration_features = features
         found += 1
     return copy, found
 
@@ -55,7 +57,8 @@ def null_restoration_conds(negative: list, encode) -> list:
         control = options.get("control")
         if control not in cache:
             spire = _first_spire(control)
-            cache[control] = with_restoration(control, encode(spire)) if spire is not None else (control, 0)
+            null = (encode(spire), restoration_features([BLIND_PROMPT]))
+            cache[control] = with_restoration(control, *null) if spire is not None else (control, 0)
         new_control, found = cache[control]
         total += found
         options = {**options, "control": new_control}

@@ -10,7 +10,7 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..spire_core.prompt import BLIND_PROMPT
+from ..spire_core.prompt import BLIND_PROMPT, restoration_features
 from ..spire_core.restoration import COLOR_FIXES, apply_color_fix, output_size, pad_to_multiple
 from .adaptor import PROMPT_TOOLTIP, attach, encode_restoration, restoration_prompts
 from .guidance import make_guider
@@ -121,6 +121,7 @@ def restore(
     embedding = encode_restoration(clip, prompts, control_net.info.get("text_encoder_layer"))
     control = control_net.copy().set_cond_hint(padded, strength, (0.0, 1.0))
     control.restoration_embedding = embedding
+    control.restoration_features = restoration_features(prompts)
     cache: dict = {}
     positive = attach(encode(semantic_prompt), control, embedding, cache)
     negative = attach(encode(""), control, embedding, cache)

@@ -18,6 +18,8 @@ UNet (true in ``comfy.samplers._calc_cond_batch``); a test pins that.
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
@@ -26,6 +28,27 @@ from comfy.controlnet import ControlBase, broadcast_image_to
 
 HINT_UPSCALE = "bicubic"
 """How the degraded image is resized to the output size when they differ ("Upsample by Nx")."""
+
+
+_warned: set[str] = set()
+
+
+def _warn_numbers_unknown() -> None:
+    """Once per process: the adaptor has a numeric channel but the prompt came without its numbers."""
+    if "numbers" not in _warned:
+        _warned.add("numbers")
+        logging.warning(
+            "SPIRE: this adaptor reads the restoration prompt's numbers through its numeric channel, but the prompt "
+            "reached it as a CLIP embedding alone (core 'Apply ControlNet' after 'Encode Restoration Prompt'); it "
+            "restores from CLIP only. Use 'Apply Adaptor (SPIRE)' or 'Restore (SPIRE)' for the numbers to steer."
+        )
+
+
+def _per_item(tensor: torch.Tensor, batch: int, batched_number: int) -> torch.Tensor:
+    """One row per image of the batch: a single row for all, or one per image (like the hint)."""
+    if tensor.shape[0] == 1:
+        return tensor.expand(batch, *tensor.shape[1:])
+    return broadcast_image_to(tensor, batch, batched_number)
 
 
 class SpireModulationPatch:
@@ -83,6 +106,7 @@ class SpireControl(ControlBase):
         self.info = dict(info or {})
         self.upscale_algorithm = HINT_UPSCALE
         self.restoration_embedding = None  # (N, T, D); when set it takes precedence over crossattn_controlnet
+        self.restoration_features = None  # (N, F) numeric-channel features of the same prompts, or None
         self.model_sampling_current = None
         self.base_model_config = None
         if adaptor is not None:
@@ -96,6 +120,7 @@ class SpireControl(ControlBase):
         c.adaptor = self.adaptor
         c.adaptor_patcher = self.adaptor_patcher
         c.restoration_embedding = self.restoration_embedding
+        c.restoration_features = self.restoration_features
         self.copy_to(c)
         return c
 
@@ -141,12 +166,11 @@ class SpireControl(ControlBase):
             control_prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
         if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
             return control_prev
-        context = self.restoration_embedding
+        context, features = self.restoration_embedding, None
         if context is not None:  # one prompt per image of the batch, or one for all (like the hint)
-            if context.shape[0] == 1:
-                context = context.expand(x_noisy.shape[0], *context.shape[1:])
-            else:
-                context = broadcast_image_to(context, x_noisy.shape[0], batched_number)
+            context = _per_item(context, x_noisy.shape[0], batched_number)
+            if self.restoration_features is not None:
+                features = _per_item(self.restoration_features, x_noisy.shape[0], batched_number)
         else:
             context = cond.get("crossattn_controlnet")
         if context is None:
@@ -160,7 +184,9 @@ class SpireControl(ControlBase):
         timestep = self.model_sampling_current.timestep(t).to(dtype)
         x = self.model_sampling_current.calculate_input(t, x_noisy).to(dtype)
         context = comfy.model_management.cast_to_device(context, x_noisy.device, dtype)
-        out = self.adaptor(x=x, hint=hint, timesteps=timestep, context=context)
+        if features is None and self.adaptor.spire_numeric is not None:
+            _warn_numbers_unknown()
+        out = self.adaptor(x=x, hint=hint, timesteps=timestep, context=context, numeric_features=features)
         if self.adaptor.fusion == "additive":
             control = {"output": out["output"], "middle": out["middle"]}
             return self.control_merge(control, control_prev, output_dtype=None)

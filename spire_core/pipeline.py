@@ -51,7 +51,7 @@ from .models import (
     load_adaptor,
     predict_noise,
 )
-from .prompt import BLIND_PROMPT, RestorationPromptError, canonicalize
+from .prompt import BLIND_PROMPT, RestorationPromptError, canonicalize, restoration_features
 from .restoration import COLOR_FIXES, apply_color_fix, output_size, pad_to_multiple
 from .training.components import FrozenComponents, encode_prompts, load_components
 
@@ -236,14 +236,15 @@ class SpirePipeline:
         latents: torch.Tensor,
         t: torch.Tensor,
         scheduler,  # noqa: ANN001 - diffusers type
-        conditions: tuple[torch.Tensor, torch.Tensor],
+        conditions: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         hint: torch.Tensor,
         scales: tuple[float, float],
         strength: float,
     ) -> torch.Tensor:
         """One guided model output for ``latents`` at timestep ``t``; ``conditions`` holds the semantic and
-        restoration embeddings of k = 1, 2 or 3 branches stacked along the batch (see ``restore``)."""
-        semantic, restoration = conditions
+        restoration embeddings and the restoration prompts' numeric features of k = 1, 2 or 3 branches stacked
+        along the batch (see ``restore``)."""
+        semantic, restoration, features = conditions
         count = semantic.shape[0] // latents.shape[0]
         model_in = scheduler.scale_model_input(latents, t).to(self.dtype)
         out = predict_noise(
@@ -255,6 +256,7 @@ class SpirePipeline:
             restoration,
             torch.cat([hint] * count),
             strength,
+            restoration_features=features,
         ).float()
         if count == 1:
             return out
@@ -341,16 +343,20 @@ class SpirePipeline:
 
         layer = self.adaptor.config.text_encoder_layer
         restoration = repeat(self.encode_prompts(prompts, layer))
+        features = repeat(restoration_features(prompts).to(device))
         semantic = repeat(self.encode_prompts(semantic_prompts))
         # Branches, batched into one model call: ("", c_r), (c_s, c_r) and, for w_r != 1, ("", c_r0).
         if restoration_scale != 1.0:
             empty = repeat(self.encode_prompts([""]))
             null = repeat(self.encode_prompts([NULL_RESTORATION_PROMPT], layer))
+            null_features = repeat(restoration_features([NULL_RESTORATION_PROMPT]).to(device))
             semantic, restoration = torch.cat([empty, semantic, empty]), torch.cat([restoration, restoration, null])
+            features = torch.cat([features, features, null_features])
         elif semantic_scale != 1.0:
             empty = repeat(self.encode_prompts([""]))
             semantic, restoration = torch.cat([empty, semantic]), torch.cat([restoration, restoration])
-        conditions = (semantic.to(self.dtype), restoration.to(self.dtype))
+            features = torch.cat([features, features])
+        conditions = (semantic.to(self.dtype), restoration.to(self.dtype), features)
 
         scheduler = self.make_scheduler(sampler, scheduler_options)
         scheduler.set_timesteps(steps, device=device)

@@ -6,9 +6,19 @@
     result.images, result.prompts()           # degraded batch, one restoration prompt per item
 
 ``sample_params`` is the only function that draws random numbers; ``degrade`` is a pure function of
-(images, params).
+(images, params). ``degrade_graded`` makes training pairs for graded prompts (each named level removed down to
+its residual) and ``degrade_partial`` for partial ones (a subset of the degradations removed in full).
 """
 
+from .graded import (
+    GradedDegradation,
+    PartialDegradation,
+    degrade_graded,
+    degrade_partial,
+    gradable,
+    graded_params,
+    graded_request,
+)
 from .kernels import kernel_sigma, kernel_size_for, make_kernel
 from .ops import apply_blur, apply_jpeg, apply_noise, apply_resize, jpeg_roundtrip_uint8, resize_matrix
 from .params import (
@@ -28,9 +38,7 @@ from .params import (
 from .pipeline import (
     CLAUSE_KEYS,
     DegradationResult,
-    PartialDegradation,
     degrade,
-    degrade_partial,
     effective_request,
     noise_sigma,
     prompt_for,
@@ -63,6 +71,7 @@ __all__ = [
     "DegradationParams",
     "DegradationResult",
     "DegradationSpec",
+    "GradedDegradation",
     "JpegParams",
     "JpegSpec",
     "NoiseParams",
@@ -77,9 +86,13 @@ __all__ = [
     "apply_noise",
     "apply_resize",
     "degrade",
+    "degrade_graded",
     "degrade_partial",
     "effective_request",
     "get_preset",
+    "gradable",
+    "graded_params",
+    "graded_request",
     "jpeg_roundtrip_uint8",
     "kernel_sigma",
     "kernel_size_for",

@@ -754,7 +754,13 @@ def sample_poisson_counts(rates: torch.Tensor, generator: torch.Generator) -> to
 def _unit_noise(params: NoiseParams, image: torch.Tensor, temporary: bool = False) -> tuple[torch.Tensor, float]:
     """``(field, multiplier)`` with ``noise_field == field * multiplier`` (kept apart so the multiply
     can be folded into the addition). A ``temporary`` field may live in this thread's scratch memory
-    (see ``_scratch``): use it before the next operation."""
+    (see ``_scratch``): use it before the next operation. A noise with a named part (graded requests)
+    is the sum of its two parts' fields, each computed exactly as ``noise_field`` computes it alone."""
+    residual, named = params.parts()
+    if named is not None:
+        first, m1 = _unit_noise(residual, image)
+        second, m2 = _unit_noise(named, image)
+        return torch.add(first.mul_(m1), second.mul_(m2)), 1.0
     c, h, w = image.shape
     device = image.device
     generator = torch.Generator(device=device).manual_seed(params.seed)

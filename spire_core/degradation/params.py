@@ -110,6 +110,11 @@ class NoiseParams:
         scale: Poisson noise multiplier.
         gray: one noise field shared by all colour channels (luma noise) instead of one per channel.
         seed: seed of the noise field; the same seed gives the same field on the same device.
+        named_seed: ``None`` (one field), or the seed of a second, independent field of the same kind added
+            to the first: the *named* part of a noise that a graded request removes only partly
+            (``graded.py``). ``sigma``/``scale`` are then the residual part's, ``named_sigma``/``named_scale``
+            the named part's, and the two variances add up to the noise level.
+        named_sigma, named_scale: the named part's Gaussian sigma or Poisson multiplier.
     """
 
     kind: str
@@ -117,6 +122,9 @@ class NoiseParams:
     sigma: float = 0.0
     scale: float = 0.0
     gray: bool = False
+    named_seed: int | None = None
+    named_sigma: float = 0.0
+    named_scale: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.kind in NOISE_TYPES, f"noise kind {self.kind!r} is unknown; expected one of {NOISE_TYPES}")
@@ -128,6 +136,25 @@ class NoiseParams:
             _require(self.sigma >= 0, f"gaussian noise sigma must be >= 0, got {self.sigma}")
         else:
             _require(self.scale >= 0, f"poisson noise scale must be >= 0, got {self.scale}")
+        if self.named_seed is not None:
+            _require(
+                isinstance(self.named_seed, int) and 0 <= self.named_seed < 2**63,
+                f"noise named_seed must be in [0, 2**63) or None, got {self.named_seed!r}",
+            )
+        _require(
+            self.named_sigma >= 0 and self.named_scale >= 0,
+            f"noise named_sigma and named_scale must be >= 0, got {self.named_sigma}, {self.named_scale}",
+        )
+
+    def parts(self) -> tuple[NoiseParams, NoiseParams | None]:
+        """(residual part, named part): the one or two independent fields whose sum is this noise."""
+        if self.named_seed is None:
+            return self, None
+        residual = replace(self, named_seed=None, named_sigma=0.0, named_scale=0.0)
+        named = NoiseParams(
+            kind=self.kind, seed=self.named_seed, sigma=self.named_sigma, scale=self.named_scale, gray=self.gray
+        )
+        return residual, named
 
 
 @dataclass(frozen=True)
@@ -235,8 +262,15 @@ class DegradationParams:
         return cls.from_dict(json.loads(text))
 
 
+_OPTIONAL_NOISE_FIELDS = ("named_seed", "named_sigma", "named_scale")
+
+
 def _asdict(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+    out = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    if isinstance(obj, NoiseParams) and obj.named_seed is None:  # one field: written as before graded requests
+        for name in _OPTIONAL_NOISE_FIELDS:
+            out.pop(name)
+    return out
 
 
 def params_list_to_json(params: list[DegradationParams] | tuple[DegradationParams, ...]) -> str:

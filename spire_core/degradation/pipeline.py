@@ -296,10 +296,11 @@ def degrade(images: torch.Tensor, params: Sequence[DegradationParams] | Degradat
 
 
 def noise_sigma(params: NoiseParams) -> float:
-    """Standard deviation of a noise setting on the [0, 1] scale; for Poisson noise, at mid-grey (0.5)."""
+    """Standard deviation of a noise setting on the [0, 1] scale; for Poisson noise, at mid-grey (0.5). A noise
+    with a named part (graded requests) counts both parts: their variances add up."""
     if params.kind == "gaussian":
-        return params.sigma
-    return params.scale * math.sqrt(0.5 / POISSON_PEAK)
+        return math.hypot(params.sigma, params.named_sigma)
+    return math.hypot(params.scale, params.named_scale) * math.sqrt(0.5 / POISSON_PEAK)
 
 
 def effective_request(params: DegradationParams) -> RestorationRequest:
@@ -354,70 +355,3 @@ def prompt_for(params: DegradationParams) -> str:
     degrade nothing that a prompt can name."""
     request = effective_request(params)
     return "" if request.is_empty() else render(request)
-
-
-@dataclass(frozen=True)
-class PartialDegradation:
-    """A training pair for a partial restoration prompt (spire-paper.md section 10, #11).
-
-    Attributes:
-        degraded: the input y, degraded by every operation.
-        target: the same images degraded only by the operations the prompt does not name (same
-            params, same order), i.e. what "restore only what is named" should produce.
-        prompts: per item, the canonical prompt naming only the chosen clauses.
-        named: per item, the clause keys named.
-        params: per item, the full params.
-    """
-
-    degraded: torch.Tensor
-    target: torch.Tensor
-    prompts: tuple[str, ...]
-    named: tuple[tuple[str, ...], ...]
-    params: tuple[DegradationParams, ...]
-
-
-def degrade_partial(
-    images: torch.Tensor,
-    params: Sequence[DegradationParams],
-    named: Iterable[str] | Sequence[Iterable[str]],
-) -> PartialDegradation:
-    """Degrade a batch fully, and make targets that keep every degradation the prompt leaves unnamed.
-
-    Args:
-        images: (B, C, H, W) float in [0, 1].
-        params: one per item.
-        named: clause keys (``"upsample"``, ``"deblur"``, ``"denoise"``, ``"dejpeg"``) to name, either
-            one collection for every item or one per item.
-
-    Raises:
-        ValueError: an unknown clause key, or an item for which none of its named clauses is present
-            in its params (its prompt would be empty).
-    """
-    params = tuple(params)
-    named_list = list(named) if not isinstance(named, str) else [named]
-    if named_list and all(isinstance(n, str) for n in named_list):
-        per_item = [tuple(named_list)] * len(params)
-    else:
-        per_item = [tuple(n) for n in named_list]
-    if len(per_item) != len(params):
-        raise ValueError(f"degrade_partial: {len(per_item)} named sets for {len(params)} items")
-    prompts = []
-    target_params = []
-    for i, (p, keys) in enumerate(zip(params, per_item)):
-        request = restrict(effective_request(p), keys)
-        if request.is_empty():
-            raise ValueError(
-                f"item {i}: none of the named clauses {list(keys)} is present in its degradation "
-                f"(present: {list(effective_request(p).named())}); nothing to name"
-            )
-        prompts.append(render(request))
-        target_params.append(p.without({OPERATION_OF_CLAUSE[k] for k in request.named()}))
-    degraded = degrade(images, params).images
-    target = degrade(images, target_params).images
-    return PartialDegradation(
-        degraded=degraded,
-        target=target,
-        prompts=tuple(prompts),
-        named=tuple(tuple(k for k in CLAUSE_KEYS if k in keys) for keys in per_item),
-        params=params,
-    )

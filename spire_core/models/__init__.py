@@ -9,7 +9,8 @@
 The adaptor is a diffusers ``ControlNetModel`` trunk plus zero-initialised 1x1 heads giving gamma_j and
 beta_j per encoder skip j and for the middle block; the frozen UNet's skips become
 ``f_j * (1 + s*gamma_j) + s*beta_j`` (``fusion="modulation"``), or receive plain ControlNet residuals
-(``fusion="additive"``). A fresh adaptor is an exact identity.
+(``fusion="additive"``). An optional numeric side channel (``numeric.py``) appends tokens computed from the
+restoration prompt's parsed numbers to the adaptor's cross-attention context. A fresh adaptor is an exact identity.
 """
 
 from .adaptor import HEAD_NAMES, HEAD_PREFIX, SpireAdaptor, SpireControlOutput
@@ -45,6 +46,7 @@ from .files import (
 )
 from .fusion import additive_unet_kwargs, apply_to_unet, modulate, num_unet_skips, predict_noise, skip_indices
 from .ldm import LDM_UNET_PREFIX, LdmLayoutError, diffusers_to_ldm_unet, ldm_to_diffusers_unet, unet_config_from_ldm
+from .numeric import NUMERIC_TOKENS_DEFAULT, NumericTokens, numeric_context
 from .tiny import tiny_unet_config
 
 __all__ = [
@@ -62,6 +64,8 @@ __all__ = [
     "BaseModelFileError",
     "BaseModelInfo",
     "LdmLayoutError",
+    "NUMERIC_TOKENS_DEFAULT",
+    "NumericTokens",
     "ModelFileError",
     "SafetensorsHeader",
     "SpireAdaptor",
@@ -81,6 +85,7 @@ __all__ = [
     "load_base_unet",
     "modulate",
     "num_unet_skips",
+    "numeric_context",
     "predict_noise",
     "read_adaptor_file",
     "read_safetensors_header",

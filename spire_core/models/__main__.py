@@ -29,6 +29,16 @@ from .files import (
     read_safetensors_header,
 )
 from .ldm import LDM_UNET_PREFIX
+from .numeric import NUMERIC_TOKENS_DEFAULT
+
+
+def _numeric_text(config) -> str:  # noqa: ANN001 - AdaptorConfig
+    if not config.numeric_tokens:
+        return "no numeric channel (the prompt's numbers are read through CLIP alone)"
+    return (
+        f"numeric channel: {config.numeric_tokens} tokens from the parsed numbers (features version "
+        f"{config.numeric_features_version})"
+    )
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -44,16 +54,18 @@ def _init(args: argparse.Namespace) -> int:
         base_family=args.base_family or info.base_family,
         prediction_type=info.prediction_type,
         text_encoder_layer=args.text_encoder_layer,
+        numeric_tokens=args.numeric_tokens,
     )
     save_adaptor(adaptor, out, extra_metadata={"spire.init_base": Path(args.base).name})
     trunk = sum(p.numel() for p in adaptor.trunk_parameters())
     heads = sum(p.numel() for p in adaptor.head_parameters())
+    numeric = sum(p.numel() for p in adaptor.numeric_parameters())
     config = adaptor.config
     print(
         f"wrote {out}: fresh SPIRE adaptor ({config.fusion} fusion, base family {config.base_family}, "
         f"{config.prediction_type}, restoration prompt from the {config.text_encoder_layer} text-encoder layer, "
-        f"{adaptor.num_skips} skips + middle block)\n"
-        f"parameters: trunk {trunk:,}, heads {heads:,}, total {trunk + heads:,}\n"
+        f"{adaptor.num_skips} skips + middle block, {_numeric_text(config)})\n"
+        f"parameters: trunk {trunk:,}, heads {heads:,}, numeric {numeric:,}, total {trunk + heads + numeric:,}\n"
         f"base: {args.base} ({info.source}; prediction type from {info.prediction_type_source})"
     )
     return 0
@@ -80,7 +92,11 @@ def _inspect(args: argparse.Namespace) -> int:
             value = json.dumps(json.loads(value), sort_keys=True)
         print(f"  {key}: {value}")
     print(f"skips modulated: {config.num_skips} + middle block ({config.fusion})")
-    print(f"parameters: trunk {counts['trunk']:,}, heads {counts['heads']:,}, total {counts['total']:,}")
+    print(f"restoration prompt: {config.text_encoder_layer} text-encoder layer, {_numeric_text(config)}")
+    print(
+        f"parameters: trunk {counts['trunk']:,}, heads {counts['heads']:,}, numeric {counts['numeric']:,}, "
+        f"total {counts['total']:,}"
+    )
     return 0
 
 
@@ -99,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     init.add_argument("--base-family", choices=BASE_FAMILIES, help="override family detection")
     init.add_argument("--text-encoder-layer", choices=TEXT_ENCODER_LAYERS, help="default: family's (SD2 penultimate)")
+    init.add_argument(
+        "--numeric-tokens",
+        type=int,
+        default=NUMERIC_TOKENS_DEFAULT,
+        help=f"tokens of the numeric side channel (default {NUMERIC_TOKENS_DEFAULT}; 0: CLIP only)",
+    )
     init.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     inspect = commands.add_parser("inspect", help="print an adaptor's metadata and parameter counts")
     inspect.add_argument("file", help="a .safetensors file")

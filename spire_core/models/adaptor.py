@@ -21,12 +21,17 @@ from torch import nn
 
 from ..prompt import GRAMMAR_VERSION
 from .config import DEFAULT_HINT_CHANNELS, AdaptorConfig, check_unet_supported, infer_base_family
+from .numeric import NUMERIC_TOKENS_DEFAULT, NumericTokens, numeric_context
 
 HEAD_PREFIX = "spire_"
 """File-key prefix of the modulation heads (``spire_gamma_down.0.weight``); trunk keys carry no prefix."""
 
 HEAD_NAMES = ("gamma_down", "beta_down", "gamma_mid", "beta_mid")
 """Attribute names of the modulation heads on ``SpireAdaptor`` (modulation fusion only)."""
+
+NUMERIC_NAME = "numeric"
+"""Attribute name of the numeric side channel (``spire_numeric.*`` in files); present when
+``config.numeric_tokens > 0``, in either fusion."""
 
 
 @dataclass
@@ -80,6 +85,7 @@ class SpireAdaptor(nn.Module):
         gamma_down, beta_down: modulation only; ``nn.ModuleList`` of zero-initialised 1x1 convs, C_j -> C_j,
             one per encoder skip.
         gamma_mid, beta_mid: modulation only; zero-initialised 1x1 convs on the middle-block features.
+        numeric: the numeric side channel (``NumericTokens``, zero output at init), or ``None``.
     """
 
     def __init__(self, config: AdaptorConfig, controlnet: ControlNetModel | None = None) -> None:
@@ -89,6 +95,9 @@ class SpireAdaptor(nn.Module):
         super().__init__()
         self.config = config
         self.controlnet = ControlNetModel.from_config(config.controlnet_config) if controlnet is None else controlnet
+        self.numeric = None
+        if config.numeric_tokens:
+            self.numeric = NumericTokens(config.numeric_tokens, config.controlnet_config["cross_attention_dim"])
         self._setup_fusion()
 
     def _setup_fusion(self) -> None:
@@ -114,6 +123,7 @@ class SpireAdaptor(nn.Module):
         text_encoder_layer: str | None = None,
         prompt_grammar_version: int = GRAMMAR_VERSION,
         hint_channels: int = DEFAULT_HINT_CHANNELS,
+        numeric_tokens: int = NUMERIC_TOKENS_DEFAULT,
     ) -> SpireAdaptor:
         """A fresh adaptor whose trunk copies ``unet``'s weights (``ControlNetModel.from_unet``); zero heads.
 
@@ -125,6 +135,7 @@ class SpireAdaptor(nn.Module):
             text_encoder_layer: CLIP layer for the restoration prompt; ``None``: the family default.
             prompt_grammar_version: restoration-prompt grammar version the adaptor will be trained with.
             hint_channels: channels of the hint image.
+            numeric_tokens: tokens of the numeric side channel (0: none; the prompt is read through CLIP alone).
 
         Returns:
             The adaptor in float32 on the CPU (move it with ``.to``); an exact identity on the UNet.
@@ -139,6 +150,7 @@ class SpireAdaptor(nn.Module):
             text_encoder_layer=text_encoder_layer,
             prompt_grammar_version=prompt_grammar_version,
             hint_channels=hint_channels,
+            numeric_tokens=numeric_tokens,
         )
         return cls(config, controlnet)
 
@@ -164,15 +176,21 @@ class SpireAdaptor(nn.Module):
             if module is not None:
                 yield from module.parameters()
 
+    def numeric_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the numeric side channel (none without one)."""
+        if self.numeric is not None:
+            yield from self.numeric.parameters()
+
     def trunk_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the ControlNet trunk (in additive fusion, including its zero convs)."""
         return self.controlnet.parameters()
 
     def file_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict with on-disk key names: trunk keys as ``ControlNetModel.state_dict()`` (no prefix),
-        head keys prefixed ``spire_`` (``spire_gamma_down.0.weight``)."""
+        head and numeric-channel keys prefixed ``spire_`` (``spire_gamma_down.0.weight``,
+        ``spire_numeric.fc1.weight``)."""
         state = {key: value for key, value in self.controlnet.state_dict().items()}
-        for name in HEAD_NAMES:
+        for name in (*HEAD_NAMES, NUMERIC_NAME):
             module = getattr(self, name, None)
             if module is not None:
                 state.update({f"{HEAD_PREFIX}{name}.{k}": v for k, v in module.state_dict().items()})
@@ -192,6 +210,7 @@ class SpireAdaptor(nn.Module):
         timestep: torch.Tensor | float | int,
         restoration_embedding: torch.Tensor,
         hint: torch.Tensor,
+        restoration_features: torch.Tensor | None = None,
     ) -> SpireControlOutput:
         """Run the trunk (and heads) for one UNet call.
 
@@ -201,6 +220,8 @@ class SpireAdaptor(nn.Module):
             restoration_embedding: (B, T, D) CLIP hidden states of the restoration prompt (T = 77, D = the
                 base's cross-attention dim); batch 1 is broadcast.
             hint: (B, 3, 8h, 8w) degraded image, float in [0, 1], in the trunk's dtype; batch 1 is broadcast.
+            restoration_features: (B or 1, F) ``spire_core.prompt.restoration_features`` of the restoration
+                prompts, for the numeric channel (ignored without one); ``None`` reads as unparsed text.
 
         Returns:
             ``SpireControlOutput`` with per-skip gamma/beta (modulation) or residuals (additive), each with
@@ -208,6 +229,7 @@ class SpireAdaptor(nn.Module):
         """
         batch, _, height, width = sample.shape
         restoration_embedding = _as_batch(restoration_embedding, batch, "restoration_embedding", "(B, T, D)")
+        restoration_embedding = numeric_context(self.numeric, restoration_embedding, restoration_features)
         hint = _as_batch(hint, batch, "hint", "(B, 3, 8h, 8w)")
         factor = self.hint_downscale
         if hint.dim() != 4 or tuple(hint.shape[2:]) != (height * factor, width * factor):

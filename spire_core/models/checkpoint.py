@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .adaptor import HEAD_PREFIX, SpireAdaptor
+from .adaptor import HEAD_PREFIX, NUMERIC_NAME, SpireAdaptor
 from .config import AdaptorConfig
 from .files import (
     FLOAT_DTYPES,
@@ -235,7 +235,10 @@ def check_fits_unet(config: AdaptorConfig, unet_config: Mapping[str, Any]) -> No
 
 
 def adaptor_parameter_counts(header_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
-    """{"trunk", "heads", "total"} parameter counts from file key -> shape."""
-    heads = sum(math.prod(s) for k, s in header_shapes.items() if k.startswith(HEAD_PREFIX))
+    """{"trunk", "heads", "numeric", "total"} parameter counts from file key -> shape (heads: the modulation heads;
+    numeric: the numeric side channel)."""
+    numeric_prefix = f"{HEAD_PREFIX}{NUMERIC_NAME}."
+    numeric = sum(math.prod(s) for k, s in header_shapes.items() if k.startswith(numeric_prefix))
+    heads = sum(math.prod(s) for k, s in header_shapes.items() if k.startswith(HEAD_PREFIX)) - numeric
     total = sum(math.prod(s) for s in header_shapes.values())
-    return {"trunk": total - heads, "heads": heads, "total": total}
+    return {"trunk": total - heads - numeric, "heads": heads, "numeric": numeric, "total": total}

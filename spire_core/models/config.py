@@ -15,10 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..prompt import GRAMMAR_VERSION
+from ..prompt import GRAMMAR_VERSION, NUMERIC_FEATURES_VERSION
 
-FORMAT_VERSION = 1
-"""Version of the on-disk adaptor format (``spire.format_version``); readers refuse other versions."""
+FORMAT_VERSION = 2
+"""Newest on-disk adaptor format (``spire.format_version``). Format 2 adds the numeric side channel; an adaptor
+without it is written as format 1, which every version of the pack reads. Readers refuse versions they do not
+know (``READABLE_FORMAT_VERSIONS``) with a message to update the pack."""
+
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 FUSIONS = ("modulation", "additive")
 """``modulation``: SPIRE, ``f <- f * (1 + s*gamma) + s*beta``; ``additive``: plain ControlNet residuals."""
@@ -102,6 +106,14 @@ def _controlnet_init_params() -> set[str]:
     return set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
 
 
+def _check_format(version: int) -> None:
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise ValueError(
+            f"adaptor format version {version} is not supported: this version of SPIRE reads formats "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}. Update the SPIRE pack to load newer adaptors."
+        )
+
+
 def check_unet_supported(unet_config: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` if the UNet uses a feature an SD1.x/SD2.x-style adaptor trunk cannot copy.
 
@@ -179,7 +191,12 @@ class AdaptorConfig:
             ``None`` picks the family default (SD1 last, SD2 penultimate).
         prompt_grammar_version: ``spire_core.prompt.GRAMMAR_VERSION`` the adaptor was trained with.
         hint_channels: channels of the hint image (3: RGB in [0, 1]).
-        format_version: on-disk format version; only ``FORMAT_VERSION`` is accepted.
+        numeric_tokens: tokens of the numeric side channel appended behind the restoration prompt's CLIP tokens
+            (``spire_core.models.numeric``); 0: no channel (the adaptor reads the prompt through CLIP alone).
+        numeric_features_version: ``spire_core.prompt.NUMERIC_FEATURES_VERSION`` of the features the channel
+            reads (only meaningful with a channel).
+        format_version: on-disk format version: 1 without the numeric channel, 2 with it (set from
+            ``numeric_tokens`` when omitted).
     """
 
     controlnet_config: dict[str, Any]
@@ -189,7 +206,9 @@ class AdaptorConfig:
     text_encoder_layer: str | None = None
     prompt_grammar_version: int = GRAMMAR_VERSION
     hint_channels: int = DEFAULT_HINT_CHANNELS
-    format_version: int = FORMAT_VERSION
+    numeric_tokens: int = 0
+    numeric_features_version: int = NUMERIC_FEATURES_VERSION
+    format_version: int | None = None
 
     def __post_init__(self) -> None:
         def choose(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -202,14 +221,26 @@ class AdaptorConfig:
         if self.text_encoder_layer is None:
             object.__setattr__(self, "text_encoder_layer", DEFAULT_TEXT_ENCODER_LAYER[self.base_family])
         choose("text_encoder_layer", self.text_encoder_layer, TEXT_ENCODER_LAYERS)
-        for name in ("prompt_grammar_version", "hint_channels", "format_version"):
+        if self.format_version is None:
+            object.__setattr__(self, "format_version", 2 if self.numeric_tokens else 1)
+        for name in ("prompt_grammar_version", "hint_channels", "format_version", "numeric_features_version"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AdaptorConfig.{name} must be a positive integer; got {value!r}")
-        if self.format_version != FORMAT_VERSION:
+        _check_format(self.format_version)
+        tokens = self.numeric_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= 64:
+            raise ValueError(f"AdaptorConfig.numeric_tokens must be an integer in 0..64; got {tokens!r}")
+        if (tokens > 0) != (self.format_version >= 2):
             raise ValueError(
-                f"adaptor format version {self.format_version} is not supported: this version of SPIRE reads "
-                f"format {FORMAT_VERSION}. Update the SPIRE pack to load newer adaptors."
+                f"AdaptorConfig: format version {self.format_version} with numeric_tokens={tokens}: format 1 has no "
+                "numeric channel and format 2 always has one"
+            )
+        if tokens and self.numeric_features_version != NUMERIC_FEATURES_VERSION:
+            raise ValueError(
+                f"this adaptor's numeric channel reads features version {self.numeric_features_version}; this "
+                f"version of SPIRE computes version {NUMERIC_FEATURES_VERSION}. Use the SPIRE version it was "
+                "trained with, or retrain it."
             )
         self._check_controlnet_config()
 
@@ -253,8 +284,14 @@ class AdaptorConfig:
         return 1 + levels * self.controlnet_config["layers_per_block"] + (levels - 1)
 
     def to_metadata(self) -> dict[str, str]:
-        """The ``spire.*`` safetensors metadata (all values strings)."""
+        """The ``spire.*`` safetensors metadata (all values strings); the numeric-channel keys only with a channel,
+        so a format-1 file reads as before."""
+        channel = {
+            f"{META_PREFIX}numeric_tokens": str(self.numeric_tokens),
+            f"{META_PREFIX}numeric_features_version": str(self.numeric_features_version),
+        }
         return {
+            **(channel if self.numeric_tokens else {}),
             f"{META_PREFIX}format_version": str(self.format_version),
             f"{META_PREFIX}fusion": self.fusion,
             f"{META_PREFIX}base_family": self.base_family,
@@ -283,11 +320,7 @@ class AdaptorConfig:
                 raise ValueError(f"metadata {META_PREFIX}{key}={text!r} is not an integer") from None
 
         version = integer("format_version")
-        if version != FORMAT_VERSION:  # checked first: a newer format may name its fields differently
-            raise ValueError(
-                f"adaptor format version {version} is not supported: this version of SPIRE reads format "
-                f"{FORMAT_VERSION}. Update the SPIRE pack to load newer adaptors."
-            )
+        _check_format(version)  # checked first: a newer format may name its fields differently
         try:
             controlnet_config = json.loads(metadata[f"{META_PREFIX}controlnet_config"])
         except json.JSONDecodeError as error:
@@ -300,5 +333,7 @@ class AdaptorConfig:
             text_encoder_layer=metadata.get(f"{META_PREFIX}text_encoder_layer"),
             prompt_grammar_version=integer("prompt_grammar_version", GRAMMAR_VERSION),
             hint_channels=integer("hint_channels", DEFAULT_HINT_CHANNELS),
+            numeric_tokens=integer("numeric_tokens", 0) if f"{META_PREFIX}numeric_tokens" in metadata else 0,
+            numeric_features_version=integer("numeric_features_version", NUMERIC_FEATURES_VERSION),
             format_version=version,
         )

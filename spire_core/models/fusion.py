@@ -180,6 +180,7 @@ def predict_noise(
     hint: torch.Tensor,
     strength: float | torch.Tensor = 1.0,
     unet_kwargs: dict[str, Any] | None = None,
+    restoration_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The controlled UNet's prediction for either fusion; differentiable (used for training).
 
@@ -193,12 +194,14 @@ def predict_noise(
         hint: (B or 1, 3, 8h, 8w) degraded image in [0, 1].
         strength: control strength s.
         unet_kwargs: extra keyword arguments for the UNet call (e.g. ``cross_attention_kwargs``).
+        restoration_features: (B or 1, F) ``spire_core.prompt.restoration_features`` of the restoration prompts,
+            for an adaptor with a numeric channel (``None``: unknown numbers, read as unparsed text).
 
     Returns:
         (B, 4, h, w) UNet output (epsilon or v, as the base predicts), in the UNet's dtype.
     """
     dtype = adaptor.controlnet.dtype
-    control = adaptor(sample.to(dtype), timestep, restoration_embedding.to(dtype), hint.to(dtype))
+    control = adaptor(sample.to(dtype), timestep, restoration_embedding.to(dtype), hint.to(dtype), restoration_features)
     kwargs = dict(unet_kwargs or {})
     if control.fusion == "additive":
         kwargs.update(additive_unet_kwargs(control, strength))

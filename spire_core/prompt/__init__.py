@@ -2,10 +2,12 @@
 
 Canonical wording (design.md section 4.2): ``Upsample by {f:.1f}x``, ``Deblur with sigma {s:.1f}``,
 ``Denoise with sigma {n:.2f}``, ``Dejpeg with quality {q:d}``, joined by ``"; "`` in that order;
-blind: ``"Remove all degradation"``. The grammar itself is data in ``grammar.py``.
+blind: ``"Remove all degradation"``. The grammar itself is data in ``grammar.py``; ``restoration_features`` turns
+prompts into the fixed numeric features an adaptor's numeric side channel reads (``numeric.py``).
 """
 
 from .grammar import BLIND_PROMPT, CLAUSES, GRAMMAR_VERSION, accepted_forms
+from .numeric import NUMERIC_FEATURES, NUMERIC_FEATURES_VERSION, parse_or_none, restoration_features
 from .text import (
     BLIND_REQUEST,
     RestorationPromptError,
@@ -21,11 +23,15 @@ __all__ = [
     "BLIND_REQUEST",
     "CLAUSES",
     "GRAMMAR_VERSION",
+    "NUMERIC_FEATURES",
+    "NUMERIC_FEATURES_VERSION",
     "RestorationPromptError",
     "RestorationRequest",
     "accepted_forms",
     "canonicalize",
     "parse",
+    "parse_or_none",
     "quantize",
     "render",
+    "restoration_features",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..degradation import DEFAULT_PRESET, PRESETS, DegradationSpec
 from ..models import FUSIONS, PREDICTION_TYPES, TEXT_ENCODER_LAYERS
+from ..models.numeric import MAX_NUMERIC_TOKENS, NUMERIC_TOKENS_DEFAULT
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,8 @@ class ModelConfig:
         text_encoder_layer: ``"last"`` or ``"penultimate"`` for the restoration prompt; ``None``: the family's
             own layer (SD1 last, SD2 penultimate), which is what a diffusers folder's text encoder outputs.
         init_adaptor: an existing adaptor ``.safetensors`` to start from instead of a fresh copy of the UNet.
+        numeric_tokens: tokens of the fresh adaptor's numeric side channel (the restoration prompt's parsed numbers
+            as extra cross-attention tokens, ``spire_core.models.numeric``); 0: CLIP only, as adaptors before it.
     """
 
     base: str = ""
@@ -74,8 +77,13 @@ class ModelConfig:
     fusion: str = "modulation"
     text_encoder_layer: str | None = None
     init_adaptor: str | None = None
+    numeric_tokens: int = NUMERIC_TOKENS_DEFAULT
 
     def check(self) -> None:
+        if isinstance(self.numeric_tokens, bool) or not isinstance(self.numeric_tokens, int):
+            raise ConfigError(f"model.numeric_tokens must be an integer in 0..64; got {self.numeric_tokens!r}")
+        if not 0 <= self.numeric_tokens <= MAX_NUMERIC_TOKENS:
+            raise ConfigError(f"model.numeric_tokens must be in 0..{MAX_NUMERIC_TOKENS}; got {self.numeric_tokens}")
         if not self.base:
             raise ConfigError("model.base is required: a diffusers folder or a single-file SD .safetensors checkpoint")
         _choose("model.fusion", self.fusion, FUSIONS)
@@ -163,23 +171,40 @@ class DegradationConfig:
 class PromptConfig:
     """Which prompts each training sample gets.
 
+    A sample is **partial** with ``partial_prob``, else **graded** with ``graded_prob``, else **full**; a full
+    sample's prompt becomes blind with ``blind_prob``. With the defaults: 30 % partial, 30 % graded, 28 % full
+    and 12 % blind (of samples with at least two degradations present; a sample with one degradation cannot be
+    partial and is graded or full instead).
+
     Attributes:
-        partial_prob: probability of a partial sample: the restoration prompt names a random non-empty proper
-            subset of the degradations present and the target keeps the others (paper #11: 0.5).
+        partial_prob: a partial sample names a random non-empty proper subset of the degradations present, each in
+            full, and its target keeps the others (paper #11 names 0.5 for this alone; the graded share is taken
+            from it: a partial sample is a graded one whose levels are all full or zero).
+        graded_prob: a graded sample names a random non-empty subset of the degradations present, each at a level
+            drawn level-balanced (a uniform fraction of the level present; ``degradation.graded_request``), and its
+            target keeps the residual of each named level and every unnamed degradation in full
+            (``degradation.degrade_graded``). Clauses that cannot be named partly (JPEG, non-Gaussian blur) are
+            named in full.
         blind_prob: probability that a full sample's restoration prompt becomes ``"Remove all degradation"``
             (paper #12: 0.3).
         empty_semantic_prob: probability that the semantic prompt becomes ``""`` (paper #13: 0.3).
     """
 
-    partial_prob: float = 0.5
+    partial_prob: float = 0.3
+    graded_prob: float = 0.3
     blind_prob: float = 0.3
     empty_semantic_prob: float = 0.3
 
     def check(self) -> None:
-        for name in ("partial_prob", "blind_prob", "empty_semantic_prob"):
+        for name in ("partial_prob", "graded_prob", "blind_prob", "empty_semantic_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"prompts.{name} must be a probability in [0, 1]; got {value}")
+        if self.partial_prob + self.graded_prob > 1.0:
+            raise ConfigError(
+                f"prompts.partial_prob + prompts.graded_prob must be at most 1 (the rest are full samples); got "
+                f"{self.partial_prob} + {self.graded_prob}"
+            )
 
 
 @dataclass

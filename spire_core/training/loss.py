@@ -10,7 +10,7 @@
     L   = MSE(prediction, sqrt(abar_t) * eps - sqrt(1 - abar_t) * z0)     v-prediction bases
 
 where the prediction is the frozen UNet on (z_t, t, semantic prompt) controlled by the adaptor on
-(z_t, t, restoration prompt, degraded image).
+(z_t, t, restoration prompt and, for its numeric channel, the prompt's parsed numbers, degraded image).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import nn
 
 from ..degradation import DegradationSpec
 from ..models import SpireAdaptor, additive_unet_kwargs, apply_to_unet
+from ..prompt import restoration_features
 from .components import FrozenComponents, encode_prompts
 from .config import PromptConfig
 from .seeds import generator_for
@@ -61,6 +62,7 @@ def controlled_prediction(
     restoration_embedding: torch.Tensor,
     hint: torch.Tensor,
     forward: nn.Module | None = None,
+    restoration_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``spire_core.models.predict_noise`` (strength 1) with the adaptor called through ``forward``.
 
@@ -69,7 +71,9 @@ def controlled_prediction(
     ``predict_noise``; returns (B, C_lat, h, w) in the UNet's dtype.
     """
     dtype = adaptor.controlnet.dtype
-    control = (forward or adaptor)(sample.to(dtype), timestep, restoration_embedding.to(dtype), hint.to(dtype))
+    control = (forward or adaptor)(
+        sample.to(dtype), timestep, restoration_embedding.to(dtype), hint.to(dtype), restoration_features
+    )
     if control.fusion == "additive":
         kwargs = additive_unet_kwargs(control)
         return unet(sample, timestep, encoder_hidden_states=semantic_embedding, **kwargs).sample
@@ -146,6 +150,7 @@ def diffusion_loss(
         semantic = encode_prompts(components, batch.synth.semantic_prompts, "family", device)
         layer = adaptor.config.text_encoder_layer
         restoration = encode_prompts(components, batch.synth.restoration_prompts, layer, device)
+        features = restoration_features(batch.synth.restoration_prompts).to(device)
         noisy = noise_scheduler.add_noise(latents, batch.noise, batch.timesteps)
         if noise_scheduler.config.prediction_type == "v_prediction":
             target = noise_scheduler.get_velocity(latents, batch.noise, batch.timesteps)
@@ -161,5 +166,6 @@ def diffusion_loss(
             restoration,
             batch.synth.degraded,
             forward=forward,
+            restoration_features=features,
         )
     return F.mse_loss(prediction.float(), target.float())

@@ -3,16 +3,20 @@
 For each sample (drawn from its stream position, see ``seeds``):
 
 - degradation parameters from the spec (``spire_core.degradation.sample_params``);
-- with ``partial_prob`` a **partial** sample (paper #11): the restoration prompt names a random non-empty
-  proper subset of the degradations present and the target keeps the unnamed ones
-  (``spire_core.degradation.degrade_partial``); needs at least two degradations present;
+- with ``partial_prob`` a **partial** sample (paper #11): the restoration prompt names a random non-empty proper
+  subset of the degradations present, each in full, and the target keeps the unnamed ones; needs at least two
+  degradations present;
+- else with ``graded_prob`` a **graded** sample: the prompt names a random non-empty subset of the degradations
+  present, each at a level drawn level-balanced (a uniform fraction of the level present,
+  ``spire_core.degradation.graded_request``), and the target keeps the residual of every named level and every
+  unnamed degradation (``spire_core.degradation.degrade_graded``);
 - otherwise a **full** sample: the prompt names everything present and the target is the clean crop; with
   ``blind_prob`` its prompt becomes ``"Remove all degradation"`` (paper #12). A sample whose degradations
   are all too weak to print gets the blind prompt too (its target is the clean crop);
 - independently, with ``empty_semantic_prob`` the semantic prompt becomes ``""`` (paper #13).
 
-``synthesize`` then degrades the whole batch on the images' device, full and partial items in one batched
-call each.
+``synthesize`` then degrades the whole batch on the images' device, full items in one batched call and partial
+and graded items in another.
 """
 
 from __future__ import annotations
@@ -26,17 +30,19 @@ from ..degradation import (
     DegradationParams,
     DegradationSpec,
     degrade,
-    degrade_partial,
+    degrade_graded,
     effective_request,
+    graded_request,
     restrict,
     sample_params,
 )
-from ..prompt import BLIND_PROMPT, render
+from ..prompt import BLIND_PROMPT, RestorationRequest, quantize, render
 from .config import PromptConfig
 from .seeds import generator_for
 
-KINDS = ("full", "partial", "blind")
-"""What a sample's restoration prompt is: every degradation, a subset (target keeps the rest), or blind."""
+KINDS = ("full", "partial", "graded", "blind")
+"""What a sample's restoration prompt is: every degradation, a subset in full (the target keeps the rest), a subset
+at drawn levels (the target keeps the residuals and the rest), or blind."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,11 @@ class SampleDraw:
 
     Attributes:
         params: its degradation.
-        kind: ``"full"``, ``"partial"`` or ``"blind"``.
-        named: clause keys the restoration prompt names (partial: a proper subset of those present).
+        kind: one of ``KINDS``.
+        named: clause keys the restoration prompt names.
         restoration_prompt: the text given to the adaptor.
         drop_semantic: replace the semantic prompt by ``""``.
+        request: partial and graded samples: the levels named (what ``degrade_graded`` removes); else ``None``.
     """
 
     params: DegradationParams
@@ -56,6 +63,7 @@ class SampleDraw:
     named: tuple[str, ...]
     restoration_prompt: str
     drop_semantic: bool
+    request: RestorationRequest | None = None
 
 
 @dataclass
@@ -64,8 +72,8 @@ class SynthBatch:
 
     Attributes:
         degraded: (B, 3, H, W) float32 in [0, 1]: the adaptor's hint y.
-        target: (B, 3, H, W) float32 in [0, 1]: the clean crop, or for partial samples the crop degraded by
-            the operations the prompt leaves unnamed.
+        target: (B, 3, H, W) float32 in [0, 1]: the clean crop, or for partial and graded samples the crop
+            degraded by what the prompt leaves (unnamed degradations and residual levels).
         restoration_prompts: B restoration prompts.
         semantic_prompts: B semantic prompts (captions after dropout).
         kinds: B of ``KINDS``.
@@ -78,19 +86,31 @@ class SynthBatch:
     kinds: list[str]
 
 
+def _subset(present: tuple[str, ...], generator: torch.Generator, proper: bool) -> tuple[str, ...]:
+    """A uniform non-empty subset of ``present`` (a proper one when ``proper``): a bit mask."""
+    top = 2 ** len(present) - (1 if proper else 0)
+    mask = int(torch.randint(1, top, (), generator=generator))
+    return tuple(key for bit, key in enumerate(present) if mask >> bit & 1)
+
+
 def draw_sample(spec: DegradationSpec, prompts: PromptConfig, seed: int, position: int) -> SampleDraw:
     """The random choices for the sample at stream ``position`` (a pure function of its arguments)."""
     generator = generator_for(seed, "synth", position)
     params = sample_params(spec, generator, 1)[0]
-    u_partial, u_blind, u_semantic = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
+    u_kind, u_blind, u_semantic = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
     request = effective_request(params)
     present = request.named()
     drop_semantic = u_semantic < prompts.empty_semantic_prob
-    if u_partial < prompts.partial_prob and len(present) >= 2:
-        # A uniform non-empty proper subset: a bit mask in [1, 2^n - 2].
-        mask = int(torch.randint(1, 2 ** len(present) - 1, (), generator=generator))
-        named = tuple(key for bit, key in enumerate(present) if mask >> bit & 1)
-        return SampleDraw(params, "partial", named, render(restrict(request, named)), drop_semantic)
+    if u_kind < prompts.partial_prob and len(present) >= 2:
+        named = _subset(present, generator, proper=True)
+        chosen = restrict(quantize(request), named)
+        return SampleDraw(params, "partial", named, render(chosen), drop_semantic, chosen)
+    if u_kind < prompts.partial_prob + prompts.graded_prob and present:
+        named = _subset(present, generator, proper=False)
+        # fractions in (0, 1]: uniform fractions of each level present (level-balanced)
+        fractions = (1.0 - torch.rand(len(named), generator=generator, dtype=torch.float64)).tolist()
+        chosen = graded_request(params, dict(zip(named, fractions)))
+        return SampleDraw(params, "graded", named, render(chosen), drop_semantic, chosen)
     if not present or u_blind < prompts.blind_prob:
         return SampleDraw(params, "blind", present, BLIND_PROMPT, drop_semantic)
     return SampleDraw(params, "full", present, render(request), drop_semantic)
@@ -111,14 +131,14 @@ def synthesize(clean: torch.Tensor, draws: Sequence[SampleDraw], captions: Seque
         raise ValueError(f"synthesize: {len(draws)} draws and {len(captions)} captions for {clean.shape[0]} images")
     degraded = torch.empty_like(clean)
     target = clean.clone()
-    full = [i for i, d in enumerate(draws) if d.kind != "partial"]
-    partial = [i for i, d in enumerate(draws) if d.kind == "partial"]
+    full = [i for i, d in enumerate(draws) if d.request is None]
+    named = [i for i, d in enumerate(draws) if d.request is not None]
     if full:
         degraded[full] = degrade(clean[full], [draws[i].params for i in full]).images
-    if partial:
-        pair = degrade_partial(clean[partial], [draws[i].params for i in partial], [draws[i].named for i in partial])
-        degraded[partial] = pair.degraded
-        target[partial] = pair.target
+    if named:
+        pair = degrade_graded(clean[named], [draws[i].params for i in named], [draws[i].request for i in named])
+        degraded[named] = pair.degraded
+        target[named] = pair.target
     return SynthBatch(
         degraded=degraded,
         target=target,

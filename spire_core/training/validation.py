@@ -19,7 +19,7 @@ from torch import nn
 from ..degradation import DegradationSpec, degrade, prompt_for, sample_params
 from ..imageio import save_image
 from ..models import SpireAdaptor, predict_noise
-from ..prompt import BLIND_PROMPT
+from ..prompt import BLIND_PROMPT, restoration_features
 from .components import FrozenComponents, encode_prompts
 from .config import DataConfig
 from .data import ImageRecord, choose_caption, decode_crop
@@ -111,16 +111,20 @@ def restore(
     hint = degraded.to(device)
     layer = adaptor.config.text_encoder_layer
     restoration = encode_prompts(components, restoration_prompts, layer, device)
+    features = restoration_features(restoration_prompts).to(device)
     semantic = encode_prompts(components, semantic_prompts, "family", device)
     guided = guidance_scale != 1.0
     if guided:
         empty = encode_prompts(components, [""] * n, "family", device)
         semantic = torch.cat([empty, semantic])
         restoration, hint = torch.cat([restoration, restoration]), torch.cat([hint, hint])
+        features = torch.cat([features, features])
     with autocast or nullcontext():
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
-            out = predict_noise(unet, adaptor, model_in, t, semantic, restoration, hint).float()
+            out = predict_noise(
+                unet, adaptor, model_in, t, semantic, restoration, hint, restoration_features=features
+            ).float()
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)

@@ -190,8 +190,15 @@ def test_save_load_round_trip_is_bit_identical(unets, tmp_path, fusion):
     for key, value in original.items():
         assert restored[key].dtype == value.dtype == torch.float32, key
         assert torch.equal(restored[key], value), key
-    heads = [k for k in original if k.startswith("spire_")]
+    heads = [k for k in original if k.startswith("spire_") and not k.startswith("spire_numeric.")]
     assert len(heads) == (4 * 4 + 4 if fusion == "modulation" else 0)  # 4 skips x gamma/beta x weight/bias + mid
+    numeric = sorted(k for k in original if k.startswith("spire_numeric."))
+    assert numeric == [
+        "spire_numeric.fc1.bias",
+        "spire_numeric.fc1.weight",
+        "spire_numeric.fc2.bias",
+        "spire_numeric.fc2.weight",
+    ]
     assert any(float(original[k].abs().max()) > 0 for k in heads or ["controlnet_mid_block.weight"])
 
     # and it still computes the same thing
@@ -204,7 +211,8 @@ def test_save_load_round_trip_is_bit_identical(unets, tmp_path, fusion):
 
     metadata = file_metadata(path)
     assert metadata["format"] == "pt" and metadata["training_step"] == "1200"
-    assert metadata["spire.format_version"] == str(FORMAT_VERSION) == "1"
+    assert metadata["spire.format_version"] == str(FORMAT_VERSION) == "2"  # format 2: with the numeric channel
+    assert metadata["spire.numeric_tokens"] == "4" and metadata["spire.numeric_features_version"] == "1"
     assert metadata["spire.fusion"] == fusion
     assert metadata["spire.base_family"] == "sd1"
     assert metadata["spire.prediction_type"] == "epsilon"
@@ -246,8 +254,11 @@ def test_read_adaptor_file_and_header_agree_with_the_adaptor(adaptor_file):
     assert header.parameter_count("spire_") == sum(t.numel() for k, t in state.items() if k.startswith("spire_"))
     # the heads: 1x1 convs C -> C for skips of 32, 32, 32, 64 channels and a 64-channel middle block
     head_count = 2 * sum(c * c + c for c in (32, 32, 32, 64)) + 2 * (64 * 64 + 64)
+    # the numeric channel: features (43) -> 32 -> 4 tokens x 32 (the cross-attention width)
+    numeric_count = (43 * 32 + 32) + (32 * 4 * 32 + 4 * 32)
     counts = adaptor_parameter_counts(header.shapes())
-    assert counts == {"trunk": numel(state) - head_count, "heads": head_count, "total": numel(state)}
+    trunk = numel(state) - head_count - numeric_count
+    assert counts == {"trunk": trunk, "heads": head_count, "numeric": numeric_count, "total": numel(state)}
     # the safetensors header is exactly what safetensors itself reads
     assert header.metadata == file_metadata(adaptor_file)
 
@@ -629,12 +640,18 @@ def test_adaptor_with_wrong_or_missing_metadata(adaptor_file, tmp_path):
     metadata = file_metadata(adaptor_file)
     same = lambda t: t  # noqa: E731
 
-    future = rewrite(adaptor_file, tmp_path / "v2.safetensors", same, {**metadata, "spire.format_version": "2"})
+    future = rewrite(adaptor_file, tmp_path / "v3.safetensors", same, {**metadata, "spire.format_version": "3"})
     message = adaptor_error(future)
     assert (
-        f"has invalid SPIRE metadata: adaptor format version 2 is not supported: this version of SPIRE reads format "
-        f"{FORMAT_VERSION}. Update the SPIRE pack to load newer adaptors." in message
+        "has invalid SPIRE metadata: adaptor format version 3 is not supported: this version of SPIRE reads formats "
+        f"1, {FORMAT_VERSION}. Update the SPIRE pack to load newer adaptors." in message
     )
+    # a format-1 file never has a numeric channel, and a channel needs the features this version computes
+    old = rewrite(adaptor_file, tmp_path / "v1.safetensors", same, {**metadata, "spire.format_version": "1"})
+    assert "format 1 has no numeric channel" in adaptor_error(old)
+    newer = {**metadata, "spire.numeric_features_version": "2"}
+    message = adaptor_error(rewrite(adaptor_file, tmp_path / "features.safetensors", same, newer))
+    assert "reads features version 2; this version of SPIRE computes version 1" in message
 
     broken = {**metadata, "spire.controlnet_config": "{not json"}
     message = adaptor_error(rewrite(adaptor_file, tmp_path / "json.safetensors", same, broken))
@@ -715,16 +732,17 @@ def test_check_fits_unet_names_every_mismatch(unets):
 
 
 def printed_counts(text: str) -> dict[str, int]:
-    match = re.search(r"parameters: trunk ([\d,]+), heads ([\d,]+), total ([\d,]+)", text)
+    match = re.search(r"parameters: trunk ([\d,]+), heads ([\d,]+), numeric ([\d,]+), total ([\d,]+)", text)
     assert match, text
-    trunk, heads, total = (int(group.replace(",", "")) for group in match.groups())
-    return {"trunk": trunk, "heads": heads, "total": total}
+    trunk, heads, numeric, total = (int(group.replace(",", "")) for group in match.groups())
+    return {"trunk": trunk, "heads": heads, "numeric": numeric, "total": total}
 
 
 def adaptor_counts(adaptor: SpireAdaptor) -> dict[str, int]:
     trunk = sum(p.numel() for p in adaptor.trunk_parameters())
     heads = sum(p.numel() for p in adaptor.head_parameters())
-    return {"trunk": trunk, "heads": heads, "total": trunk + heads}
+    numeric = sum(p.numel() for p in adaptor.numeric_parameters())
+    return {"trunk": trunk, "heads": heads, "numeric": numeric, "total": trunk + heads + numeric}
 
 
 def assert_exact_identity(unet: UNet2DConditionModel, adaptor: SpireAdaptor) -> None:
@@ -750,6 +768,8 @@ def test_cli_init_writes_an_identity_adaptor(unets, tmp_path, capsys, fusion):
     assert "4 skips + middle block" in printed and "prediction type from metadata" in printed
     assert printed_counts(printed) == adaptor_counts(adaptor)
     assert adaptor_counts(adaptor)["heads"] == (0 if fusion == "additive" else 2 * (3 * 1056 + 4160) + 2 * 4160)
+    assert adaptor_counts(adaptor)["numeric"] == (43 * 32 + 32) + (32 * 128 + 128)  # the numeric channel
+    assert "numeric channel: 4 tokens" in printed
 
     # never overwrites without --overwrite
     before = out.read_bytes()
@@ -883,10 +903,10 @@ def test_to_cldm_state_dict(unets, tmp_path, family, fusion):
         )
         assert out["zero_convs.3.0.weight"] is state["controlnet_down_blocks.3.weight"]
         assert out["middle_block_out.0.bias"] is state["controlnet_mid_block.bias"]
-        assert heads == []
+        assert len(heads) == 4  # the numeric channel only
     else:
-        assert zero == [] and len(heads) == 20
-        assert all(out[k] is state[k] for k in heads)
+        assert zero == [] and len(heads) == 20 + 4  # the modulation heads and the numeric channel
+    assert all(out[k] is state[k] for k in heads) and all(k.startswith("spire_numeric.") for k in heads[-4:])
 
     # the trunk gets exactly the original-layout names of the base UNet's encoder and middle block
     trunk = {

@@ -3,24 +3,29 @@ strength and gradients (tiny random diffusers models on the CPU)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import nn
 
 from spire_core.models import (
+    NUMERIC_TOKENS_DEFAULT,
     AdaptorConfig,
+    NumericTokens,
     SpireAdaptor,
     SpireControlOutput,
     additive_unet_kwargs,
     apply_to_unet,
     check_unet_supported,
     controlnet_config_from_unet,
+    numeric_context,
     predict_noise,
     skip_indices,
     tiny_unet_config,
 )
-from spire_core.prompt import GRAMMAR_VERSION
+from spire_core.prompt import GRAMMAR_VERSION, NUMERIC_FEATURES, restoration_features
 
 
 def make_unet(family: str = "sd1", seed: int = 0, **overrides) -> UNet2DConditionModel:
@@ -102,8 +107,14 @@ def test_config_defaults_validation_and_metadata_round_trip():
         AdaptorConfig(controlnet_config=cn_config, fusion="sum")
     with pytest.raises(ValueError, match="prediction_type"):
         AdaptorConfig(controlnet_config=cn_config, prediction_type="sample")
-    with pytest.raises(ValueError, match="format version 2 is not supported"):
-        AdaptorConfig(controlnet_config=cn_config, format_version=2)
+    with pytest.raises(ValueError, match="format version 3 is not supported"):
+        AdaptorConfig(controlnet_config=cn_config, format_version=3)
+    with pytest.raises(ValueError, match="format 1 has no numeric channel"):
+        AdaptorConfig(controlnet_config=cn_config, format_version=1, numeric_tokens=4)
+    assert config.format_version == 1 and "spire.numeric_tokens" not in metadata  # no channel: format 1, as before
+    channel = AdaptorConfig(controlnet_config=cn_config, numeric_tokens=3)
+    assert channel.format_version == 2 and channel.to_metadata()["spire.numeric_tokens"] == "3"
+    assert AdaptorConfig.from_metadata(channel.to_metadata()) == channel
     with pytest.raises(ValueError, match="does not accept: \\['bogus'\\]"):
         AdaptorConfig(controlnet_config={**cn_config, "bogus": 1})
     with pytest.raises(ValueError, match="hint_channels=4 but controlnet_config.conditioning_channels=3"):
@@ -131,6 +142,9 @@ def test_unsupported_unets_are_refused():
 # --- structure and identity ------------------------------------------------------------------------------
 
 
+NUMERIC_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+
+
 def test_adaptor_structure_per_fusion():
     unet = make_unet()
     modulation = SpireAdaptor.from_unet(unet)
@@ -152,7 +166,9 @@ def test_adaptor_structure_per_fusion():
     keys = additive.file_state_dict()
     assert not hasattr(additive, "gamma_down") and list(additive.head_parameters()) == []
     assert "controlnet_down_blocks.3.weight" in keys and "controlnet_mid_block.bias" in keys
-    assert not any(k.startswith("spire_") for k in keys)
+    assert [k for k in keys if k.startswith("spire_")] == [f"spire_numeric.{n}" for n in NUMERIC_KEYS]
+    bare = SpireAdaptor.from_unet(unet, fusion="additive", numeric_tokens=0).file_state_dict()
+    assert not any(k.startswith("spire_") for k in bare)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
@@ -385,3 +401,83 @@ def test_gradients_reach_heads_then_trunk_and_never_the_unet(fusion):
             assert trunk_grad > 0  # one step later the heads are non-zero and the trunk learns
         optimizer.step()
     assert all(p.grad is None for p in unet.parameters())
+
+
+# --- the numeric side channel -----------------------------------------------------------------------------
+
+
+def test_restoration_features_read_the_parsed_numbers():
+    features = restoration_features(
+        ["Deblur with sigma 2.0; Denoise with sigma 0.15", "Remove all degradation", "make it pretty", None]
+    )
+    assert features.shape == (4, NUMERIC_FEATURES) == (4, 43) and features.dtype == torch.float32
+    per_clause = 10  # present flag, scaled value, 4 sine/cosine pairs
+    upsample, deblur, denoise, dejpeg = (features[:, i * per_clause : (i + 1) * per_clause] for i in range(4))
+    flags = features[:, 4 * per_clause :]  # blind, unparsed, numbers
+    assert torch.equal(upsample[0], torch.zeros(10)) and torch.equal(dejpeg[0], torch.zeros(10))
+    assert deblur[0, 0] == 1 and torch.isclose(deblur[0, 1], torch.tensor(2.0 / 8))
+    assert denoise[0, 0] == 1 and torch.isclose(denoise[0, 1], torch.tensor(0.15 / 0.3))
+    assert torch.allclose(denoise[0, 2:4], torch.tensor([math.sin(math.pi * 0.5), math.cos(math.pi * 0.5)]))
+    assert torch.allclose(denoise[0, 8:10], torch.tensor([math.sin(8 * math.pi * 0.5), math.cos(8 * math.pi * 0.5)]))
+    assert flags.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 1, 0]]  # free text and None: unparsed
+    assert torch.equal(features[1, :40], torch.zeros(40)) and torch.equal(features[2], features[3])
+    # different numbers, different features; the features are a function of the parsed request, not the wording
+    again = restoration_features(["denoise 0.15 , DEBLUR WITH SIGMA 2", "Denoise with sigma 0.05"])
+    assert torch.equal(again[0], features[0]) and not torch.equal(again[1], features[0])
+
+
+@pytest.mark.parametrize("fusion", ["modulation", "additive"])
+def test_numeric_channel_is_zero_at_init_and_steers_once_trained(fusion):
+    unet = make_unet()
+    adaptor = SpireAdaptor.from_unet(unet, fusion=fusion)
+    assert adaptor.config.numeric_tokens == NUMERIC_TOKENS_DEFAULT == 4 and adaptor.numeric is not None
+    sample, timestep, semantic, restoration, hint = inputs(unet)
+    features = restoration_features(["Denoise with sigma 0.05", "Denoise with sigma 0.20"])
+    context = numeric_context(adaptor.numeric, restoration, features)
+    assert context.shape == (2, 5 + 4, 32) and torch.equal(context[:, :5], restoration)
+    assert torch.equal(context[:, 5:], torch.zeros(2, 4, 32))  # zero tokens at init
+    with torch.no_grad():
+        base = base_output(unet, sample, timestep, semantic)
+        fresh = predict_noise(
+            unet, adaptor, sample, timestep, semantic, restoration, hint, restoration_features=features
+        )
+    assert torch.equal(fresh, base)  # a fresh adaptor with the channel is still an exact identity
+    randomize([adaptor.numeric, *([adaptor.gamma_down, adaptor.beta_down] if fusion == "modulation" else [])], 5)
+    if fusion == "additive":
+        randomize([adaptor.controlnet.controlnet_down_blocks], 6)
+    with torch.no_grad():
+        low = predict_noise(unet, adaptor, sample, timestep, semantic, restoration, hint, restoration_features=features)
+        swapped = features.flip(0)
+        high = predict_noise(unet, adaptor, sample, timestep, semantic, restoration, hint, restoration_features=swapped)
+        unknown = predict_noise(unet, adaptor, sample, timestep, semantic, restoration, hint)
+    assert float((low - high).abs().max()) > 1e-5  # the numbers now change the prediction
+    unparsed = restoration_features([None]).expand(2, -1)
+    with torch.no_grad():
+        same = predict_noise(
+            unet, adaptor, sample, timestep, semantic, restoration, hint, restoration_features=unparsed
+        )
+    assert torch.equal(unknown, same)  # no features = unparsed text
+    # gradients reach the channel through the trunk
+    adaptor.requires_grad_(True)
+    out = predict_noise(unet, adaptor, sample, timestep, semantic, restoration, hint, restoration_features=features)
+    out.pow(2).mean().backward()
+    assert (
+        float(adaptor.numeric.fc2.weight.grad.abs().sum()) > 0
+        and float(adaptor.numeric.fc1.weight.grad.abs().sum()) > 0
+    )
+
+
+def test_adaptor_without_the_channel_ignores_features():
+    unet = make_unet()
+    adaptor = SpireAdaptor.from_unet(unet, numeric_tokens=0)
+    randomize([adaptor.gamma_down, adaptor.beta_down], 3)
+    sample, timestep, semantic, restoration, hint = inputs(unet)
+    features = restoration_features(["Denoise with sigma 0.05", "Deblur with sigma 3.0"])
+    with torch.no_grad():
+        plain = predict_noise(unet, adaptor, sample, timestep, semantic, restoration, hint)
+        given = predict_noise(
+            unet, adaptor, sample, timestep, semantic, restoration, hint, restoration_features=features
+        )
+    assert adaptor.numeric is None and adaptor.config.format_version == 1 and torch.equal(plain, given)
+    with pytest.raises(ValueError, match="numeric features have shape"):
+        NumericTokens(2, 32)(torch.zeros(1, 5))

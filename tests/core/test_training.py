@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from spire_core.degradation import PRESETS, degrade, effective_request
+from spire_core.degradation import PRESETS, degrade, effective_request, gradable, graded_params
 from spire_core.models import load_adaptor, predict_noise, read_adaptor_file
 from spire_core.prompt import BLIND_PROMPT, parse
 from spire_core.training import (
@@ -142,11 +142,13 @@ def fixed_inputs(trainer: Trainer, seed: int = 3):
 def test_config_defaults_are_the_paper_defaults():
     config = TrainingConfig()
     assert config.optim.lr == 1e-5 and config.optim.weight_decay == 0.0  # paper #15
-    assert (config.prompts.partial_prob, config.prompts.blind_prob, config.prompts.empty_semantic_prob) == (
-        0.5,
+    prompts = config.prompts
+    assert (prompts.partial_prob, prompts.graded_prob, prompts.blind_prob, prompts.empty_semantic_prob) == (
         0.3,
         0.3,
-    )  # paper #11-#13
+        0.3,
+        0.3,
+    )  # paper #12-#13; paper #11's 0.5 partial share is split between partial and graded samples
     assert config.data.resolution == 512 and config.data.resize == "short_side"  # paper #14
     assert config.degradation.preset == "paper" and config.model.fusion == "modulation"  # paper #5, #7
     assert config.train.batch_size * config.train.gradient_accumulation_steps == 64  # paper #15: 64-256
@@ -287,35 +289,44 @@ def test_bad_data_error_mode_names_the_file(tiny_base, tmp_path):
 # ------------------------------------------------------------------------------------------------ synthesis
 
 
-def test_partial_full_blind_and_semantic_dropout():
+def test_partial_graded_full_blind_and_semantic_dropout():
     spec = PRESETS["paper"]
-    draws = [draw_sample(spec, PromptConfig(0.5, 0.3, 0.3), seed=1, position=k) for k in range(300)]
-    kinds = {kind: sum(d.kind == kind for d in draws) / len(draws) for kind in ("full", "partial", "blind")}
-    assert 0.35 < kinds["partial"] < 0.55 and 0.1 < kinds["blind"] < 0.3, kinds
+    draws = [draw_sample(spec, PromptConfig(0.3, 0.3, 0.3, 0.3), seed=1, position=k) for k in range(400)]
+    kinds = {kind: sum(d.kind == kind for d in draws) / len(draws) for kind in ("full", "partial", "graded", "blind")}
+    assert 0.2 < kinds["partial"] < 0.4 and 0.2 < kinds["graded"] < 0.4 and 0.05 < kinds["blind"] < 0.2, kinds
     assert 0.2 < sum(d.drop_semantic for d in draws) / len(draws) < 0.4
+    fractions = []
     for d in draws:
-        present = effective_request(d.params).named()
+        present = effective_request(d.params)
         if d.kind == "partial":
-            assert 0 < len(d.named) < len(present) and set(d.named) < set(present)
+            assert 0 < len(d.named) < len(present.named()) and set(d.named) < set(present.named())
             assert parse(d.restoration_prompt).named() == d.named  # the prompt names exactly the subset
+        elif d.kind == "graded":
+            request = parse(d.restoration_prompt)
+            assert request == d.request and request.named() == d.named and set(d.named) <= set(present.named())
+            fractions += [request.denoise / present.denoise] if request.denoise else []
         elif d.kind == "full":
-            assert parse(d.restoration_prompt).named() == present
+            assert parse(d.restoration_prompt).named() == present.named()
         else:
             assert d.restoration_prompt == BLIND_PROMPT
-    assert draw_sample(spec, PromptConfig(), 1, 7) == draws[7]  # a pure function of (seed, position)
+    # level-balanced: the named fraction of the noise level is spread over (0, 1], not clustered near 1
+    assert len(fractions) > 40
+    assert 0.35 < sum(fractions) / len(fractions) < 0.65 and sum(f < 0.5 for f in fractions) > len(fractions) / 3
+    assert draw_sample(spec, PromptConfig(0.3, 0.3, 0.3, 0.3), 1, 7) == draws[7]  # a function of (seed, position)
 
-    clean = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
-    candidates = (draw_sample(spec, PromptConfig(1.0, 0.0, 0.0), 2, k) for k in range(100))
+    clean = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    candidates = [draw_sample(spec, PromptConfig(0.5, 0.5, 0.0, 0.0), 2, k) for k in range(100)]
     partial = next(d for d in candidates if d.kind == "partial")
-    full = draw_sample(spec, PromptConfig(0.0, 0.0, 1.0), 2, 1)
-    batch = synthesize(clean, [partial, full], ["a cat", "a dog"])
-    assert torch.equal(batch.target[1], clean[1]) and batch.semantic_prompts == ["a cat", ""]
-    from spire_core.degradation.params import OPERATION_OF_CLAUSE
-
-    kept = partial.params.without({OPERATION_OF_CLAUSE[k] for k in partial.named})
-    assert torch.allclose(batch.target[0], degrade(clean[:1], [kept]).images[0])  # target keeps the unnamed ops
-    assert torch.allclose(batch.degraded[0], degrade(clean[:1], [partial.params]).images[0])
-    assert not torch.equal(batch.target[0], clean[0])
+    graded = next(d for d in candidates if d.kind == "graded" and d.request.denoise and "denoise" in gradable(d.params))
+    full = draw_sample(spec, PromptConfig(0.0, 0.0, 0.0, 1.0), 2, 1)
+    batch = synthesize(clean, [partial, full, graded], ["a cat", "a dog", "a cow"])
+    assert torch.equal(batch.target[1], clean[1]) and batch.semantic_prompts == ["a cat", "", "a cow"]
+    for item, draw in ((0, partial), (2, graded)):
+        present, residual = graded_params(draw.params, draw.request)
+        assert torch.equal(batch.target[item], degrade(clean[item : item + 1], [residual]).images[0])
+        assert torch.equal(batch.degraded[item], degrade(clean[item : item + 1], [present]).images[0])
+        assert not torch.equal(batch.target[item], clean[item])
+    assert torch.equal(batch.degraded[0], degrade(clean[:1], [partial.params]).images[0])  # nothing split
 
 
 # ------------------------------------------------------------------------------------------------ the loop
