@@ -57,8 +57,10 @@ def null_restoration_conds(negative: list, encode) -> list:
         control = options.get("control")
         if control not in cache:
             spire = _first_spire(control)
-            null = (encode(spire), restoration_features([BLIND_PROMPT]))
-            cache[control] = with_restoration(control, *null) if spire is not None else (control, 0)
+            if spire is None:
+                cache[control] = (control, 0)
+            else:
+                cache[control] = with_restoration(control, encode(spire), restoration_features([BLIND_PROMPT]))
         new_control, found = cache[control]
         total += found
         options = {**options, "control": new_control}

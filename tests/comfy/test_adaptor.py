@@ -10,13 +10,14 @@ import torch
 from spire_test_support import tiny_comfy
 
 from spire_core.models import SpireAdaptor, load_base_unet, predict_noise, save_adaptor
+from spire_core.prompt import restoration_features
 
 FAMILIES = ("sd1", "sd2")
 FUSIONS = ("modulation", "additive")
 
 
 def randomize(adaptor: SpireAdaptor, seed: int, scale: float = 0.05) -> SpireAdaptor:
-    """Non-zero heads (modulation) or zero convs (additive), so the adaptor really acts."""
+    """Non-zero heads (modulation) or zero convs (additive), and numeric channel, so the adaptor really acts."""
     modules = (
         [adaptor.gamma_down, adaptor.beta_down, adaptor.gamma_mid, adaptor.beta_mid]
         if adaptor.fusion == "modulation"
@@ -27,12 +28,19 @@ def randomize(adaptor: SpireAdaptor, seed: int, scale: float = 0.05) -> SpireAda
         for module in modules:
             for p in module.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
+        for p in adaptor.numeric_parameters():  # tokens of the order of the prompt's own embedding
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        if adaptor.numeric is not None:  # the tiny trunk's cross-attention is too weak to read a few tokens
+            for name, p in adaptor.controlnet.named_parameters():
+                if ".attn2.to_" in name:
+                    p.mul_(10.0)
     return adaptor
 
 
 @pytest.fixture(scope="module")
 def adaptors(comfy, tmp_path_factory):
-    """(family, fusion, random?) -> (diffusers UNet, diffusers adaptor, file name in models/spire)."""
+    """(family, fusion, random?) -> (diffusers UNet, diffusers adaptor, file name in models/spire); random ones with
+    the numeric channel, and (family, fusion, "plain") random without it (a format-1 adaptor, CLIP only)."""
     folder = comfy.models_dir("spire")
     work = tmp_path_factory.mktemp("adaptor_models")
     made = {}
@@ -50,6 +58,13 @@ def adaptors(comfy, tmp_path_factory):
                 name = f"{family}_{fusion}_{'random' if random else 'fresh'}.safetensors"
                 save_adaptor(adaptor, folder / name)
                 made[family, fusion, random] = (unet, adaptor, name)
+            plain = SpireAdaptor.from_unet(
+                unet, fusion=fusion, base_family=family, prediction_type=info.prediction_type, numeric_tokens=0
+            ).eval()
+            randomize(plain, seed=len(made))
+            name = f"{family}_{fusion}_plain.safetensors"
+            save_adaptor(plain, folder / name)
+            made[family, fusion, "plain"] = (unet, plain, name)
     return made
 
 
@@ -60,16 +75,30 @@ def load_control(name: str):
 
 
 def comfy_denoised(
-    model, control, x, sigma, semantic, restoration, hint, strength=1.0, percent=(0.0, 1.0), extra_conds=None
+    model,
+    control,
+    x,
+    sigma,
+    semantic,
+    restoration,
+    hint,
+    strength=1.0,
+    percent=(0.0, 1.0),
+    extra_conds=None,
+    features=None,
 ):
     """One real ComfyUI model call through CFGGuider (cfg 1) and a one-call KSAMPLER: the denoised output at
     ``sigma`` for the noisy latent ``x`` (the sampler sees exactly ``x``; the guider loads models, prepares
-    the controls and cleans them up as in any sampling run)."""
+    the controls and cleans them up as in any sampling run). With ``features`` the control carries the
+    restoration embedding and its numeric features itself, as 'Apply Adaptor (SPIRE)' sets them."""
     import comfy.samplers
 
     cond_options = {"cross_attn_controlnet": restoration}
     if control is not None:
         cond_options["control"] = control.copy().set_cond_hint(hint, strength, percent)
+        if features is not None:
+            cond_options["control"].restoration_embedding = restoration
+            cond_options["control"].restoration_features = features
     cond_options.update(extra_conds or {})
     seen = {}
 
@@ -88,7 +117,7 @@ def comfy_denoised(
     return seen["out"]
 
 
-def diffusers_denoised(model, unet, adaptor, x, sigma, semantic, restoration, hint, strength=1.0):
+def diffusers_denoised(model, unet, adaptor, x, sigma, semantic, restoration, hint, strength=1.0, features=None):
     """The diffusers path (spire_core.models.predict_noise) mapped to ComfyUI's denoised output."""
     sampling = model.model.model_sampling
     sigma_t = torch.full((x.shape[0],), float(sigma))
@@ -98,7 +127,17 @@ def diffusers_denoised(model, unet, adaptor, x, sigma, semantic, restoration, hi
         if adaptor is None:
             out = unet(x_in, timestep, encoder_hidden_states=semantic).sample
         else:
-            out = predict_noise(unet, adaptor, x_in, timestep, semantic, restoration, hint, strength=strength)
+            out = predict_noise(
+                unet,
+                adaptor,
+                x_in,
+                timestep,
+                semantic,
+                restoration,
+                hint,
+                strength=strength,
+                restoration_features=features,
+            )
     return sampling.calculate_denoised(sigma_t, out, x)
 
 
@@ -125,18 +164,28 @@ def test_base_unet_conversion_matches_comfy(comfy, adaptors, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_diffusers_and_comfy_paths_give_the_same_prediction(comfy, adaptors, family, fusion):
+@pytest.mark.parametrize("channel", ["numeric", "plain"])
+def test_diffusers_and_comfy_paths_give_the_same_prediction(comfy, adaptors, family, fusion, channel):
     model = tiny_comfy.tiny_model(family)
-    unet, adaptor, name = adaptors[family, fusion, True]
+    unet, adaptor, name = adaptors[family, fusion, True if channel == "numeric" else "plain"]
     control = load_control(name)
+    assert (control.adaptor.spire_numeric is not None) == (channel == "numeric")
     x, semantic, restoration, hint = inputs(family, batch=2, seed=3)
+    features = restoration_features(["Denoise with sigma 0.05", "Deblur with sigma 2.5; Denoise with sigma 0.20"])
     for sigma in (0.3, 5.0):
         base = comfy_denoised(model, None, x, sigma, semantic, restoration, hint)
-        ours = diffusers_denoised(model, unet, adaptor, x, sigma, semantic, restoration, hint)
-        theirs = comfy_denoised(model, control, x, sigma, semantic, restoration, hint)
-        difference = float((ours - theirs).abs().max())
-        assert difference <= 1e-4, (family, fusion, sigma, difference)
-        assert float((theirs - base).abs().max()) > 100 * max(difference, 1e-6)  # the adaptor really acts
+        for given in (None, features):  # numbers unknown (core Apply ControlNet) and given (Apply Adaptor)
+            ours = diffusers_denoised(model, unet, adaptor, x, sigma, semantic, restoration, hint, features=given)
+            theirs = comfy_denoised(model, control, x, sigma, semantic, restoration, hint, features=given)
+            difference = float((ours - theirs).abs().max())
+            assert difference <= 1e-4, (family, fusion, sigma, difference)
+            assert float((theirs - base).abs().max()) > 100 * max(difference, 1e-6)  # the adaptor really acts
+        if channel == "numeric":  # the numbers steer, the same way in both worlds
+            other = features.flip(0)
+            ours_other = diffusers_denoised(model, unet, adaptor, x, sigma, semantic, restoration, hint, features=other)
+            theirs_other = comfy_denoised(model, control, x, sigma, semantic, restoration, hint, features=other)
+            assert float((ours_other - theirs_other).abs().max()) <= 1e-4
+            assert float((theirs_other - theirs).abs().max()) > 100 * max(difference, 1e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
