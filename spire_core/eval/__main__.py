@@ -7,6 +7,9 @@
                                       [--sampler ddim|euler] [--schedule base|comfyui-simple|...] ...
     python -m spire_core.eval score --bench BENCH --outputs OUT [--report DIR] [--lpips lpips_alex.safetensors]
                                     [--fid-features CLEAN RESTORED] [--resize]
+    python -m spire_core.eval control --out DIR [--restorer adaptor|oracle|identity] [--base MODEL --adaptor FILE
+                                      --components FOLDER] [--images PHOTO ...] [--crop 64] [--crops N]
+                                      [--noise 0.12] [--blur 2.0] [--seed 0] [--steps 25]
 
 Exit codes: 0 success; 2 a benchmark, model-file or weights error (the message says what to fix).
 """
@@ -86,6 +89,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--resize", action="store_true", help="resize outputs of another size to the clean size")
     score.add_argument("--device", default="cpu", help="torch device for LPIPS (default cpu)")
+
+    control = commands.add_parser(
+        "control", help="the control benchmark: noise and blur ladders, decoupling and blind restoration"
+    )
+    control.add_argument("--out", required=True, help="folder for control.json, control.md and the ladder plots")
+    control.add_argument(
+        "--restorer",
+        choices=("adaptor", "oracle", "identity"),
+        default="adaptor",
+        help="adaptor: SpirePipeline with --base/--adaptor; oracle: the exact graded targets (validates the "
+        "benchmark); identity: no restoration (its floor)",
+    )
+    control.add_argument("--base", default=None, help="adaptor: diffusers folder or single-file SD checkpoint")
+    control.add_argument("--adaptor", default=None, help="adaptor: SPIRE adaptor .safetensors")
+    control.add_argument("--components", default=None, help="adaptor: diffusers folder with vae/, text_encoder/")
+    control.add_argument("--images", nargs="+", default=None, help="photos to crop (default: docs/samples)")
+    control.add_argument("--crop", type=int, default=64, help="crop side in pixels (default 64)")
+    control.add_argument("--crops", type=int, default=None, help="crops used, spread over the photos (default all)")
+    control.add_argument("--noise", type=float, default=0.12, help="present noise sigma of the ladders")
+    control.add_argument("--blur", type=float, default=2.0, help="present blur sigma of the ladders (px)")
+    control.add_argument("--seed", type=int, default=0)
+    control.add_argument("--steps", type=int, default=25, help="adaptor: sampling steps")
+    control.add_argument("--semantic-scale", type=float, default=1.0, help="adaptor: CFG (default 1: none)")
+    control.add_argument("--device", default="cpu", help="adaptor: torch device")
     return parser
 
 
@@ -141,10 +168,57 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .control import (
+        ControlSetting,
+        OracleRestorer,
+        control_inputs,
+        control_markdown,
+        identity_restorer,
+        photo_crops,
+        run_control,
+        write_control_report,
+    )
+
+    setting = ControlSetting(noise=args.noise, blur=args.blur, seed=args.seed)
+    samples = Path(__file__).resolve().parents[2] / "docs" / "samples"
+    images = args.images or [str(samples / "astronaut.png"), str(samples / "coffee.png")]
+    clean = photo_crops(images, args.crop, args.crops)
+    if args.restorer == "identity":
+        restorer = identity_restorer
+    elif args.restorer == "oracle":
+        restorer = OracleRestorer(control_inputs(clean, setting))
+    else:
+        if not args.base or not args.adaptor:
+            raise ValueError("--restorer adaptor needs --base and --adaptor (and --components for a single file)")
+        from ..pipeline import SpirePipeline
+
+        pipe = SpirePipeline.load(args.base, args.adaptor, args.components, device=args.device)
+
+        def restorer(degraded, prompts):  # noqa: ANN001, ANN202
+            return pipe.restore(
+                degraded,
+                restoration_prompt=list(prompts),
+                steps=args.steps,
+                semantic_scale=args.semantic_scale,
+                seed=args.seed,
+                upsample=False,
+            )
+
+    results = {args.restorer: run_control(restorer, clean, setting)}
+    files = write_control_report(results, args.out, command=args.command_line, images=[Path(p).name for p in images])
+    print(control_markdown(results), end="")
+    print(json.dumps({"files": [str(f) for f in files]}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.command_line = "python -m spire_core.eval " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        return {"build": _build, "restore": _restore, "score": _score}[args.command](args)
+        return {"build": _build, "restore": _restore, "score": _score, "control": _control}[args.command](args)
     except (BenchmarkError, FileNotFoundError, ValueError) as error:  # model-file errors are ValueErrors too
         print(f"error: {error}", file=sys.stderr)
         return 2
