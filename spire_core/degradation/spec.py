@@ -269,6 +269,17 @@ PRESETS: dict[str, DegradationSpec] = {
         stages=(StageSpec(noise=NoiseSpec(gaussian_prob=1.0, gray_prob=0.0, sigma=(0.02, PAPER_NOISE_SIGMA_MAX))),),
     ),
     "jpeg": DegradationSpec(name="jpeg", stages=(StageSpec(jpeg=JpegSpec(quality=(10, 90))),)),
+    # The control check's two-type set: isotropic Gaussian blur and Gaussian colour noise, each present 80 % of the
+    # time, at levels the control benchmark's ladders cover (the miniature trains on it; both types grade exactly).
+    "control": DegradationSpec(
+        name="control",
+        stages=(
+            StageSpec(
+                blur=BlurSpec(prob=0.8, sigma=(0.5, 3.5)),
+                noise=NoiseSpec(prob=0.8, gaussian_prob=1.0, gray_prob=0.0, sigma=(0.02, 0.2)),
+            ),
+        ),
+    ),
     # The paper's prompt-walking set: isotropic Gaussian blur and Gaussian noise, one stage.
     "blur_noise": DegradationSpec(
         name="blur_noise",

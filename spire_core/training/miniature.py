@@ -1,44 +1,46 @@
-"""The miniature science check: modulation vs additive fusion on a tiny latent-diffusion stack, on a 2-core CPU.
+"""The miniature control check: does the restoration prompt steer what is removed and how much, on a CPU?
 
-    python -m spire_core.training.miniature --out runs/miniature [--budget-minutes 25] [--seed 0]
+    python -m spire_core.training.miniature --out runs/miniature [--budget-minutes 30] [--seed 0]
 
-What it does, all on the two bundled sample photos (``docs/samples``), in one process and one thread:
+The whole SPIRE recipe at toy scale, in one process on the two bundled sample photos (``docs/samples``):
 
-1. **Codec** (the stack's "VAE"): a fixed linear patch codec fitted in about a second (``PatchPCACodec``).
-   A tiny diffusers ``AutoencoderKL`` trained for four CPU minutes reconstructs held-out crops at about 20 dB,
-   below a sigma-0.1 noisy input (21 dB), so every restoration would be capped by the VAE; the patch codec
-   keeps the shapes of Stable Diffusion's latent space (4 channels at 1/8 of the image size, so the adaptor's
-   hint stays the 8x larger RGB image) and reconstructs at about 27 dB.
-2. **Backbone**: the tiny SD1-shaped UNet (``tiny_unet_config``) trained on codec latents of clean 64 px crops
-   with the empty semantic prompt, Stable Diffusion's noise schedule and **v-prediction** (as SD 2.x 768-v; the
-   trainer supports it); its EMA weights are then frozen. With epsilon-prediction (SD 1.x, SD 2.1-base) a few
-   CPU minutes are not enough: the small epsilon errors left at the noisiest timesteps are amplified about 15x
-   in the x0 estimate, and DDIM samples drift (latent std about 1.6 instead of 1, channel means off by up to
-   0.8); ``--prediction-type epsilon`` runs that variant.
-3. **Adaptors**: a modulation and an additive ``SpireAdaptor.from_unet``, identically initialised, trained
-   **interleaved on the same micro-batches** (same steps, batch, learning rate, seed, noise and timesteps)
-   with the trainer's own pieces: ``make_training_batch`` (degradations and prompts drawn exactly as the
-   trainer draws them, trainer default ``PromptConfig``) and ``diffusion_loss``; AdamW, gradient clipping, EMA.
-4. **Evaluation** on crops of a held-out strip (the rightmost ``holdout`` columns of each photo, never
-   cropped in training), degraded with fixed seeds, restored with ``validation.restore`` (DDIM from pure
-   noise, no guidance, the EMA weights): PSNR of the degraded input, of each restoration and between the two;
-   and the **noise ladder**: the same crops with noise sigma ``ladder_sigma`` restored with prompts
-   ``"Denoise with sigma X"`` for each X of ``ladder``, the output's residual noise measured two ways
-   (``residual_noise``), and whether it falls monotonically as X grows.
+1. **Codec** (the stack's "VAE", ``minicodec.LappedGrainCodec``): seam-free lapped analysis and synthesis with
+   Stable Diffusion's latent shape (4 channels at 1/8 of the image size, so the adaptor's hint stays the 8x larger
+   RGB image): three content channels and one channel holding the local noise level, from which the decoder
+   re-synthesises grain (as SD's decoder re-synthesises texture). Outputs can therefore keep a chosen amount of
+   noise and of blur, which a ladder must be able to show. The old block codec (``PatchPCACodec``: 8x8 blocks, 4
+   components, visible seams, ~8 % of an input's noise kept) is fitted too, for its round-trip PSNR.
+2. **Backbone**: the tiny SD1-shaped UNet (``tiny_unet_config``) trained on codec latents of 64 px crops, half of
+   them clean and half degraded by the preset (as SD saw noisy and soft photos among its training images, so its
+   prior covers the targets graded prompts ask for), empty semantic prompt, SD's noise schedule,
+   **v-prediction**; its EMA weights are then frozen.
+3. **Adaptors, three arms with equal budgets**, trained **interleaved on the same micro-batches** (steps, batch,
+   learning rate, seed, degradations, prompts, noise and timesteps) with the trainer's own
+   ``make_training_batch`` and ``diffusion_loss``: ``modulation_numeric`` (SPIRE's modulation and the numeric side
+   channel, the default), ``modulation_clip`` (modulation, the prompt through CLIP alone) and ``additive_numeric``
+   (plain ControlNet residuals with the numeric channel). Preset ``control``: isotropic Gaussian blur and Gaussian
+   noise, each present 80 % of the time; the trainer's default ``PromptConfig`` draws full, partial, graded and
+   blind samples (graded targets keep the residual of each named level, ``degradation.degrade_graded``).
+4. **Evaluation** on crops of a held-out strip (the rightmost ``holdout`` columns of each photo, never cropped in
+   training), restored by ``validation.restore`` (DDIM from pure noise, no guidance, EMA weights): PSNR with the
+   full prompts of the preset, and the **control benchmark** (``spire_core.eval.control``: noise and blur
+   ladders, decoupling, blind) for each arm, next to the exact graded targets passed through the codec (the best
+   the stack could output) and the degraded input.
 
 Phases stop at time deadlines (fractions of the budget) or step caps; the steps actually done are recorded.
-Results: ``<out>/miniature.json``, ``<out>/miniature.md`` (the tables), ``<out>/eval.png`` and
-``<out>/ladder.png``. It is a miniature: two photos, a sub-million-parameter backbone and minutes of training;
-it checks that the machinery measures the right things, not which fusion wins at scale.
+Results: ``<out>/miniature.json``, ``<out>/miniature.md``, ``<out>/control.json``/``control.md`` with the ladder
+plots, ``<out>/eval.png`` and ``<out>/ladder.png``. It is a miniature: two photos, a sub-million-parameter
+backbone and minutes of training; it checks that the recipe can teach control and measures it, not what the
+paper's scale reaches.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,20 +50,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..degradation import DegradationSpec, degrade, get_preset, manual_params, prompt_for, sample_params
+from ..degradation import DegradationSpec, degrade, get_preset, prompt_for, sample_params
+from ..eval.control import (
+    ControlInputs,
+    ControlSetting,
+    OracleRestorer,
+    Restorer,
+    control_inputs,
+    control_markdown,
+    run_control,
+    strip_outputs,
+    write_control_report,
+)
 from ..eval.metrics import psnr_per_image
-from ..models import SpireAdaptor
-from ..prompt import BLIND_PROMPT, render
+from ..models import NUMERIC_TOKENS_DEFAULT, SpireAdaptor
+from ..prompt import BLIND_PROMPT
 from .components import FrozenComponents, encode_prompts, make_noise_scheduler
 from .config import PromptConfig
 from .ema import EMA
 from .loss import diffusion_loss, make_training_batch
+from .minicodec import LappedGrainCodec
 from .seeds import generator_for, seed_for
 from .validation import restore, save_grid
 
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "docs" / "samples"
 SAMPLE_PHOTOS = ("astronaut.png", "coffee.png")
-FUSION_ORDER = ("modulation", "additive")
+
+ARMS: dict[str, tuple[str, int]] = {
+    "modulation_numeric": ("modulation", NUMERIC_TOKENS_DEFAULT),
+    "modulation_clip": ("modulation", 0),
+    "additive_numeric": ("additive", NUMERIC_TOKENS_DEFAULT),
+}
+"""Arm -> (fusion, numeric tokens). ``modulation_numeric`` is the default recipe."""
+
+DEFAULT_ARM = "modulation_numeric"
 
 
 @dataclass
@@ -69,50 +91,59 @@ class MiniatureConfig:
     """Everything that decides a miniature run (recorded in the JSON).
 
     Attributes:
-        budget_minutes: wall-clock budget: training stops at ``adaptors_until`` of it, evaluation (about a minute
-            with the defaults) follows.
+        budget_minutes: wall-clock budget: training stops at ``adaptors_until`` of it, evaluation (about four
+            minutes with the defaults) follows.
         seed: every random draw is a function of it (``seeds``).
-        preset: degradation preset of the adaptor training and the held-out evaluation.
+        preset: degradation preset of the backbone's degraded half, the adaptor training and the held-out
+            restoration (default ``control``: Gaussian blur and Gaussian noise).
         crop: crop size in pixels (latents are crop/8).
         holdout: width in pixels of the right-hand strip of each photo kept for evaluation.
-        codec_fit_crops: random training crops the patch codec is fitted on.
+        codec_fit_crops: random training crops the codecs are fitted on.
         backbone_batch, backbone_lr, backbone_steps: backbone training (``None`` steps: until its deadline).
-        adaptor_batch, adaptor_lr, adaptor_steps: per adaptor, identical for both fusions.
+        backbone_degraded: share of each backbone batch degraded by the preset (the rest clean).
+        adaptor_batch, adaptor_lr, adaptor_steps: per adaptor, identical for every arm.
+        arms: which of ``ARMS`` to train (default all three).
         prediction_type: what the backbone (and so the adaptors) predict: ``"v_prediction"`` or ``"epsilon"``.
         ema_decay: EMA of the backbone and of each adaptor (evaluation uses the EMA weights).
         max_grad_norm: gradient clipping (adaptors).
         backbone_until, adaptors_until: phase deadlines as fractions of the budget (cumulative).
         eval_crops: held-out crops used (``None``: all of them, 28 with the defaults).
         ddim_steps: sampling steps of every restoration.
-        ladder_sigma: true noise sigma of the ladder inputs.
-        ladder: prompted sigmas X of the ladder, ascending.
+        control_noise, control_blur: present levels of the control benchmark's ladders.
         device: torch device.
         images: the photos to crop (default: the two bundled samples).
     """
 
-    budget_minutes: float = 25.0
+    budget_minutes: float = 30.0
     seed: int = 0
-    preset: str = "noise"
+    preset: str = "control"
     crop: int = 64
     holdout: int = 128
     codec_fit_crops: int = 1024
     backbone_batch: int = 32
     backbone_lr: float = 2e-3
     backbone_steps: int | None = None
+    backbone_degraded: float = 0.5
     adaptor_batch: int = 8
     adaptor_lr: float = 1e-3
     adaptor_steps: int | None = None
+    arms: tuple[str, ...] = tuple(ARMS)
     prediction_type: str = "v_prediction"
     ema_decay: float = 0.99
     max_grad_norm: float = 1.0
-    backbone_until: float = 0.33
-    adaptors_until: float = 0.94
+    backbone_until: float = 0.27
+    adaptors_until: float = 0.83
     eval_crops: int | None = None
     ddim_steps: int = 25
-    ladder_sigma: float = 0.1
-    ladder: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    control_noise: float = 0.12
+    control_blur: float = 2.0
     device: str = "cpu"
     images: tuple[str, ...] = field(default_factory=lambda: tuple(str(SAMPLES_DIR / n) for n in SAMPLE_PHOTOS))
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms:
+            raise ValueError(f"miniature arms {unknown or '()'} unknown; expected some of {tuple(ARMS)}")
 
 
 # --------------------------------------------------------------------------------------------- codec
@@ -257,75 +288,36 @@ class PhotoCrops:
         return crops
 
 
-# --------------------------------------------------------------------------------------------- measures
-
-
-def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    out = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-
-
-def residual_noise(images: torch.Tensor, clean: torch.Tensor, blur_sigma: float = 2.0) -> dict[str, float]:
-    """Two residual-noise measures of restorations, averaged over the batch (both in [0, 1] units).
-
-    - ``flat_highpass_std``: RMS of ``image - gaussian_blur(image, blur_sigma)`` over the flattest half of each
-      crop (pixels whose clean local detail is at most the crop's median), where texture is absent and what is
-      left is noise (or blotches the sampler left behind);
-    - ``error_std``: standard deviation of ``image - clean`` over all pixels (noise plus any other error).
-
-    Args:
-        images, clean: (N, 3, H, W) float in [0, 1].
-    """
-    detail = _gaussian_blur((clean - _gaussian_blur(clean, blur_sigma)).abs().mean(1, keepdim=True), blur_sigma)
-    flat = detail <= detail.flatten(1).median(dim=1).values.view(-1, 1, 1, 1)
-    high = (images - _gaussian_blur(images, blur_sigma)).pow(2).mean(1, keepdim=True)
-    per_image = ((high * flat).flatten(1).sum(1) / flat.flatten(1).sum(1)).sqrt()
-    error = (images - clean).flatten(1).std(dim=1)
-    return {"flat_highpass_std": float(per_image.mean()), "error_std": float(error.mean())}
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); 0 when either side is constant."""
-
-    def ranks(values: list[float]) -> list[float]:
-        order = sorted(range(len(values)), key=lambda i: values[i])
-        result = [0.0] * len(values)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                result[order[k]] = (i + j) / 2
-            i = j + 1
-        return result
-
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    norm = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
-    return cov / norm if norm > 0 else 0.0
-
-
-def _mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(psnr_per_image(a.clamp(0, 1), b.clamp(0, 1)).mean())
-
-
 # --------------------------------------------------------------------------------------------- phases
 
 
+def _mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(psnr_per_image(a.clamp(0, 1), b.clamp(0, 1)).clamp(max=99).mean())
+
+
+def backbone_images(crops: PhotoCrops, spec: DegradationSpec, config: MiniatureConfig, step: int) -> torch.Tensor:
+    """Backbone batch ``step``: (B, 3, crop, crop) in [-1, 1], the first ``backbone_degraded`` share degraded by
+    ``spec`` (seeded by the step), the rest clean."""
+    batch = config.backbone_batch
+    clean = crops.train("backbone-crop", range(step * batch, (step + 1) * batch)).float() / 255
+    degraded = round(config.backbone_degraded * batch)
+    if degraded:
+        params = sample_params(spec, generator_for(config.seed, "backbone-degrade", step), degraded)
+        clean[:degraded] = degrade(clean[:degraded], params).images
+    return clean * 2 - 1
+
+
 def train_backbone(
-    components: FrozenComponents, crops: PhotoCrops, config: MiniatureConfig, deadline: float, device: torch.device
+    components: FrozenComponents,
+    crops: PhotoCrops,
+    spec: DegradationSpec,
+    config: MiniatureConfig,
+    deadline: float,
+    device: torch.device,
 ) -> dict[str, Any]:
-    """Train ``components.unet`` as a denoiser (the scheduler config's prediction type) on codec latents of clean
-    crops with the empty prompt, then load its EMA weights and freeze it. Stops at ``config.backbone_steps`` or
-    ``deadline`` (at least one step)."""
+    """Train ``components.unet`` as a denoiser (the scheduler config's prediction type) on codec latents of crops
+    (``backbone_images``) with the empty prompt, then load its EMA weights and freeze it. Stops at
+    ``config.backbone_steps`` or ``deadline`` (at least one step)."""
     unet, codec = components.unet, components.vae
     scheduler = make_noise_scheduler(components.scheduler_config)
     empty = encode_prompts(components, [""], "family", device)
@@ -334,7 +326,7 @@ def train_backbone(
     ema = EMA(unet, config.ema_decay)
     batch, losses, step, started = config.backbone_batch, [], 0, time.perf_counter()
     while step < (config.backbone_steps or sys.maxsize) and (step == 0 or time.perf_counter() < deadline):
-        images = crops.train("backbone-crop", range(step * batch, (step + 1) * batch)).to(device).float() / 127.5 - 1
+        images = backbone_images(crops, spec, config, step).to(device)
         with torch.no_grad():
             latents = codec.encode(images).latent_dist.mean * components.scaling_factor
         generator = generator_for(config.seed, "backbone-diffusion", step)
@@ -361,6 +353,7 @@ def train_backbone(
     return {
         "steps": step,
         "batch": batch,
+        "degraded_share": config.backbone_degraded,
         "lr": config.backbone_lr,
         "seconds": round(time.perf_counter() - started, 1),
         "loss_first": round(losses[0], 5),
@@ -369,14 +362,20 @@ def train_backbone(
     }
 
 
-def build_adaptors(components: FrozenComponents, seed: int) -> dict[str, SpireAdaptor]:
-    """One fresh adaptor per fusion, trunks copied from the frozen UNet, hint encoders drawn from one seed."""
+def build_adaptors(components: FrozenComponents, arms: tuple[str, ...], seed: int) -> dict[str, SpireAdaptor]:
+    """One fresh adaptor per arm, trunks copied from the frozen UNet, hint encoders (and numeric channels) drawn
+    from one seed: every arm starts from the same weights where they share a part."""
     adaptors = {}
-    for fusion in FUSION_ORDER:
+    for arm in arms:
+        fusion, tokens = ARMS[arm]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(seed, "adaptor-init"))
-            adaptors[fusion] = SpireAdaptor.from_unet(
-                components.unet, fusion=fusion, base_family="custom", prediction_type=components.info.prediction_type
+            adaptors[arm] = SpireAdaptor.from_unet(
+                components.unet,
+                fusion=fusion,
+                base_family="custom",
+                prediction_type=components.info.prediction_type,
+                numeric_tokens=tokens,
             )
     return adaptors
 
@@ -390,17 +389,17 @@ def train_adaptors(
     deadline: float,
     device: torch.device,
 ) -> tuple[dict[str, Any], dict[str, EMA]]:
-    """Train both adaptors step by step on the same micro-batches (equal budgets by construction). Stops at
+    """Train every arm step by step on the same micro-batches (equal budgets by construction). Stops at
     ``config.adaptor_steps`` or ``deadline`` (at least one step each)."""
     scheduler = make_noise_scheduler(components.scheduler_config)
     prompts = PromptConfig()
     optimizers, emas = {}, {}
-    for fusion, adaptor in adaptors.items():
+    for arm, adaptor in adaptors.items():
         adaptor.to(device).train()
-        optimizers[fusion] = torch.optim.AdamW(adaptor.parameters(), lr=config.adaptor_lr, weight_decay=0.0)
-        emas[fusion] = EMA(adaptor, config.ema_decay)
+        optimizers[arm] = torch.optim.AdamW(adaptor.parameters(), lr=config.adaptor_lr, weight_decay=0.0)
+        emas[arm] = EMA(adaptor, config.ema_decay)
     batch, step, started = config.adaptor_batch, 0, time.perf_counter()
-    losses: dict[str, list[float]] = {f: [] for f in adaptors}
+    losses: dict[str, list[float]] = {arm: [] for arm in adaptors}
     seconds = dict.fromkeys(adaptors, 0.0)
     kinds: dict[str, int] = {}
     while step < (config.adaptor_steps or sys.maxsize) and (step == 0 or time.perf_counter() < deadline):
@@ -414,58 +413,73 @@ def train_adaptors(
         data = make_training_batch(loaded, device, spec, prompts, config.seed, components, 1000)
         for kind in data.synth.kinds:
             kinds[kind] = kinds.get(kind, 0) + 1
-        for fusion, adaptor in adaptors.items():
+        for arm, adaptor in adaptors.items():
             tick = time.perf_counter()
             loss = diffusion_loss(data, components, adaptor, scheduler)
-            optimizers[fusion].zero_grad(set_to_none=True)
+            optimizers[arm].zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(adaptor.parameters(), config.max_grad_norm)
-            optimizers[fusion].step()
-            emas[fusion].update()
-            losses[fusion].append(loss.item())
-            seconds[fusion] += time.perf_counter() - tick
+            optimizers[arm].step()
+            emas[arm].update()
+            losses[arm].append(loss.item())
+            seconds[arm] += time.perf_counter() - tick
         step += 1
     summary = {
         "steps": step,
         "batch": batch,
         "lr": config.adaptor_lr,
         "prompt_kinds": kinds,
+        "prompts": asdict(prompts),
         "seconds": round(time.perf_counter() - started, 1),
-        "per_fusion": {},
+        "per_arm": {},
     }
-    for fusion, adaptor in adaptors.items():
-        tail = losses[fusion][-min(100, step) :]
-        summary["per_fusion"][fusion] = {
+    for arm, adaptor in adaptors.items():
+        tail = losses[arm][-min(100, step) :]
+        fusion, tokens = ARMS[arm]
+        summary["per_arm"][arm] = {
+            "fusion": fusion,
+            "numeric_tokens": tokens,
             "parameters": sum(p.numel() for p in adaptor.parameters()),
-            "loss_first": round(losses[fusion][0], 5),
+            "loss_first": round(losses[arm][0], 5),
             "loss_last100_mean": round(sum(tail) / len(tail), 5),
-            "train_seconds": round(seconds[fusion], 1),
+            "train_seconds": round(seconds[arm], 1),
         }
         adaptor.eval()
     return summary, emas
 
 
-def _restore(
-    components: FrozenComponents,
-    adaptor: SpireAdaptor,
-    ema: EMA,
-    degraded: torch.Tensor,
-    prompts: list[str],
-    config: MiniatureConfig,
-    device: torch.device,
-) -> torch.Tensor:
-    with ema.swapped():
-        out = restore(
-            components,
-            adaptor,
-            degraded.to(device),
-            prompts,
-            [""] * len(prompts),
-            steps=config.ddim_steps,
-            guidance_scale=1.0,
-            seed=config.seed,
-        )
-    return out.cpu()
+def arm_restorer(
+    components: FrozenComponents, adaptor: SpireAdaptor, ema: EMA, config: MiniatureConfig, device: torch.device
+) -> Restorer:
+    """The arm as a control-benchmark restorer: DDIM from pure noise (seeded), no guidance, EMA weights."""
+
+    def restorer(degraded: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        with ema.swapped():
+            out = restore(
+                components,
+                adaptor,
+                degraded.to(device),
+                list(prompts),
+                [""] * len(prompts),
+                steps=config.ddim_steps,
+                guidance_scale=1.0,
+                seed=config.seed,
+            )
+        return out.cpu()
+
+    return restorer
+
+
+def codec_ceiling(codec: LappedGrainCodec, inputs: ControlInputs) -> Restorer:
+    """The exact graded target of each prompt (``OracleRestorer``) passed through the codec: the best the stack
+    can output."""
+    oracle = OracleRestorer(inputs)
+
+    def restorer(degraded: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return codec.roundtrip(oracle(degraded, prompts))
+
+    return restorer
 
 
 def evaluate(
@@ -478,73 +492,56 @@ def evaluate(
     device: torch.device,
     out: Path,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Held-out restoration PSNR and the noise ladder (see the module docstring); writes the two grids."""
+    """Held-out PSNR with full prompts and the control benchmark for every arm (see the module docstring); writes
+    the grids and the control report."""
     codec = components.vae
     n = clean.shape[0]
     params = sample_params(spec, generator_for(config.seed, "miniature-eval"), n)
     degraded = degrade(clean, params).images
     prompts = [prompt_for(p) or BLIND_PROMPT for p in params]
-    restored = {f: _restore(components, a, emas[f], degraded, prompts, config, device) for f, a in adaptors.items()}
+    restorers = {arm: arm_restorer(components, a, emas[arm], config, device) for arm, a in adaptors.items()}
+    restored = {arm: restorer(degraded, prompts) for arm, restorer in restorers.items()}
     with torch.no_grad():
         ceiling = codec.roundtrip(clean.to(device)).cpu()
         lowpass = codec.roundtrip(degraded.to(device)).cpu()
     psnr = {
         "degraded": _mean_psnr(degraded, clean),
-        "modulation": _mean_psnr(restored["modulation"], clean),
-        "additive": _mean_psnr(restored["additive"], clean),
-        "modulation_vs_additive": _mean_psnr(restored["modulation"], restored["additive"]),
+        **{arm: _mean_psnr(image, clean) for arm, image in restored.items()},
         "codec_roundtrip_clean": _mean_psnr(ceiling, clean),
         "codec_roundtrip_degraded": _mean_psnr(lowpass, clean),
     }
-    wins = psnr_per_image(restored["modulation"], clean) > psnr_per_image(restored["additive"], clean)
     restoration = {
         "crops": n,
         "prompts": prompts,
         "psnr_db": {k: round(v, 3) for k, v in psnr.items()},
-        "modulation_better_on": int(wins.sum()),
         "psnr_per_crop_db": {
             "degraded": [round(float(v), 3) for v in psnr_per_image(degraded, clean)],
-            **{f: [round(float(v), 3) for v in psnr_per_image(r, clean)] for f, r in restored.items()},
+            **{arm: [round(float(v), 3) for v in psnr_per_image(r, clean)] for arm, r in restored.items()},
         },
     }
     shown = slice(0, min(n, 8))
-    save_grid(
-        [degraded[shown], restored["modulation"][shown], restored["additive"][shown], clean[shown]], out / "eval.png"
-    )
+    save_grid([degraded[shown], *(r[shown] for r in restored.values()), clean[shown]], out / "eval.png")
 
-    ladder_params = [
-        manual_params(noise_sigma=config.ladder_sigma, seed=seed_for(config.seed, "ladder-noise", i)) for i in range(n)
-    ]
-    noisy = degrade(clean, ladder_params).images
-    sigmas = list(config.ladder)
-    ladder: dict[str, Any] = {
-        "true_sigma": config.ladder_sigma,
-        "prompted_sigmas": sigmas,
-        "prompts": [render(denoise=x) for x in sigmas],
-        "crops": n,
-        "measure": "flat_highpass_std (primary) and error_std, see residual_noise",
-        "reference": {"degraded": residual_noise(noisy, clean), "clean": residual_noise(clean, clean)},
+    # The control benchmark's clean crops are what the stack can represent: the codec round trips of the held-out
+    # crops (blurred by about 2 px relative to the photos at 64 px), so that it measures control, not the codec.
+    setting = ControlSetting(noise=config.control_noise, blur=config.control_blur, seed=config.seed)
+    setting = replace(setting, blind_preset=config.preset)
+    inputs = control_inputs(ceiling, setting)
+    results = {arm: run_control(restorer, ceiling, setting) for arm, restorer in restorers.items()}
+    results["codec(exact targets)"] = run_control(codec_ceiling(codec, inputs), ceiling, setting)
+    files = write_control_report(results, out, setting=asdict(setting))
+    rows = []
+    for result in results.values():  # first crop: the noise ladder, then the blur ladder, per restorer
+        outputs = result["_outputs"]
+        rows.append(torch.cat([*(o[:1] for o in outputs["noise"]), *(o[:1] for o in outputs["blur"])]))
+    first = inputs.ladder[:1].expand(rows[0].shape[0], -1, -1, -1)
+    save_grid([first, *rows, clean[:1].expand_as(first)], out / "ladder.png")
+    control = {
+        "restorers": {name: strip_outputs(result) for name, result in results.items()},
+        "files": [p.name for p in files],
+        "ladder_png": "rows: degraded input, each restorer (noise ladder left, blur ladder right), clean",
     }
-    rows = [noisy[:1]]
-    for fusion, adaptor in adaptors.items():
-        measures: dict[str, list[float]] = {"flat_highpass_std": [], "error_std": []}
-        psnrs, images = [], []
-        for prompt in ladder["prompts"]:
-            output = _restore(components, adaptor, emas[fusion], noisy, [prompt] * n, config, device)
-            for key, value in residual_noise(output, clean).items():
-                measures[key].append(round(value, 5))
-            psnrs.append(round(_mean_psnr(output, clean), 3))
-            images.append(output[:1])
-        rows.append(torch.cat(images))
-        entry: dict[str, Any] = {"psnr_db": psnrs, **measures}
-        for key in measures:
-            values = measures[key]
-            entry[f"spearman_{key}"] = round(spearman(sigmas, values), 3)
-            entry[f"monotonic_decreasing_{key}"] = all(b < a for a, b in zip(values, values[1:]))
-        ladder[fusion] = entry
-    width = len(sigmas)
-    save_grid([rows[0].expand(width, -1, -1, -1), *rows[1:], clean[:1].expand(width, -1, -1, -1)], out / "ladder.png")
-    return restoration, ladder
+    return restoration, control
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -558,8 +555,30 @@ def _machine(device: torch.device) -> dict[str, Any]:
     return {**describe_device(device), "diffusers": diffusers.__version__}
 
 
+def fit_codecs(crops: PhotoCrops, clean: torch.Tensor, config: MiniatureConfig) -> tuple[LappedGrainCodec, dict]:
+    """The miniature's codec, and the round trip of both codecs on the held-out crops (the old block codec for
+    comparison)."""
+    fit = crops.train("codec-crop", range(config.codec_fit_crops)).float() / 127.5 - 1
+    tick = time.perf_counter()
+    codec = LappedGrainCodec.fit(fit)
+    seconds = time.perf_counter() - tick
+    block = PatchPCACodec.fit(fit)
+    with torch.no_grad():
+        info = {
+            "kind": "lapped-grain (3 content channels + noise level)",
+            "latent": f"{codec.config.latent_channels} x crop/8 x crop/8",
+            "fit_crops": config.codec_fit_crops,
+            "fit_seconds": round(seconds, 1),
+            "roundtrip_psnr_db": round(_mean_psnr(codec.roundtrip(clean), clean), 3),
+            "block_codec_roundtrip_psnr_db": round(_mean_psnr(block.roundtrip(clean), clean), 3),
+            "block_codec_explained_variance": round(block.explained_variance, 4),
+        }
+    return codec, info
+
+
 def run_miniature(out: str | Path, config: MiniatureConfig | None = None, command: str | None = None) -> dict:
-    """Run the whole miniature and write ``out/miniature.json``, ``out/miniature.md`` and two grids.
+    """Run the whole miniature and write ``out/miniature.json``, ``out/miniature.md``, the control report and
+    two grids.
 
     Args:
         out: output folder (created).
@@ -579,51 +598,45 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
     budget = config.budget_minutes * 60
     spec = get_preset(config.preset)
     crops = PhotoCrops(config.images, config.crop, config.holdout, config.seed)
+    clean = crops.heldout(config.eval_crops)
     wall: dict[str, float] = {}
 
     tick = time.perf_counter()
-    fit = crops.train("codec-crop", range(config.codec_fit_crops)).float() / 127.5 - 1
-    codec = PatchPCACodec.fit(fit).to(device)
+    codec, codec_info = fit_codecs(crops, clean, config)
+    codec = codec.to(device)
     components = replace(build_tiny_components(prediction_type=config.prediction_type, seed=config.seed), vae=codec)
     nn.Module.to(components.unet, device)
     nn.Module.to(components.text_encoder, device)
     wall["setup_and_codec"] = round(time.perf_counter() - tick, 1)
-    codec_info = {
-        "kind": "patch-pca",
-        "latent": f"{codec.config.latent_channels} x crop/8 x crop/8",
-        "fit_crops": config.codec_fit_crops,
-        "explained_variance": round(codec.explained_variance, 4),
-    }
 
-    backbone = train_backbone(components, crops, config, started + config.backbone_until * budget, device)
+    backbone = train_backbone(components, crops, spec, config, started + config.backbone_until * budget, device)
     wall["backbone"] = backbone["seconds"]
-    adaptors = build_adaptors(components, config.seed)
+    adaptors = build_adaptors(components, config.arms, config.seed)
     training, emas = train_adaptors(
         components, adaptors, crops, spec, config, started + config.adaptors_until * budget, device
     )
     wall["adaptors"] = training["seconds"]
 
     tick = time.perf_counter()
-    clean = crops.heldout(config.eval_crops)
-    restoration, ladder = evaluate(components, adaptors, emas, clean, spec, config, device, out)
+    restoration, control = evaluate(components, adaptors, emas, clean, spec, config, device, out)
     wall["evaluation"] = round(time.perf_counter() - tick, 1)
     wall["total"] = round(time.perf_counter() - started, 1)
 
     result = {
-        "what": "SPIRE miniature: modulation vs additive adaptor, equal budgets, tiny latent-diffusion stack on CPU",
+        "what": "SPIRE miniature control check: three adaptor arms, equal budgets, tiny latent-diffusion stack on CPU",
         "command": command
         or f"python -m spire_core.training.miniature --out {out} --budget-minutes {config.budget_minutes:g} "
         f"--seed {config.seed}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(device),
         "config": {**asdict(config), "images": [Path(p).name for p in config.images]},
-        "prompts": "trainer defaults (PromptConfig: partial 0.5, blind 0.3); semantic prompt always empty",
+        "prompts": "trainer defaults (PromptConfig: partial 0.3, graded 0.3, blind 0.3 of the rest); semantic empty",
         "wall_seconds": wall,
         "codec": codec_info,
         "backbone": backbone,
         "adaptors": training,
         "restoration": restoration,
-        "noise_ladder": ladder,
+        "control": control,
     }
     (out / "miniature.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "miniature.md").write_text(markdown(result))
@@ -631,51 +644,34 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
 
 
 def markdown(result: dict) -> str:
-    """The result tables in Markdown (restoration PSNR, noise ladder, run facts)."""
+    """The result tables in Markdown (codec, restoration PSNR, control benchmark, run facts)."""
     psnr = result["restoration"]["psnr_db"]
     n = result["restoration"]["crops"]
+    codec = result["codec"]
+    arms = list(result["adaptors"]["per_arm"])
     lines = [
-        f"Held-out crops: {n} ({result['config']['crop']} px, preset `{result['config']['preset']}`); "
-        "PSNR in dB against the clean crop (mean over crops), last row between the two restorations.",
+        f"Codec round trip of the held-out crops: {codec['roundtrip_psnr_db']:.2f} dB (the block codec it "
+        f"replaces: {codec['block_codec_roundtrip_psnr_db']:.2f} dB).",
+        "",
+        f"Held-out crops: {n} ({result['config']['crop']} px, preset `{result['config']['preset']}`, full prompts); "
+        "PSNR in dB against the clean crop (mean over crops).",
         "",
         "| image | PSNR (dB) |",
         "|---|---:|",
         f"| degraded input | {psnr['degraded']:.2f} |",
         f"| codec round trip of the clean crop (ceiling) | {psnr['codec_roundtrip_clean']:.2f} |",
-        f"| codec round trip of the degraded input (low-pass baseline) | {psnr['codec_roundtrip_degraded']:.2f} |",
-        f"| restored, modulation adaptor | {psnr['modulation']:.2f} |",
-        f"| restored, additive adaptor | {psnr['additive']:.2f} |",
-        f"| modulation vs additive (between the restorations) | {psnr['modulation_vs_additive']:.2f} |",
-        "",
-        f"Modulation beats additive on {result['restoration']['modulation_better_on']} of {n} crops.",
+        f"| codec round trip of the degraded input | {psnr['codec_roundtrip_degraded']:.2f} |",
+        *(f"| restored, {arm} | {psnr[arm]:.2f} |" for arm in arms),
         "",
     ]
-    ladder = result["noise_ladder"]
-    sigmas = ladder["prompted_sigmas"]
-    ref = ladder["reference"]
-    lines += [
-        f"Noise ladder: {ladder['crops']} held-out crops with Gaussian noise sigma {ladder['true_sigma']}, restored "
-        "with `Denoise with sigma X`. Residual noise = RMS high-pass (image minus Gaussian blur, sigma 2 px) over "
-        f"the flattest half of each crop; clean crops {ref['clean']['flat_highpass_std']:.4f}, noisy input "
-        f"{ref['degraded']['flat_highpass_std']:.4f}.",
-        "",
-        "| adaptor | measure | " + " | ".join(f"X = {x:g}" for x in sigmas) + " | Spearman | monotonic decrease |",
-        "|---|---|" + "---:|" * len(sigmas) + "---:|---|",
-    ]
-    for fusion in FUSION_ORDER:
-        entry = ladder[fusion]
-        for key, label in (("flat_highpass_std", "residual noise"), ("error_std", "std(output - clean)")):
-            values = " | ".join(f"{v:.4f}" for v in entry[key])
-            verdict = "yes" if entry[f"monotonic_decreasing_{key}"] else "no"
-            lines.append(f"| {fusion} | {label} | {values} | {entry[f'spearman_{key}']:+.2f} | {verdict} |")
-        lines.append(f"| {fusion} | PSNR (dB) | " + " | ".join(f"{v:.2f}" for v in entry["psnr_db"]) + " | | |")
+    lines.append(control_markdown(result["control"]["restorers"]))
     machine, wall = result["machine"], result["wall_seconds"]
     training, backbone = result["adaptors"], result["backbone"]
     lines += [
-        "",
-        f"Run: {result['date']}, {machine['cpu']} ({machine['torch_threads']} thread), torch {machine['torch']}; "
+        f"Run: {result['date']}, {machine['cpu']} ({machine['torch_threads']} threads), torch {machine['torch']}; "
         f"wall time {wall['total'] / 60:.1f} min. Backbone {backbone['steps']} steps x {backbone['batch']}; "
-        f"adaptors {training['steps']} steps x {training['batch']} each; DDIM {result['config']['ddim_steps']} steps.",
+        f"adaptors {training['steps']} steps x {training['batch']} each ({len(arms)} arms); DDIM "
+        f"{result['config']['ddim_steps']} steps.",
         "",
     ]
     return "\n".join(lines)
@@ -684,21 +680,22 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m spire_core.training.miniature",
-        description="Miniature SPIRE science check on the CPU: tiny backbone, modulation vs additive adaptor.",
+        description="Miniature SPIRE control check on the CPU: tiny backbone, three adaptor arms, control benchmark.",
     )
-    parser.add_argument("--out", required=True, help="output folder (miniature.json, miniature.md, grids)")
+    parser.add_argument("--out", required=True, help="output folder (miniature.json, miniature.md, control report)")
     parser.add_argument(
         "--budget-minutes",
         type=float,
-        default=25.0,
-        help="wall-clock budget; training stops at 94%% of it, evaluation (about a minute) follows",
+        default=MiniatureConfig.budget_minutes,
+        help="wall-clock budget; training stops at 83%% of it, evaluation (about four minutes) follows",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="noise", help="degradation preset (default: noise)")
+    parser.add_argument("--preset", default=MiniatureConfig.preset, help="degradation preset (default: control)")
+    parser.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(ARMS), help="arms to train")
     parser.add_argument(
         "--prediction-type", default="v_prediction", choices=("v_prediction", "epsilon"), help="backbone objective"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", nargs="+", help="photos to crop (default: the two bundled samples)")
     smoke = parser.add_argument_group("step caps for smoke runs (default: phases run until their deadlines)")
@@ -712,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         budget_minutes=args.budget_minutes,
         seed=args.seed,
         preset=args.preset,
+        arms=tuple(args.arms),
         prediction_type=args.prediction_type,
         device=args.device,
         backbone_steps=args.backbone_steps,
