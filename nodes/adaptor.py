@@ -206,7 +206,8 @@ class EncodeRestorationPrompt(io.ComfyNode):
                 "Validate and canonicalise a restoration prompt, encode it with the CLIP and put it on the "
                 "conditioning as the ControlNet cross-attention input (cross_attn_controlnet), for graphs that "
                 "attach the SPIRE adaptor with core 'Apply ControlNet'. Text the grammar rejects stops with the "
-                "parser's message."
+                "parser's message. Only the CLIP embedding travels this way: an adaptor with a numeric channel "
+                "then cannot read the prompt's numbers (use 'Apply Adaptor (SPIRE)' for that)."
             ),
             inputs=[
                 io.Clip.Input(

@@ -14,8 +14,9 @@ crop:
   (``estimators.residual_blur_sigma``) should follow ``sqrt(blur^2 - (f * blur)^2)``;
 - **decoupling**: the f = 0 points of the ladders: "Deblur only" must keep the noise, "Denoise only" must keep
   the blur; reported as the share of the input's measured level the output keeps;
-- **blind**: crops degraded by ``blind_preset`` (seeded), restored with "Remove all degradation": PSNR of the
-  restoration and of the degraded input against the clean crop.
+- **blind**: the same degraded crops restored with "Remove all degradation": PSNR of the restoration and of the
+  degraded input against the clean crop (every crop carries both degradations, so the mean PSNR is finite and
+  says what blind restoration gains).
 
 Targets (``TARGETS``; the miniature's, measured on means over crops): both ladders monotonic (Spearman -1 between
 named level and measured residual), calibrated (every ladder point within 0.25 x noise / 0.3 x blur of its ideal),
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,8 @@ from ..degradation import (
     DegradationParams,
     degrade,
     degrade_graded,
-    get_preset,
     manual_params,
     prompt_for,
-    sample_params,
 )
 from ..prompt import BLIND_PROMPT, RestorationRequest, parse, quantize, render
 from .estimators import ideal_residual, residual_blur_sigma, residual_noise
@@ -71,15 +70,13 @@ class ControlSetting:
             exactly (0.03, 0.06, 0.09, 0.12).
         blur: present isotropic Gaussian blur sigma of the ladder crops (pixels).
         fractions: ladder points as fractions of the present level, ascending, starting at 0.
-        seed: noise fields and the blind set's parameters.
-        blind_preset: degradation preset of the blind set.
+        seed: the noise fields.
     """
 
     noise: float = 0.12
     blur: float = 2.0
     fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     seed: int = 0
-    blind_preset: str = "blur_noise"
 
     def __post_init__(self) -> None:
         if not 0 < self.noise <= 0.5 or not 0 < self.blur <= 8:
@@ -96,17 +93,13 @@ class ControlInputs:
 
     Attributes:
         clean: (N, 3, H, W) the clean crops.
-        ladder: (N, 3, H, W) blurred then noisy crops (both ladders and the decoupling points).
+        ladder: (N, 3, H, W) blurred then noisy crops (the ladders, the decoupling points and the blind set).
         ladder_params: per crop, the params of ``ladder``.
-        blind: (N, 3, H, W) crops degraded by the blind preset.
-        blind_params: per crop, the params of ``blind``.
     """
 
     clean: torch.Tensor
     ladder: torch.Tensor
     ladder_params: list[DegradationParams]
-    blind: torch.Tensor
-    blind_params: list[DegradationParams] = field(default_factory=list)
 
 
 def _item_seed(seed: int, index: int) -> int:
@@ -114,7 +107,7 @@ def _item_seed(seed: int, index: int) -> int:
 
 
 def control_inputs(clean: torch.Tensor, setting: ControlSetting) -> ControlInputs:
-    """Degrade ``clean`` (N, 3, H, W) in [0, 1] for the ladders and for the blind set (deterministic)."""
+    """Degrade ``clean`` (N, 3, H, W) in [0, 1] for the benchmark (deterministic)."""
     if clean.dim() != 4 or clean.shape[1] != 3 or clean.shape[0] < 1:
         raise ValueError(f"control: clean crops must be (N, 3, H, W), got {tuple(clean.shape)}")
     n = clean.shape[0]
@@ -122,15 +115,7 @@ def control_inputs(clean: torch.Tensor, setting: ControlSetting) -> ControlInput
         manual_params(blur_sigma=setting.blur, noise_sigma=setting.noise, seed=_item_seed(setting.seed, i))
         for i in range(n)
     ]
-    generator = torch.Generator().manual_seed(setting.seed)
-    blind_params = sample_params(get_preset(setting.blind_preset), generator, n)
-    return ControlInputs(
-        clean=clean,
-        ladder=degrade(clean, ladder_params).images,
-        ladder_params=ladder_params,
-        blind=degrade(clean, blind_params).images,
-        blind_params=blind_params,
-    )
+    return ControlInputs(clean=clean, ladder=degrade(clean, ladder_params).images, ladder_params=ladder_params)
 
 
 def ladder_requests(kind: str, setting: ControlSetting) -> list[RestorationRequest]:
@@ -258,14 +243,13 @@ def run_control(restorer: Restorer, clean: torch.Tensor, setting: ControlSetting
         "decoupled": min(kept_noise, kept_blur) >= TARGETS["decoupling_kept"],
     }
     n = inputs.clean.shape[0]
-    restored = _restore(restorer, inputs.blind, [BLIND_PROMPT] * n)
-    before = psnr_per_image(inputs.blind, inputs.clean).clamp(max=99)
+    restored = _restore(restorer, inputs.ladder, [BLIND_PROMPT] * n)
+    before = psnr_per_image(inputs.ladder, inputs.clean).clamp(max=99)
     after = psnr_per_image(restored, inputs.clean).clamp(max=99)
     gain = float(after.mean() - before.mean())
     blind = {
         "prompt": BLIND_PROMPT,
-        "preset": setting.blind_preset,
-        "prompts_implied": [prompt_for(p) or BLIND_PROMPT for p in inputs.blind_params],
+        "prompt_implied": prompt_for(inputs.ladder_params[0]),
         "psnr_degraded_db": round(float(before.mean()), 3),
         "psnr_restored_db": round(float(after.mean()), 3),
         "gain_db": round(gain, 3),
@@ -318,13 +302,13 @@ class OracleRestorer:
     """
 
     def __init__(self, inputs: ControlInputs) -> None:
-        self.sets = [(inputs.ladder, inputs.ladder_params), (inputs.blind, inputs.blind_params)]
+        self.inputs = inputs
         self.clean = inputs.clean
 
     def __call__(self, degraded: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        params = next((p for images, p in self.sets if torch.equal(images, degraded.cpu())), None)
-        if params is None:
+        if not torch.equal(self.inputs.ladder, degraded.cpu()):
             raise ValueError("OracleRestorer: these images are not the benchmark's degraded crops")
+        params = self.inputs.ladder_params
         requests = [parse(p) for p in prompts]
         if all(r.blind for r in requests):
             return self.clean.clone()

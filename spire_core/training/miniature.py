@@ -69,7 +69,7 @@ from .components import FrozenComponents, encode_prompts, make_noise_scheduler
 from .config import PromptConfig
 from .ema import EMA
 from .loss import diffusion_loss, make_training_batch
-from .minicodec import LappedGrainCodec
+from .minicodec import LappedGrainCodec, PatchPCACodec
 from .seeds import generator_for, seed_for
 from .validation import restore, save_grid
 
@@ -144,93 +144,6 @@ class MiniatureConfig:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
             raise ValueError(f"miniature arms {unknown or '()'} unknown; expected some of {tuple(ARMS)}")
-
-
-# --------------------------------------------------------------------------------------------- codec
-
-
-@dataclass(frozen=True)
-class CodecConfig:
-    """The ``AutoencoderKL`` config fields ``spire_core.training`` reads: 4 latent channels, four "levels"
-    (``vae_downscale = 2**3 = 8``) and the latent scaling factor."""
-
-    latent_channels: int = 4
-    block_out_channels: tuple[int, ...] = (192, 192, 192, 192)
-    scaling_factor: float = 1.0
-
-
-@dataclass
-class _Posterior:
-    """A deterministic "posterior": ``mean`` is the code, ``std`` is zero (so training samples are exact)."""
-
-    mean: torch.Tensor
-
-    @property
-    def std(self) -> torch.Tensor:
-        return torch.zeros_like(self.mean)
-
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.mean
-
-    def mode(self) -> torch.Tensor:
-        return self.mean
-
-
-@dataclass
-class _Encoded:
-    latent_dist: _Posterior
-
-
-@dataclass
-class _Decoded:
-    sample: torch.Tensor
-
-
-class PatchPCACodec(nn.Module):
-    """A fixed linear "VAE" with Stable Diffusion's latent shape: 8x8 space-to-depth (192 values per patch),
-    the top-4 principal directions of training patches, each whitened to unit variance.
-
-    ``encode(x).latent_dist.mean``: (B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8), zero mean and unit variance per
-    channel on the training patches. ``decode(z).sample`` is the exact inverse on the codec's range (an
-    orthogonal projection onto 4 patch components per 8x8 block), so ``decode(encode(x))`` is the best
-    4-component linear reconstruction of each block.
-    """
-
-    def __init__(self, mean: torch.Tensor, basis: torch.Tensor, scale: torch.Tensor, explained: float) -> None:
-        super().__init__()
-        self.config = CodecConfig(latent_channels=basis.shape[0])
-        self.register_buffer("patch_mean", mean.float())
-        self.register_buffer("basis", basis.float())
-        self.register_buffer("scale", scale.float())
-        self.explained_variance = explained
-
-    @classmethod
-    def fit(cls, images: torch.Tensor, channels: int = 4) -> PatchPCACodec:
-        """Fit on (N, 3, H, W) images in [-1, 1] (H, W multiples of 8)."""
-        patches = F.pixel_unshuffle(images.double(), 8).permute(0, 2, 3, 1).reshape(-1, 3 * 64)
-        mean = patches.mean(0)
-        _, singular, vh = torch.linalg.svd(patches - mean, full_matrices=False)
-        variance = singular.pow(2) / (patches.shape[0] - 1)
-        explained = float(variance[:channels].sum() / variance.sum())
-        return cls(mean, vh[:channels], variance[:channels].sqrt(), explained)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.basis.dtype
-
-    def encode(self, x: torch.Tensor) -> _Encoded:
-        patches = F.pixel_unshuffle(x.float(), 8).permute(0, 2, 3, 1)
-        codes = (patches - self.patch_mean) @ self.basis.T / self.scale
-        return _Encoded(_Posterior(codes.permute(0, 3, 1, 2).contiguous()))
-
-    def decode(self, z: torch.Tensor) -> _Decoded:
-        codes = z.float().permute(0, 2, 3, 1) * self.scale
-        patches = codes @ self.basis + self.patch_mean
-        return _Decoded(F.pixel_shuffle(patches.permute(0, 3, 1, 2).contiguous(), 8))
-
-    def roundtrip(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] through the codec and back, clamped to [0, 1]."""
-        return ((self.decode(self.encode(images * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -529,7 +442,6 @@ def evaluate(
         latents = codec.encode(clean.to(device) * 2 - 1).latent_dist.mean
         representable = ((codec.decode(latents, grain=False).sample + 1) / 2).clamp(0, 1).cpu()
     setting = ControlSetting(noise=config.control_noise, blur=config.control_blur, seed=config.seed)
-    setting = replace(setting, blind_preset=config.preset)
     inputs = control_inputs(representable, setting)
     results = {arm: run_control(restorer, representable, setting) for arm, restorer in restorers.items()}
     results["codec(exact targets)"] = run_control(codec_ceiling(codec, inputs), representable, setting)

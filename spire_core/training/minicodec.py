@@ -1,9 +1,10 @@
 """A seamless, grain-carrying linear "VAE" for the miniature (``LappedGrainCodec``), fitted in seconds on CPU.
 
-Same interface and latent shape as ``miniature.PatchPCACodec`` (4 channels at 1/8 of the image size), built for
-experiments whose outputs must keep a chosen amount of noise or blur. ``PatchPCACodec`` decodes each 8x8 block
-on its own (visible seams: the mean step across block boundaries is 4x the step inside) and its 4-component
-projection keeps only ~8% of an input's noise, so no output of the stack could keep part of the noise.
+Same interface and latent shape (4 channels at 1/8 of the image size) as ``PatchPCACodec`` (below, the block codec
+it replaces), built for experiments whose outputs must keep a chosen amount of noise or blur. ``PatchPCACodec``
+decodes each 8x8 block on its own (visible seams: the mean step across block boundaries is 4x the step inside)
+and its 4-component projection keeps only ~8% of an input's noise, so no output of the stack could keep part of
+the noise.
 
 - **Content (channels 0-2)**: lapped analysis. Each latent cell sees the 16x16 window centred on its 8x8 cell
   (stride 8, reflect-padded by 4 px) weighted by the sine window ``w(n) = sin(pi (n + 0.5) / 16)``
@@ -430,6 +431,53 @@ class LappedGrainCodec(nn.Module):
             amplitude = unclipped_amplitude(((images + 1) / 2).detach(), sigma.expand_as(images))
             images = images + 2 * amplitude * self.grain_field(images.shape[2], images.shape[3]).to(images)
         return Decoded(images)
+
+    def roundtrip(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] through the codec and back, clamped to [0, 1]."""
+        return ((self.decode(self.encode(images * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
+
+
+class PatchPCACodec(nn.Module):
+    """A fixed linear "VAE" with Stable Diffusion's latent shape: 8x8 space-to-depth (192 values per patch),
+    the top-4 principal directions of training patches, each whitened to unit variance.
+
+    ``encode(x).latent_dist.mean``: (B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8), zero mean and unit variance per
+    channel on the training patches. ``decode(z).sample`` is the exact inverse on the codec's range (an
+    orthogonal projection onto 4 patch components per 8x8 block), so ``decode(encode(x))`` is the best
+    4-component linear reconstruction of each block.
+    """
+
+    def __init__(self, mean: torch.Tensor, basis: torch.Tensor, scale: torch.Tensor, explained: float) -> None:
+        super().__init__()
+        self.config = CodecConfig(latent_channels=basis.shape[0])
+        self.register_buffer("patch_mean", mean.float())
+        self.register_buffer("basis", basis.float())
+        self.register_buffer("scale", scale.float())
+        self.explained_variance = explained
+
+    @classmethod
+    def fit(cls, images: torch.Tensor, channels: int = 4) -> PatchPCACodec:
+        """Fit on (N, 3, H, W) images in [-1, 1] (H, W multiples of 8)."""
+        patches = F.pixel_unshuffle(images.double(), 8).permute(0, 2, 3, 1).reshape(-1, 3 * 64)
+        mean = patches.mean(0)
+        _, singular, vh = torch.linalg.svd(patches - mean, full_matrices=False)
+        variance = singular.pow(2) / (patches.shape[0] - 1)
+        explained = float(variance[:channels].sum() / variance.sum())
+        return cls(mean, vh[:channels], variance[:channels].sqrt(), explained)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.basis.dtype
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        patches = F.pixel_unshuffle(x.float(), 8).permute(0, 2, 3, 1)
+        codes = (patches - self.patch_mean) @ self.basis.T / self.scale
+        return Encoded(Posterior(codes.permute(0, 3, 1, 2).contiguous()))
+
+    def decode(self, z: torch.Tensor) -> Decoded:
+        codes = z.float().permute(0, 2, 3, 1) * self.scale
+        patches = codes @ self.basis + self.patch_mean
+        return Decoded(F.pixel_shuffle(patches.permute(0, 3, 1, 2).contiguous(), 8))
 
     def roundtrip(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] through the codec and back, clamped to [0, 1]."""

@@ -255,3 +255,27 @@ def test_transformer_options_reach_the_unet_and_model_options_are_not_mutated(co
     assert [type(p).__name__ for p in patches] == ["function", "SpireModulationPatch"]
     assert model.model_options["transformer_options"]["patches"]["output_block_patch"] == before
     assert repr(model.model_options) == snapshot
+
+
+def test_numbers_unknown_on_the_core_controlnet_path_are_read_as_unparsed_with_a_warning(comfy, adaptors, caplog):
+    """A prompt that reaches a numeric adaptor only as a CLIP embedding (core 'Apply ControlNet') samples as
+    "numbers unknown" (the unparsed features), never an error, and says so once in the log."""
+    import logging
+    import sys
+
+    # the pack's module as ComfyUI loaded it
+    spire_control = next(m for k, m in sys.modules.items() if k.endswith("spire_restoration.nodes.spire_control"))
+
+    model = tiny_comfy.tiny_model("sd1")
+    unet, adaptor, name = adaptors["sd1", "modulation", True]
+    control = load_control(name)
+    x, semantic, restoration, hint = inputs("sd1", seed=8)
+    spire_control._warned.clear()
+    with caplog.at_level(logging.WARNING):
+        theirs = comfy_denoised(model, control, x, 1.0, semantic, restoration, hint)
+        comfy_denoised(model, control, x, 1.0, semantic, restoration, hint)
+    warnings = [r.getMessage() for r in caplog.records if "numeric channel" in r.getMessage()]
+    assert len(warnings) == 1 and "Apply Adaptor (SPIRE)" in warnings[0]
+    unparsed = restoration_features([None])
+    ours = diffusers_denoised(model, unet, adaptor, x, 1.0, semantic, restoration, hint, features=unparsed)
+    assert float((ours - theirs).abs().max()) <= 1e-4

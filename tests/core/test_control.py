@@ -25,14 +25,7 @@ from spire_core.eval.control import (
 from spire_core.eval.estimators import ideal_residual, residual_blur_sigma, residual_noise
 from spire_core.prompt import render
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small images gain nothing from intra-op threads (and lose a lot on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

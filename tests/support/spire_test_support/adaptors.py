@@ -7,8 +7,9 @@ import torch
 
 def randomize_heads(adaptor, seed: int, scale: float, attention_gain: float = 1.0):  # noqa: ANN001, ANN201
     """Fill the adaptor's gamma/beta heads, then its numeric channel (if any), with ``scale * N(0, 1)`` drawn from
-    ``seed`` (in parameter order), and multiply the trunk's cross-attention projections by ``attention_gain`` (the tiny trunks' attention is
-    too weak to tell restoration prompts apart otherwise). Returns the adaptor, changed in place."""
+    ``seed`` (in parameter order), and multiply the trunk's cross-attention projections by ``attention_gain`` (the
+    tiny trunks' attention is too weak to tell restoration prompts apart otherwise). Returns the adaptor, changed
+    in place."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in [*adaptor.head_parameters(), *adaptor.numeric_parameters()]:
