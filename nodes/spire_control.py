@@ -60,12 +60,13 @@ class SpireModulationPatch:
         strength: s in ``f * (1 + s*gamma) + s*beta``.
     """
 
-    def __init__(self, gammas, betas, gamma_mid, beta_mid, strength: float) -> None:
+    def __init__(self, gammas, betas, gamma_mid, beta_mid, strength: float, run_state: dict | None = None) -> None:
         self.gammas = gammas
         self.betas = betas
         self.gamma_mid = gamma_mid
         self.beta_mid = beta_mid
         self.strength = strength
+        self.run_state = {} if run_state is None else run_state  # the control's: "ran" is set by any call
 
     @staticmethod
     def _modulate(feature: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, s: float) -> torch.Tensor:
@@ -78,7 +79,14 @@ class SpireModulationPatch:
             )
         return feature * (1 + s * gamma) + s * beta
 
-    def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
+    def __call__(self, h: torch.Tensor, hsp: torch.Tensor | None, transformer_options: dict):
+        self.run_state["ran"] = True
+        if hsp is None:
+            raise RuntimeError(
+                "SPIRE cannot modulate this model's skip connections: another output-block patch on the model "
+                "already fused them into the features (it passed hsp=None, as core's SUPIR patch does). Use one "
+                "skip-fusing adaptor per model: remove the other patch, or the SPIRE adaptor."
+            )
         block = transformer_options.get("block", ("output", 0))
         index = len(self.gammas) - 1 - block[1]  # output block k receives the skip of input block N-1-k
         s = self.strength
@@ -107,6 +115,7 @@ class SpireControl(ControlBase):
         self.upscale_algorithm = HINT_UPSCALE
         self.restoration_embedding = None  # (N, T, D); when set it takes precedence over crossattn_controlnet
         self.restoration_features = None  # (N, F) numeric-channel features of the same prompts, or None
+        self.run_state = {"registered": 0, "ran": False}  # this sampling run: patches registered, any ran?
         self.model_sampling_current = None
         self.base_model_config = None
         if adaptor is not None:
@@ -131,9 +140,11 @@ class SpireControl(ControlBase):
         super().pre_run(model, percent_to_timestep_function)
         self.adaptor.check_fits(model)
         self.model_sampling_current = model.model_sampling
+        self.run_state = {"registered": 0, "ran": False}
 
     def cleanup(self) -> None:
         self.model_sampling_current = None
+        self.run_state = {"registered": 0, "ran": False}
         super().cleanup()
 
     def inference_memory_requirements(self, dtype) -> int:
@@ -190,10 +201,18 @@ class SpireControl(ControlBase):
         if self.adaptor.fusion == "additive":
             control = {"output": out["output"], "middle": out["middle"]}
             return self.control_merge(control, control_prev, output_dtype=None)
+        # No silent no-op: the patches of this run must reach the UNet. Any one having run is enough (caching nodes
+        # such as core's EasyCache skip whole UNet calls after the first steps, legitimately).
+        if self.run_state["registered"] and not self.run_state["ran"]:
+            raise RuntimeError(
+                "SPIRE's modulation never reached the model: the patch registered at the previous step did not run "
+                "in the UNet. This ComfyUI no longer passes the options given to a control's get_control on to the "
+                "UNet, so the adaptor would silently do nothing; SPIRE needs updating for this ComfyUI version."
+            )
+        self.run_state["registered"] += 1
+        gammas, betas = out["gamma"], out["beta"]
+        patch = SpireModulationPatch(gammas, betas, out["gamma_mid"], out["beta_mid"], self.strength, self.run_state)
         patches = dict(transformer_options.get("patches", {}))
-        patches["output_block_patch"] = [
-            *patches.get("output_block_patch", []),
-            SpireModulationPatch(out["gamma"], out["beta"], out["gamma_mid"], out["beta_mid"], self.strength),
-        ]
+        patches["output_block_patch"] = [*patches.get("output_block_patch", []), patch]
         transformer_options["patches"] = patches
         return control_prev

@@ -279,3 +279,41 @@ def test_numbers_unknown_on_the_core_controlnet_path_are_read_as_unparsed_with_a
     unparsed = restoration_features([None])
     ours = diffusers_denoised(model, unet, adaptor, x, 1.0, semantic, restoration, hint, features=unparsed)
     assert float((ours - theirs).abs().max()) <= 1e-4
+
+
+def test_a_skip_already_fused_upstream_is_a_clear_error(comfy, adaptors):
+    """An output-block patch that fused the skip itself (hsp=None, as core's SUPIR patch since ComfyUI 0.20) leaves
+    nothing to modulate: SPIRE says so instead of passing silently or crashing inside the UNet."""
+    model = tiny_comfy.tiny_model("sd1").clone()
+
+    def fuse(h, hsp, transformer_options):
+        return h, None
+
+    model.set_model_output_block_patch(fuse)
+    control = load_control(adaptors["sd1", "modulation", True][2])
+    x, semantic, restoration, hint = inputs("sd1", seed=9)
+    with pytest.raises(RuntimeError, match="already fused them into the features \\(it passed hsp=None"):
+        comfy_denoised(model, control, x, 1.0, semantic, restoration, hint)
+
+
+def test_a_patch_that_never_reaches_the_unet_is_an_error_not_a_silent_no_op(comfy, adaptors):
+    """If ComfyUI ever copied ``transformer_options`` before get_control, the modulation would never run; the next
+    get_control of the run says so. Simulated by calling get_control twice without a UNet call in between."""
+    model = tiny_comfy.tiny_model("sd1")
+    control = load_control(adaptors["sd1", "modulation", True][2])
+    x, _, restoration, hint = inputs("sd1", seed=10)
+    control = control.copy().set_cond_hint(hint, 1.0, (0.0, 1.0))
+    control.restoration_embedding = restoration
+    control.pre_run(model.model, model.model.model_sampling.percent_to_sigma)
+    sigma = torch.tensor([1.0])
+    first = {"patches": {}}
+    assert control.get_control(x, sigma, {}, 1, first) is None and len(first["patches"]["output_block_patch"]) == 1
+    with pytest.raises(RuntimeError, match="never reached the model.*no longer passes the options"):
+        control.get_control(x, sigma, {}, 1, {"patches": {}})
+    # once any patch of the run has run (as caching nodes that skip later UNet calls allow), it is no error
+    patch = first["patches"]["output_block_patch"][0]
+    h, hsp = torch.zeros(patch.gamma_mid.shape), torch.zeros(patch.gammas[-1].shape)
+    patch(h, hsp, {"block": ("output", 0)})  # what the UNet's first output block does
+    control.get_control(x, sigma, {}, 1, {"patches": {}})
+    control.get_control(x, sigma, {}, 1, {"patches": {}})
+    control.cleanup()
