@@ -18,6 +18,7 @@ UNet (true in ``comfy.samplers._calc_cond_batch``); a test pins that.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import comfy.model_management
@@ -28,6 +29,19 @@ from comfy.controlnet import ControlBase, broadcast_image_to
 
 HINT_UPSCALE = "bicubic"
 """How the degraded image is resized to the output size when they differ ("Upsample by Nx")."""
+
+
+def patcher_class() -> type:
+    """The patcher class core uses for its own controls: ``CoreModelPatcher`` where it exists (ComfyUI 0.16+, which
+    ``main.py`` rebinds to the dynamic-VRAM patcher on CUDA after import, hence resolved at call time), else the
+    legacy ``ModelPatcher`` (0.3.64)."""
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+
+
+def make_patcher(adaptor: torch.nn.Module, load_device) -> comfy.model_patcher.ModelPatcher:
+    """A patcher that loads ``adaptor`` to ``load_device`` and offloads it as core does its ControlNets."""
+    offload = comfy.model_management.unet_offload_device()
+    return patcher_class()(adaptor, load_device=load_device, offload_device=offload)
 
 
 _warned: set[str] = set()
@@ -119,9 +133,7 @@ class SpireControl(ControlBase):
         self.model_sampling_current = None
         self.base_model_config = None
         if adaptor is not None:
-            self.adaptor_patcher = comfy.model_patcher.ModelPatcher(
-                adaptor, load_device=load_device, offload_device=comfy.model_management.unet_offload_device()
-            )
+            self.adaptor_patcher = make_patcher(adaptor, load_device)
 
     # -- the ControlBase protocol ------------------------------------------------------------------
     def copy(self) -> SpireControl:
@@ -131,6 +143,20 @@ class SpireControl(ControlBase):
         c.restoration_embedding = self.restoration_embedding
         c.restoration_features = self.restoration_features
         self.copy_to(c)
+        return c
+
+    def deepclone_multigpu(self, load_device, autoregister: bool = False) -> SpireControl:
+        """A copy with its own adaptor module and patcher on ``load_device`` (ComfyUI 0.23+ multi-GPU work units
+        call this per extra device; ``autoregister`` records it in ``multigpu_clones`` as core's controls do)."""
+        c = self.copy()
+        c.adaptor = copy.deepcopy(self.adaptor)
+        c.load_device = load_device
+        c.adaptor_patcher = make_patcher(c.adaptor, load_device)
+        if autoregister:
+            clones = getattr(self, "multigpu_clones", None)
+            if clones is None:  # ComfyUI before multi-GPU work units has no registry of its own
+                clones = self.multigpu_clones = {}
+            clones[load_device] = c
         return c
 
     def get_models(self):

@@ -317,3 +317,45 @@ def test_a_patch_that_never_reaches_the_unet_is_an_error_not_a_silent_no_op(comf
     control.get_control(x, sigma, {}, 1, {"patches": {}})
     control.get_control(x, sigma, {}, 1, {"patches": {}})
     control.cleanup()
+
+
+def test_multi_gpu_clone_has_its_own_adaptor_and_gives_the_same_prediction(comfy, adaptors):
+    """ComfyUI 0.23+ multi-GPU work units deep-clone every control per device; SPIRE's clone owns a copy of the
+    adaptor and a patcher on that device (CPU devices here, through the same call core makes)."""
+    model = tiny_comfy.tiny_model("sd2")
+    control = load_control(adaptors["sd2", "modulation", True][2])
+    device = torch.device("cpu")
+    clone = control.deepclone_multigpu(device, autoregister=True)
+    assert control.multigpu_clones[device] is clone and clone.adaptor is not control.adaptor
+    assert clone.adaptor_patcher is not control.adaptor_patcher and clone.adaptor_patcher.load_device == device
+    assert clone.adaptor_patcher.model is clone.adaptor
+    for (name, a), b in zip(control.adaptor.state_dict().items(), clone.adaptor.state_dict().values()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
+    x, semantic, restoration, hint = inputs("sd2", seed=11)
+    features = restoration_features(["Denoise with sigma 0.05"])
+    original = comfy_denoised(model, control, x, 2.0, semantic, restoration, hint, features=features)
+    cloned = comfy_denoised(model, clone, x, 2.0, semantic, restoration, hint, features=features)
+    assert torch.equal(original, cloned)
+
+
+def test_the_adaptor_patcher_is_the_class_core_uses_for_its_controls(comfy, adaptors, monkeypatch):
+    """CoreModelPatcher where ComfyUI has it (resolved when the adaptor loads: main.py rebinds it on CUDA), the
+    legacy ModelPatcher on 0.3.64; a fresh adaptor is an exact identity through either."""
+    import comfy.model_patcher
+
+    model = tiny_comfy.tiny_model("sd1")
+    x, semantic, restoration, hint = inputs("sd1", seed=12)
+    base = comfy_denoised(model, None, x, 1.3, semantic, restoration, hint)
+    name = adaptors["sd1", "modulation", False][2]
+    core = getattr(comfy.model_patcher, "CoreModelPatcher", None)
+    legacy = load_control(name)
+    assert type(legacy.adaptor_patcher) is (core or comfy.model_patcher.ModelPatcher)
+
+    class Rebound(comfy.model_patcher.ModelPatcher):  # what main.py's rebinding looks like to the pack
+        pass
+
+    monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", Rebound, raising=False)
+    rebound = load_control(name)
+    assert type(rebound.adaptor_patcher) is Rebound
+    for control in (legacy, rebound):
+        assert torch.equal(comfy_denoised(model, control, x, 1.3, semantic, restoration, hint), base)
