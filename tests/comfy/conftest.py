@@ -41,6 +41,17 @@ class StubServer:
         pass
 
 
+def make_executor(execution, server):  # noqa: ANN001, ANN201 - ComfyUI's module and server
+    """``execution.PromptExecutor`` built the way this ComfyUI's ``main.py`` builds it: with the classic cache, and
+    with ``cache_args`` where the constructor takes them (ComfyUI 0.3.68+, which fails without)."""
+    import inspect
+
+    kwargs: dict[str, Any] = {"cache_type": execution.CacheType.CLASSIC}
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        kwargs["cache_args"] = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    return execution.PromptExecutor(server, **kwargs)
+
+
 class ComfyError(AssertionError):
     """A prompt that ComfyUI rejected or that failed while executing; the message is ComfyUI's."""
 
@@ -62,7 +73,7 @@ class Comfy:
         self.execution = execution
         self.folder_paths = folder_paths
         self.server = StubServer()
-        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
+        self.executor = make_executor(execution, self.server)
         self._ids = itertools.count()
 
     @property

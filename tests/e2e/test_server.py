@@ -180,3 +180,15 @@ def test_interrupt_stops_a_restoration_and_the_next_one_runs(server):
     done = server.run(restore_prompt(name, steps=2))
     assert done["status"]["status_str"] == "success", done["status"]
     assert done["outputs"]["5"]["images"]
+
+
+def test_templates_are_served_from_example_workflows(server):
+    """ComfyUI lists a custom node pack's templates from its example_workflows/ folder (the documented name):
+    every shipped workflow, by name, under the pack's folder name."""
+    from spire_test_support.workflows import WORKFLOW_DIR
+
+    templates = server.get("/workflow_templates")
+    ours = next(names for pack, names in templates.items() if pack.endswith("spire_restoration"))
+    expected = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
+    assert WORKFLOW_DIR.name == "example_workflows" and len(expected) == 8
+    assert sorted(ours) == expected

@@ -1,4 +1,4 @@
-"""Write the shipped workflows (UI format, ``workflows/``) and their API twins (``tests/workflows_api/``)
+"""Write the shipped workflows (UI format, ``example_workflows/``) and their API twins (``tests/workflows_api/``)
 from one compact description each, so the two can never disagree.
 
     PYTHONPATH=tests/support python -m spire_test_support.build_workflows

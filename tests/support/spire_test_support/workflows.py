@@ -15,7 +15,7 @@ from typing import Any
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 PACK_DIR = Path(__file__).resolve().parents[3]
-WORKFLOW_DIR = PACK_DIR / "workflows"
+WORKFLOW_DIR = PACK_DIR / "example_workflows"
 API_DIR = PACK_DIR / "tests" / "workflows_api"
 
 
