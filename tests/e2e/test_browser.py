@@ -67,6 +67,17 @@ def frontend(server):
         browser.close()
 
 
+def notices(page) -> list[str]:  # noqa: ANN001 - a playwright Page
+    """Visible texts of the frontend's dialogs, plus the page's text lines that say something is missing (older
+    frontends report missing nodes in a dialog, newer ones in a toast: "Missing node: TYPE")."""
+    dialogs = page.evaluate(
+        "() => [...document.querySelectorAll('.p-dialog, [role=dialog], .p-toast-message')]"
+        ".filter(d => d.offsetParent !== null).map(d => d.innerText)"
+    )
+    lines = page.evaluate("() => document.body.innerText").splitlines()
+    return [*dialogs, *(line for line in lines if "missing" in line.lower())]
+
+
 def widget_names(spec: dict) -> list[str]:
     names = []
     for section in ("required", "optional"):
@@ -83,10 +94,7 @@ def test_workflow_loads_in_the_real_frontend(server, frontend, path):
     workflow = load(path)
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.wait_for_timeout(1500)
-    dialogs = page.evaluate(
-        "() => [...document.querySelectorAll('.p-dialog, [role=dialog]')]"
-        ".filter(d => d.offsetParent !== null).map(d => d.innerText)"
-    )
+    dialogs = notices(page)
     page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"))
     assert not [d for d in dialogs if "missing" in d.lower()], dialogs
     graph = page.evaluate(
@@ -96,7 +104,7 @@ def test_workflow_loads_in_the_real_frontend(server, frontend, path):
     )
     assert len(graph) == len(workflow["nodes"])
     assert all(node["known"] for node in graph), [n["type"] for n in graph if not n["known"]]
-    by_id = {n["id"]: n for n in workflow["nodes"]}
+    by_id = {str(n["id"]): n for n in workflow["nodes"]}  # newer frontends report node ids as strings
     for node in graph:
         if not node["type"].startswith("SPIRE_"):
             continue
@@ -104,7 +112,7 @@ def test_workflow_loads_in_the_real_frontend(server, frontend, path):
         shown = dict(node["widgets"])
         expected = widget_names(spec)
         assert expected and all(name in shown for name in expected), (node["type"], expected, list(shown))
-        values = by_id[node["id"]]["widgets_values"]
+        values = by_id[str(node["id"])]["widgets_values"]
         first = expected[0]
         assert shown[first] == values[0], (node["type"], first, shown[first], values[0])
 
@@ -116,10 +124,7 @@ def test_a_missing_node_type_is_noticed(frontend):
     workflow["nodes"][1]["type"] = "SPIRE_NoSuchNode"
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.wait_for_timeout(1500)
-    dialogs = page.evaluate(
-        "() => [...document.querySelectorAll('.p-dialog, [role=dialog]')]"
-        ".filter(d => d.offsetParent !== null).map(d => d.innerText)"
-    )
+    dialogs = notices(page)
     assert any("SPIRE_NoSuchNode" in d for d in dialogs), dialogs
     page.keyboard.press("Escape")
     page.evaluate("() => document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())")
