@@ -9,6 +9,7 @@ block. In additive fusion it is exactly a plain ControlNet.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.cldm.cldm
@@ -18,10 +19,10 @@ import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential
 
 from ..spire_core.models.adaptor import HEAD_NAMES
-from ..spire_core.models.checkpoint import read_adaptor_file
+from ..spire_core.models.checkpoint import read_adaptor_file, untrained_reason
 from ..spire_core.models.comfy_layout import ComfyLayoutError, cldm_kwargs, level_heads, to_cldm_state_dict
 from ..spire_core.models.config import AdaptorConfig
-from ..spire_core.models.files import AdaptorFileError
+from ..spire_core.models.files import AdaptorFileError, read_safetensors_header
 from ..spire_core.models.numeric import NumericTokens, numeric_context
 from .spire_control import SpireControl
 
@@ -126,6 +127,7 @@ def load_spire_adaptor(path: str | os.PathLike) -> SpireControl:
     """
     try:
         config, state = read_adaptor_file(path)
+        untrained = untrained_reason(config, state, read_safetensors_header(path).metadata)
         state = to_cldm_state_dict(state, config)
     except (AdaptorFileError, ComfyLayoutError) as error:
         raise ValueError(str(error)) from None
@@ -152,4 +154,7 @@ def load_spire_adaptor(path: str | os.PathLike) -> SpireControl:
     info = {"path": str(path), **{k.removeprefix("spire."): v for k, v in config.to_metadata().items()}}
     info["heads"] = ", ".join(HEAD_NAMES) if config.fusion == "modulation" else "none (additive)"
     info["numeric_channel"] = f"{config.numeric_tokens} tokens" if config.numeric_tokens else "none (CLIP only)"
+    info["status"] = untrained or "trained"
+    if untrained:
+        logging.warning("SPIRE: adaptor %s is %s", os.path.basename(str(path)), untrained)
     return SpireControl(module, load_device=load_device, manual_cast_dtype=manual_cast_dtype, info=info)

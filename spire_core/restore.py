@@ -88,11 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         print("cannot restore yet: " + "; ".join(problems) + ".\n\n" + WHAT_GOES_WHERE, file=sys.stderr)
         return 2
     from .imageio import load_image, save_image
-    from .models import ModelFileError
+    from .models import ModelFileError, read_safetensors_header
+    from .models.checkpoint import untrained_reason
     from .pipeline import SpirePipeline
 
     try:
         pipe = SpirePipeline.load(args.base, args.adaptor, components=args.components, device=args.device)
+        untrained = untrained_reason(
+            pipe.adaptor.config, pipe.adaptor.file_state_dict(), read_safetensors_header(args.adaptor).metadata
+        )
+        if untrained:
+            print(f"warning: {args.adaptor} is {untrained}", file=sys.stderr)
         restored = pipe.restore(
             load_image(args.image),
             semantic_prompt=args.semantic,

@@ -17,7 +17,13 @@ from pathlib import Path
 
 from .adaptor import SpireAdaptor
 from .base import load_base_unet
-from .checkpoint import adaptor_parameter_counts, save_adaptor, validate_adaptor_header
+from .checkpoint import (
+    TRAINING_STEP_KEY,
+    adaptor_parameter_counts,
+    read_adaptor_file,
+    save_adaptor,
+    untrained_reason,
+)
 from .config import BASE_FAMILIES, FUSIONS, PREDICTION_TYPES, TEXT_ENCODER_LAYERS
 from .files import (
     SD_CHECKPOINT,
@@ -66,7 +72,8 @@ def _init(args: argparse.Namespace) -> int:
         f"{config.prediction_type}, restoration prompt from the {config.text_encoder_layer} text-encoder layer, "
         f"{adaptor.num_skips} skips + middle block, {_numeric_text(config)})\n"
         f"parameters: trunk {trunk:,}, heads {heads:,}, numeric {numeric:,}, total {trunk + heads + numeric:,}\n"
-        f"base: {args.base} ({info.source}; prediction type from {info.prediction_type_source})"
+        f"base: {args.base} ({info.source}; prediction type from {info.prediction_type_source})\n"
+        "status: UNTRAINED until trained (docs/training.md): an exact identity that ignores the photo"
     )
     return 0
 
@@ -83,7 +90,8 @@ def _inspect(args: argparse.Namespace) -> int:
         lines.append(WHERE_FILES_GO)
         print("\n".join(lines))
         return 1
-    config = validate_adaptor_header(header)
+    config, state = read_adaptor_file(header.path)  # validated, and every value finite
+    untrained = untrained_reason(config, state, header.metadata)
     counts = adaptor_parameter_counts(header.shapes())
     print(f"{header.path}: SPIRE adaptor, {len(header.tensors)} tensors, {header.file_size:,} bytes")
     for key in sorted(header.metadata):
@@ -97,6 +105,8 @@ def _inspect(args: argparse.Namespace) -> int:
         f"parameters: trunk {counts['trunk']:,}, heads {counts['heads']:,}, numeric {counts['numeric']:,}, "
         f"total {counts['total']:,}"
     )
+    step = header.metadata.get(TRAINING_STEP_KEY)
+    print(f"status: UNTRAINED, {untrained}" if untrained else f"status: trained (step {step or 'not recorded'})")
     return 0
 
 

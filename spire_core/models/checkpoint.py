@@ -37,6 +37,7 @@ from .files import (
 )
 
 _LISTED = 5  # how many offending keys an error message names
+_NUMERIC_PREFIX = f"{HEAD_PREFIX}{NUMERIC_NAME}."
 
 
 def save_adaptor(
@@ -52,6 +53,9 @@ def save_adaptor(
 
     Returns:
         The path written.
+
+    Raises:
+        AdaptorFileError: a weight is NaN or Inf (nothing is written: no one could load it).
     """
     path = Path(path)
     metadata = {"format": "pt", **adaptor.config.to_metadata()}
@@ -62,6 +66,10 @@ def save_adaptor(
             raise ValueError(f"extra_metadata may not override {key!r} (it is written from the adaptor's config)")
         metadata[key] = value
     tensors = {key: value.detach().contiguous().cpu() for key, value in adaptor.file_state_dict().items()}
+    try:
+        check_finite(tensors, path)
+    except AdaptorFileError as error:  # refuse to write what no one could load
+        raise AdaptorFileError(f"not writing the adaptor: {error}".replace(" holds ", " would hold ")) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -138,7 +146,7 @@ def read_adaptor_file(path: str | os.PathLike) -> tuple[AdaptorConfig, dict[str,
 
     Validation happens on the header alone, before any tensor is read: the file must be safetensors (not a
     pickle, not truncated), carry ``spire.*`` metadata of a supported format version, and hold exactly the
-    keys and shapes its config implies, all floating point.
+    keys and shapes its config implies, all floating point. Then every tensor must be finite (``check_finite``).
 
     Returns:
         (config, state dict with file key names).
@@ -148,7 +156,57 @@ def read_adaptor_file(path: str | os.PathLike) -> tuple[AdaptorConfig, dict[str,
     """
     header = read_safetensors_header(path, error=AdaptorFileError)
     config = validate_adaptor_header(header)
-    return config, load_file(str(header.path))
+    state = load_file(str(header.path))
+    check_finite(state, header.path)
+    return config, state
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raise ``AdaptorFileError`` if any tensor holds NaN or Inf (what a diverged training run exports).
+
+    Args:
+        state: file key -> tensor.
+        path: the file, for the message.
+    """
+    bad = {key: int((~torch.isfinite(t)).sum()) for key, t in state.items() if not bool(torch.isfinite(t).all())}
+    if bad:
+        total = sum(bad.values())
+        raise AdaptorFileError(
+            f"{path} holds {total:,} NaN or Inf values in {len(bad)} of its {len(state)} tensors "
+            f"({_listing(sorted(bad))}): the training run that made it diverged, and it cannot restore anything "
+            "(it would return black images). Use an earlier checkpoint of that run (python -m spire_core.training "
+            "export), or train again with a lower learning rate or bf16 instead of fp16."
+        )
+
+
+TRAINING_STEP_KEY = "spire.train.step"
+"""Metadata key the trainer's exports carry (the optimiser step); ``models init`` files have none."""
+
+
+def untrained_reason(config: AdaptorConfig, state: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """``""`` for an adaptor that acts on the model, else why it is an exact identity (``models init`` writes one):
+    every tensor that feeds the UNet (modulation heads; additive zero convolutions) is zero.
+
+    Args:
+        config: the adaptor's config.
+        state: file key -> tensor.
+        metadata: the file's metadata (for the training step).
+    """
+    if config.fusion == "modulation":
+        outputs = [t for k, t in state.items() if k.startswith(HEAD_PREFIX) and not k.startswith(_NUMERIC_PREFIX)]
+        what = "modulation heads"
+    else:
+        outputs = [t for k, t in state.items() if k.startswith(("controlnet_down_blocks.", "controlnet_mid_block."))]
+        what = "output convolutions"
+    if any(bool(t.any()) for t in outputs):
+        return ""
+    step = metadata.get(TRAINING_STEP_KEY)
+    origin = "no training step in its metadata" if step is None else f"exported at training step {step}"
+    return (
+        f"untrained: its {what} are all zero ({origin}), so it is an exact identity: restoring with it returns "
+        "what the base model makes from the semantic prompt alone, and ignores the photo and the restoration "
+        "prompt. Restoring photos needs a trained adaptor (docs/training.md)."
+    )
 
 
 def load_adaptor(
@@ -237,8 +295,7 @@ def check_fits_unet(config: AdaptorConfig, unet_config: Mapping[str, Any]) -> No
 def adaptor_parameter_counts(header_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
     """{"trunk", "heads", "numeric", "total"} parameter counts from file key -> shape (heads: the modulation heads;
     numeric: the numeric side channel)."""
-    numeric_prefix = f"{HEAD_PREFIX}{NUMERIC_NAME}."
-    numeric = sum(math.prod(s) for k, s in header_shapes.items() if k.startswith(numeric_prefix))
+    numeric = sum(math.prod(s) for k, s in header_shapes.items() if k.startswith(_NUMERIC_PREFIX))
     heads = sum(math.prod(s) for k, s in header_shapes.items() if k.startswith(HEAD_PREFIX)) - numeric
     total = sum(math.prod(s) for s in header_shapes.values())
     return {"trunk": total - heads - numeric, "heads": heads, "numeric": numeric, "total": total}

@@ -44,7 +44,7 @@ from .logs import RunLog, read_log
 from .loss import TrainingBatch, controlled_prediction, diffusion_loss, make_training_batch
 from .synth import SampleDraw, SynthBatch, draw_sample, synthesize
 from .tiny import build_tiny_components, write_tiny_base
-from .trainer import Trainer, run_training
+from .trainer import Trainer, TrainingDiverged, run_training
 
 __all__ = [
     "BAD_REASONS",
@@ -73,6 +73,7 @@ __all__ = [
     "Trainer",
     "TrainingBatch",
     "TrainingConfig",
+    "TrainingDiverged",
     "ValidationConfig",
     "adaptor_from_checkpoint",
     "build_tiny_components",

@@ -110,13 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     from ..models import ModelFileError
     from .checkpoints import CheckpointError
     from .data import DataError
+    from .trainer import TrainingDiverged
 
     commands = {"export": _export, "show-config": _show_config, "write-tiny-base": _write_tiny_base}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
         return _train(argv)
-    except (ConfigError, DataError, ModelFileError, CheckpointError, FileExistsError) as error:
+    except (
+        ConfigError,
+        DataError,
+        ModelFileError,
+        CheckpointError,
+        FileExistsError,
+        TrainingDiverged,
+        ValueError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,7 @@ and data position, a resumed run continues exactly as the uninterrupted one woul
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -66,6 +67,10 @@ def _make_accelerator(config: TrainingConfig):  # noqa: ANN202 - accelerate type
     )
 
 
+class TrainingDiverged(RuntimeError):
+    """The adaptor's weights went NaN or Inf; the message says at which step the loss went non-finite."""
+
+
 class Trainer:
     """Trains one SPIRE adaptor as configured; see the module docstring for the step.
 
@@ -99,6 +104,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.step = 0
         self.samples = 0
+        self.first_nonfinite_loss: int | None = None  # the first step whose loss was NaN or Inf
         self._skipped = Counter()
         self._validation: ValidationSet | None = None
 
@@ -250,6 +256,9 @@ class Trainer:
         if self.ema is not None and self.step % self.config.ema.every == 0:
             self.ema.update()
         loss_value = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
+        if not math.isfinite(loss_value) and self.first_nonfinite_loss is None:
+            self.first_nonfinite_loss = self.step
+            LOGGER.warning("the loss is %s at step %d: training may be diverging", loss_value, self.step)
         skipped = accelerator.reduce(
             torch.tensor([self._skipped[r] for r in BAD_REASONS], device=self.device), reduction="sum"
         )
@@ -347,8 +356,32 @@ class Trainer:
         }
         return tensors, state
 
+    def check_finite(self, what: str) -> None:
+        """Raise ``TrainingDiverged`` if the adaptor's weights (or their EMA) hold NaN or Inf: nothing diverged is
+        written (``what`` says what was about to be)."""
+        bad = [name for name, p in self.adaptor.named_parameters() if not bool(torch.isfinite(p).all())]
+        if self.ema is not None:
+            bad += [f"ema {i}" for i, t in enumerate(self.ema.shadow) if not bool(torch.isfinite(t).all())]
+        if not bad:
+            return
+        when = (
+            f"the loss first went non-finite at step {self.first_nonfinite_loss}"
+            if self.first_nonfinite_loss is not None
+            else "the loss stayed finite"
+        )
+        raise TrainingDiverged(
+            f"training diverged: at step {self.step} {len(bad)} adaptor tensors hold NaN or Inf ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); {when}. The {what} is not written. Resume from the last checkpoint "
+            "with a lower optim.lr, or train in bf16 instead of fp16."
+        )
+
     def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint for the current step (main process) and prune old ones; returns its folder."""
+        """Write a checkpoint for the current step (main process) and prune old ones; returns its folder.
+
+        Raises:
+            TrainingDiverged: the weights are not finite (nothing is written).
+        """
+        self.check_finite("checkpoint")
         tensors, state = self.checkpoint_state()
         self.accelerator.wait_for_everyone()
         path = None
@@ -417,7 +450,11 @@ class Trainer:
 
         Returns:
             The file written (``None`` on other processes).
+
+        Raises:
+            TrainingDiverged: the weights are not finite (nothing is written).
         """
+        self.check_finite("exported adaptor")
         weights = weights or self.config.checkpoint.export_weights
         if weights == "ema" and self.ema is None:
             weights = "raw"

@@ -316,3 +316,24 @@ def test_wrong_files_are_refused_with_what_they_are(comfy, setup, tmp_path):
     assert "does not fit" in message and "model channels: adaptor 64, base model 32" in message
     # and the next prompt runs normally
     assert run(comfy).shape == (1, 4, 6, 8)
+
+
+def test_a_diverged_adaptor_is_refused_and_an_untrained_one_says_so(comfy, setup, caplog):
+    import logging
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folder = setup
+    with safe_open(str(folder / "nodes_sd1_random.safetensors"), "pt") as f:
+        state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no iteration
+        metadata = f.metadata()
+    state["spire_beta_mid.weight"] = state["spire_beta_mid.weight"].clone().fill_(float("nan"))
+    save_file(state, str(folder / "nodes_sd1_diverged.safetensors"), metadata=metadata)
+    p = graph()
+    p["load"]["inputs"]["adaptor_name"] = "nodes_sd1_diverged.safetensors"
+    message = comfy.run_error(p)
+    assert "NaN or Inf values" in message and "training run that made it diverged" in message
+    with caplog.at_level(logging.WARNING):
+        assert run(comfy, adaptor="fresh").shape == (1, 4, 6, 8)  # it still runs: an exact identity
+    assert any("nodes_sd1_fresh.safetensors is untrained" in r.getMessage() for r in caplog.records)

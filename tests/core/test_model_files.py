@@ -43,6 +43,7 @@ from spire_core.models import (
 )
 from spire_core.models import files as model_files
 from spire_core.models.__main__ import main as cli_main
+from spire_core.models.checkpoint import TRAINING_STEP_KEY, untrained_reason
 from spire_core.models.comfy_layout import ComfyLayoutError, cldm_kwargs, level_heads, to_cldm_state_dict
 from spire_core.prompt import GRAMMAR_VERSION
 
@@ -955,3 +956,46 @@ def test_cldm_kwargs_refuses_unsupported_trunks(unets):
         cldm_kwargs(modified(conditioning_embedding_out_channels=[16, 32]))
     with pytest.raises(ComfyLayoutError, match=r"attention heads \[2, 8\] for channels \[32, 64\]"):
         cldm_kwargs(modified(attention_head_dim=[2, 8]))
+
+
+# --- diverged and untrained adaptors ---------------------------------------------------------------------
+
+
+def test_a_diverged_adaptor_is_refused_at_load_and_never_written(unets, adaptor_file, tmp_path, capsys):
+    state = load_file(str(adaptor_file))
+    state["spire_gamma_down.1.weight"] = state["spire_gamma_down.1.weight"].clone()
+    state["spire_gamma_down.1.weight"][0, 0, 0, 0] = float("nan")
+    state["spire_beta_mid.bias"] = torch.full_like(state["spire_beta_mid.bias"], float("inf"))
+    diverged = tmp_path / "diverged.safetensors"
+    save_file(state, str(diverged), metadata=file_metadata(adaptor_file))
+    for load in (load_adaptor, read_adaptor_file):
+        with pytest.raises(AdaptorFileError) as caught:
+            load(diverged)
+        message = str(caught.value)
+        assert f"{diverged} holds 65 NaN or Inf values in 2 of its" in message
+        assert "spire_beta_mid.bias, spire_gamma_down.1.weight" in message and "diverged" in message
+    assert cli_main(["inspect", str(diverged)]) == 2
+    assert "NaN or Inf values" in capsys.readouterr().err
+    adaptor = SpireAdaptor.from_unet(unets["sd1"])
+    with torch.no_grad():
+        adaptor.gamma_mid.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(AdaptorFileError, match="not writing the adaptor: .* would hold 1 NaN or Inf values"):
+        save_adaptor(adaptor, tmp_path / "never.safetensors")
+    assert not (tmp_path / "never.safetensors").exists() and leftovers(tmp_path, {"diverged.safetensors"}) == []
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_an_untrained_adaptor_says_so(unets, tmp_path, capsys, fusion):
+    fresh = save_adaptor(SpireAdaptor.from_unet(unets["sd1"], fusion=fusion), tmp_path / "fresh.safetensors")
+    config, state = read_adaptor_file(fresh)
+    reason = untrained_reason(config, state, file_metadata(fresh))
+    assert reason.startswith("untrained: its ") and "are all zero (no training step in its metadata)" in reason
+    assert "ignores the photo" in reason and "docs/training.md" in reason
+    assert cli_main(["inspect", str(fresh)]) == 0
+    assert "status: UNTRAINED, untrained: its" in capsys.readouterr().out
+    trained = randomize(SpireAdaptor.from_unet(unets["sd1"], fusion=fusion), seed=5)
+    path = save_adaptor(trained, tmp_path / "trained.safetensors", extra_metadata={TRAINING_STEP_KEY: "1200"})
+    config, state = read_adaptor_file(path)
+    assert untrained_reason(config, state, file_metadata(path)) == ""
+    assert cli_main(["inspect", str(path)]) == 0
+    assert "status: trained (step 1200)" in capsys.readouterr().out

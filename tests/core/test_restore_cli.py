@@ -69,7 +69,17 @@ def test_restores_the_bundled_sample_end_to_end(models, tmp_path, capsys):
     restored = load_image(out)
     assert restored.shape == (1, 3, 44, 60)
     assert float(restored.std()) > 0.01 and np.isfinite(restored.numpy()).all()
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "wrote" in printed.out and "untrained" not in printed.err
+    # an untrained adaptor (as `models init` writes it) restores too, and says what that means
+    unet, info = load_base_unet(base)
+    fresh = save_adaptor(
+        SpireAdaptor.from_unet(unet, prediction_type=info.prediction_type), folder / "fresh.safetensors"
+    )
+    args = ["--image", str(small), "--out", str(tmp_path / "identity.png"), "--base", str(base), "--steps", "2"]
+    assert main([*args, "--adaptor", str(fresh)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {fresh} is untrained: its modulation heads are all zero" in err and "ignores the photo" in err
 
 
 def test_a_wrong_adaptor_is_refused_with_what_it_is(models, tmp_path, capsys):

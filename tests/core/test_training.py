@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -577,3 +578,24 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "train.steps must be an integer" in capsys.readouterr().err
     assert cli_main(["export", str(tmp_path), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "is not a SPIRE training checkpoint" in capsys.readouterr().err
+
+
+def test_a_diverged_run_writes_no_checkpoint_or_adaptor_and_says_when(tiny_base, tmp_path):
+    from spire_core.training import TrainingDiverged
+
+    folder = photo_folder(tmp_path / "images", count=2)
+    trainer = Trainer(tiny_config(tiny_base, folder, tmp_path / "run"))
+    loaded = trainer.load_positions([0, 1])
+    trainer.train_step(itertools.repeat(loaded))
+    assert trainer.first_nonfinite_loss is None
+    with torch.no_grad():  # what a diverged fp16 run leaves: the trunk's input convolution blows up
+        trainer.adaptor.controlnet.conv_in.weight.fill_(float("inf"))
+    record = trainer.train_step(itertools.repeat(loaded))
+    assert not math.isfinite(record["loss"]) and trainer.first_nonfinite_loss == 2
+    for write, what in ((trainer.save_checkpoint, "checkpoint"), (trainer.export, "exported adaptor")):
+        with pytest.raises(TrainingDiverged) as caught:
+            write()
+        message = str(caught.value)
+        assert message.startswith("training diverged: at step 2 ") and "controlnet.conv_in.weight" in message
+        assert f"the loss first went non-finite at step 2. The {what} is not written." in message
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "adaptor.safetensors").exists()
