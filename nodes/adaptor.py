@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..spire_core.prompt import BLIND_PROMPT, RestorationPromptError, canonicalize, restoration_features
 from .adaptor_model import load_spire_adaptor
+from .convert import require_finite
 from .paths import MODEL_FOLDER
 from .spire_control import SpireControl
 
@@ -177,6 +178,7 @@ class ApplyAdaptor(io.ComfyNode):
     def execute(
         cls, positive, negative, control_net, clip, image, restoration_prompt, strength, start_percent, end_percent
     ) -> io.NodeOutput:
+        require_finite(strength=strength, start_percent=start_percent, end_percent=end_percent)
         if not isinstance(control_net, SpireControl):
             raise ValueError(
                 f"control_net is a {type(control_net).__name__}, not a SPIRE adaptor: load it with 'Load SPIRE "

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+def require_finite(**values: float) -> None:
+    """Raise ``ValueError`` naming every number that is NaN or infinite (a JSON ``NaN`` in an API prompt passes
+    ComfyUI's own validation: read as a setting it would give a black image or a silent "off")."""
+    bad = [
+        f"{name}={value!r}" for name, value in values.items() if isinstance(value, float) and not math.isfinite(value)
+    ]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: expected a finite number; NaN and infinity are not settings")
 
 
 def image_to_bchw(image: torch.Tensor, name: str = "image") -> torch.Tensor:

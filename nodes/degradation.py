@@ -14,7 +14,7 @@ from ..spire_core.degradation import (
     params_list_to_json,
     sample_params,
 )
-from .convert import bchw_to_image, image_to_bchw
+from .convert import bchw_to_image, image_to_bchw, require_finite
 
 MANUAL = "manual"
 SEED_MAX = 2**53 - 1
@@ -103,6 +103,7 @@ class DegradeImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, seed, preset, blur_sigma, downscale, noise_sigma, jpeg_quality) -> io.NodeOutput:
+        require_finite(blur_sigma=blur_sigma, downscale=downscale, noise_sigma=noise_sigma)
         images = image_to_bchw(image)
         batch = images.shape[0]
         if preset == MANUAL:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..spire_core.prompt import BLIND_PROMPT, RestorationRequest, parse, quantize, render
+from .convert import require_finite
 
 FORMS = (
     '"Upsample by 4.0x", "Deblur with sigma 1.5", "Denoise with sigma 0.08", "Dejpeg with quality 50", '
@@ -74,6 +75,7 @@ class RestorationPrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, upsample, deblur_sigma, denoise_sigma, dejpeg_quality, blind) -> io.NodeOutput:
+        require_finite(upsample=upsample, deblur_sigma=deblur_sigma, denoise_sigma=denoise_sigma)
         if blind:
             return io.NodeOutput(BLIND_PROMPT)
         request = RestorationRequest(

@@ -12,7 +12,7 @@ from comfy_api.latest import io, ui
 
 from ..spire_core.color import adain_color_fix, wavelet_color_fix
 from ..spire_core.eval.metrics import LPIPS_FILENAME, REPORT_FORMAT, image_metrics, load_lpips, report_csv, report_table
-from .convert import bchw_to_image, image_to_bchw
+from .convert import bchw_to_image, image_to_bchw, require_finite
 from .paths import MODEL_FOLDER
 
 NO_LPIPS = "none"
@@ -60,6 +60,7 @@ class ColorFix(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, reference, method, strength) -> io.NodeOutput:
+        require_finite(strength=strength)
         if method not in COLOR_METHODS:
             raise ValueError(f"method must be one of {list(COLOR_METHODS)}, got {method!r}")
         images = image_to_bchw(image, "image")

@@ -13,6 +13,7 @@ from comfy_api.latest import io
 from ..spire_core.prompt import BLIND_PROMPT, restoration_features
 from ..spire_core.restoration import COLOR_FIXES, apply_color_fix, output_size, pad_to_multiple
 from .adaptor import PROMPT_TOOLTIP, attach, encode_restoration, restoration_prompts
+from .convert import require_finite
 from .guidance import make_guider
 from .spire_control import SpireControl
 
@@ -67,6 +68,7 @@ class RestorationGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, clip, semantic_scale, restoration_scale) -> io.NodeOutput:
+        require_finite(semantic_scale=semantic_scale, restoration_scale=restoration_scale)
         return io.NodeOutput(make_guider(model, positive, negative, clip, semantic_scale, restoration_scale))
 
 
@@ -91,6 +93,7 @@ def restore(
     upsample=True,
 ) -> torch.Tensor:
     """The whole SPIRE restoration of a ComfyUI IMAGE batch (B, H, W, C) -> IMAGE at the requested size."""
+    require_finite(semantic_scale=semantic_scale, restoration_scale=restoration_scale, strength=strength)
     if not isinstance(control_net, SpireControl):
         raise ValueError("control_net must be a SPIRE adaptor from 'Load Adaptor (SPIRE)'")
     if image.shape[0] == 0:

@@ -337,3 +337,9 @@ def test_a_diverged_adaptor_is_refused_and_an_untrained_one_says_so(comfy, setup
     with caplog.at_level(logging.WARNING):
         assert run(comfy, adaptor="fresh").shape == (1, 4, 6, 8)  # it still runs: an exact identity
     assert any("nodes_sd1_fresh.safetensors is untrained" in r.getMessage() for r in caplog.records)
+
+
+def test_a_nan_strength_is_refused_before_sampling(comfy, setup):
+    p = graph()
+    p["apply"]["inputs"]["strength"] = float("nan")
+    assert "strength=nan: expected a finite number" in comfy.run_error(p)

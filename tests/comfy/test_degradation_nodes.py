@@ -136,3 +136,26 @@ def test_degrade_node_reports_out_of_range_pixels(comfy):
     bad = torch.full((1, 16, 16, 3), 1.2)
     with pytest.raises(ValueError, match=r"expected \[0, 1\]"):
         node.execute(bad, 0, "paper", 0.0, 1.0, 0.0, 0)
+
+
+def test_numbers_that_are_not_numbers_are_refused(comfy, photo):
+    """A JSON NaN in an API prompt passes ComfyUI's validation (every comparison with the bounds is false; an
+    infinity does not pass them); the nodes refuse it by name instead of reading it as 0 or "off"."""
+    value = float("nan")
+    message = comfy.run_error(degrade_prompt(photo[0], preset="manual", noise_sigma=value))
+    assert f"noise_sigma={value!r}: expected a finite number" in message
+    prompt = {
+        "1": {
+            "class_type": "SPIRE_RestorationPrompt",
+            "inputs": {
+                "upsample": 1.0,
+                "deblur_sigma": value,
+                "denoise_sigma": 0.05,
+                "dejpeg_quality": 0,
+                "blind": False,
+            },
+        },
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    assert f"deblur_sigma={value!r}: expected a finite number" in comfy.run_error(prompt)
+    assert '"deblur_sigma": NaN' in json.dumps(prompt)  # what an API client sends
