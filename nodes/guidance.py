@@ -1,9 +1,9 @@
 """SPIRE guidance: separate semantic and restoration scales, and tiled (overlap-blended) model calls.
 
-With c_s the semantic prompt, ∅ the empty prompt, c_r the restoration prompt and c_r0 the null
+With c_s the semantic prompt, e the empty prompt, c_r the restoration prompt and c_r0 the null
 restoration prompt ("Remove all degradation"), each model call gives three predictions and
 
-    out = pred(∅, c_r0) + w_r * [pred(∅, c_r) - pred(∅, c_r0)] + w_s * [pred(c_s, c_r) - pred(∅, c_r)]
+    out = pred(e, c_r0) + w_r * [pred(e, c_r) - pred(e, c_r0)] + w_s * [pred(c_s, c_r) - pred(e, c_r)]
 
 (predictions of the denoised latent; the formula is affine, so it holds for noise predictions alike). With
 w_r = 1 it is ordinary classifier-free guidance over c_s with the adaptor on both branches, and the guider

@@ -4,7 +4,7 @@ Diffusion restorers tend to drift in colour. Both corrections here keep the rest
 and take its colour from a reference:
 
 - :func:`wavelet_color_fix` (StableSR): the image's high frequencies + the reference's low frequencies,
-  split with an à trous (dilated) wavelet pyramid.
+  split with an a trous (dilated) wavelet pyramid.
 - :func:`adain_color_fix`: per image and channel, the mean and standard deviation of the reference.
 
 Shapes and ranges: ``image`` is (B, C, H, W) float in [0, 1]; ``reference`` is (B, C, h, w) or
@@ -74,7 +74,7 @@ def _wavelet_blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
 
 
 def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split (B, C, H, W) images into (high, low) frequencies with ``levels`` à trous blurs.
+    """Split (B, C, H, W) images into (high, low) frequencies with ``levels`` a trous blurs.
 
     Level ``i`` blurs the previous low-pass with the 3x3 binomial kernel dilated by ``2**i``; ``high`` is
     the sum of the details removed at every level, so ``high + low == x`` (up to rounding).
@@ -97,7 +97,7 @@ def wavelet_color_fix(image: torch.Tensor, reference: torch.Tensor, levels: int 
         image: (B, C, H, W) float in [0, 1], the restored images whose detail is kept.
         reference: (B, C, h, w) or (1, C, h, w) float in [0, 1], whose colours (low frequencies) are taken.
             A different size is resized to (H, W) with antialiased bilinear interpolation first.
-        levels: à trous levels; the split lies at a blur radius of about ``2**levels`` pixels.
+        levels: a trous levels; the split lies at a blur radius of about ``2**levels`` pixels.
 
     Returns:
         (B, C, H, W) in [0, 1] (clamped), with ``image``'s dtype and device.

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         save_image(result.images, args.out)
     if args.params_out:
-        with open(args.params_out, "w") as f:
+        with open(args.params_out, "w", encoding="utf-8") as f:
             json.dump(params[0].to_dict(), f, indent=2)
     sys.stdout.write(result.prompts()[0] + "\n")
     return 0

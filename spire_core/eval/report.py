@@ -285,7 +285,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
         "| metric | degraded | restored | change |",
         "|---|---:|---:|---:|",
     ]
-    names = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
+    names = {"psnr": "PSNR (dB), higher is better", "ssim": "SSIM, higher is better", "lpips": "LPIPS, lower is better"}
     for metric in METRIC_NAMES:
         values = summary["metrics"].get(metric)
         if values is None:
@@ -298,7 +298,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
             f"{change_text} |"
         )
     fid = summary.get("fid")
-    lines.append(f"| FID ↓ | | {'n/a' if fid is None else f'{fid:.2f}'} | |")
+    lines.append(f"| FID, lower is better | | {'n/a' if fid is None else f'{fid:.2f}'} | |")
     lines += ["", *(f"- {note}" for note in summary["notes"])]
     return "\n".join(lines) + "\n"
 

@@ -102,7 +102,7 @@ def _load_diffusers(path: Path) -> tuple[Any, str | None]:
     scheduler = root / "scheduler" / "scheduler_config.json"
     prediction = None
     if scheduler.is_file():
-        prediction = json.loads(scheduler.read_text()).get("prediction_type")
+        prediction = json.loads(scheduler.read_text(encoding="utf-8")).get("prediction_type")
     return unet, prediction
 
 

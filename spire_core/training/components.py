@@ -169,7 +169,9 @@ def load_components(
         scheduler_file = base / "scheduler" / "scheduler_config.json"
     scheduler_config = dict(SD_SCHEDULER_CONFIG)
     if scheduler_file.is_file():
-        scheduler_config = {k: v for k, v in json.loads(scheduler_file.read_text()).items() if not k.startswith("_")}
+        scheduler_config = {
+            k: v for k, v in json.loads(scheduler_file.read_text(encoding="utf-8")).items() if not k.startswith("_")
+        }
     declared = scheduler_config.get("prediction_type", info.prediction_type)
     if declared != info.prediction_type:
         LOGGER.warning(

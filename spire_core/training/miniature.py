@@ -556,8 +556,8 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
         "restoration": restoration,
         "control": control,
     }
-    (out / "miniature.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "miniature.md").write_text(markdown(result))
+    (out / "miniature.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out / "miniature.md").write_text(markdown(result), encoding="utf-8")
     return result
 
 

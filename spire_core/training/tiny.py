@@ -199,5 +199,5 @@ def write_tiny_base(folder: str | Path, family: str = "sd1", prediction_type: st
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", "DDPMScheduler"],
     }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return folder

@@ -289,7 +289,9 @@ class Trainer:
         end = config.train.steps if stop_at is None else min(stop_at, config.train.steps)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            (self.output_dir / "config.json").write_text(
+                json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8"
+            )
         self.log.write(
             "start",
             step=self.step,

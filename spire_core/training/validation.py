@@ -164,5 +164,5 @@ def save_validation(fixed: ValidationSet, restored: torch.Tensor, folder: str | 
         "psnr_restored": scores,
         "psnr_degraded": psnr(fixed.degraded, fixed.clean),
     }
-    path.with_suffix(".json").write_text(json.dumps(details, indent=2) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(details, indent=2) + "\n", encoding="utf-8")
     return path, round(sum(scores) / len(scores), 3)

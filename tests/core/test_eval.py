@@ -160,7 +160,7 @@ def test_score_equals_direct_metric_calls_and_writes_the_report(bench, tmp_path)
     assert summary["metrics"]["lpips"] is None and summary["fid"] is None
     assert LPIPS_MISSING in summary["notes"] and FID_MISSING in summary["notes"]
     markdown = (tmp_path / "r" / "summary.md").read_text()
-    assert f"| PSNR (dB) ↑ | {summary['metrics']['psnr']['degraded']:.2f} | {sum(psnrs) / 3:.2f} |" in markdown
+    assert f"| PSNR (dB), higher is better | {summary['metrics']['psnr']['degraded']:.2f} | {sum(psnrs) / 3:.2f} |" in markdown
     assert "LPIPS not computed" in markdown and "FID not computed" in markdown
     plots = sorted(p.name for p in (tmp_path / "r").glob("plot_*.png"))
     named = {k for image in load_manifest(bench).images for k, v in image.prompted.items() if v is not None}
@@ -184,7 +184,7 @@ def test_restored_equal_to_clean_scores_inf_and_one(bench, tmp_path):
     summary = json.loads((outputs / "summary.json").read_text())
     assert summary["metrics"]["psnr"]["restored"] == "inf" and math.isinf(float(summary["metrics"]["psnr"]["restored"]))
     assert summary["metrics"]["ssim"]["restored"] == 1.0
-    assert "| PSNR (dB) ↑ |" in (outputs / "summary.md").read_text()
+    assert "| PSNR (dB), higher is better |" in (outputs / "summary.md").read_text()
 
 
 def test_lpips_only_from_a_local_file(bench, tmp_path, capsys):
@@ -262,7 +262,7 @@ def test_frechet_distance_and_feature_files(bench, tmp_path):
     summary = json.loads((outputs / "summary.json").read_text())
     assert summary["fid"] == pytest.approx(expected) and FID_MISSING not in summary["notes"]
     assert any("fewer than 2048 images" in note for note in summary["notes"])
-    assert f"| FID ↓ | | {expected:.2f} | |" in (outputs / "summary.md").read_text()
+    assert f"| FID, lower is better | | {expected:.2f} | |" in (outputs / "summary.md").read_text()
     with pytest.raises(ValueError, match="same feature extractor"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
 
