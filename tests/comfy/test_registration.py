@@ -31,11 +31,10 @@ def test_frozen_node_ids_are_registered(comfy):
 
 
 def test_pack_is_v3_only(comfy):
-    pack = [
-        m
-        for name, m in sys.modules.items()
-        if name.endswith("custom_nodes_spire_restoration") or name.endswith("spire_restoration")
-    ]
+    # the module ComfyUI loaded from its custom_nodes folder (pytest may have imported the pack's folder as a
+    # package of the same name too, when it is named spire_restoration as the README installs it)
+    entry = comfy.base / "custom_nodes" / "spire_restoration" / "__init__.py"
+    pack = [m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == str(entry)]
     assert pack, "the pack module is not in sys.modules"
     assert not hasattr(pack[0], "NODE_CLASS_MAPPINGS")
     assert callable(pack[0].comfy_entrypoint)
