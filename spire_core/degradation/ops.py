@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .memo import byte_bounded
 from .params import JpegParams, NoiseParams
 
 POISSON_PEAK = 255.0
@@ -158,12 +159,56 @@ def advise_huge_pages(tensor: torch.Tensor) -> None:
         madvise(first, last - first, _MADV_HUGEPAGE)
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    ]
+
+
+@lru_cache(maxsize=1)
+def _glibc_heap() -> tuple[object, object] | None:
+    """glibc's ``mallinfo2`` and ``malloc_trim`` (Linux with glibc 2.33 or later), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        info, trim = libc.mallinfo2, libc.malloc_trim
+    except (OSError, AttributeError):  # another C library (musl), or an older glibc
+        return None
+    info.argtypes, info.restype = (), _Mallinfo2
+    trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    return info, trim
+
+
+HEAP_KEEP_BYTES = 64 * 2**20
+"""Free C-heap memory the process may keep after a ``degrade`` call before it is handed back."""
+
+
+def release_free_heap(keep_bytes: int = HEAP_KEEP_BYTES) -> int:
+    """Hand the C heap's free memory back to the OS when it holds more than ``keep_bytes`` free;
+    return the bytes it held free (0 where this cannot be known).
+
+    glibc serves allocations below its mmap threshold (which grows up to 32 MB as large blocks are
+    freed) from heaps that it rarely shrinks: after many images of different sizes, a long-running
+    process keeps hundreds of MB of freed, fragmented temporaries. ``malloc_trim`` returns their
+    pages. Elsewhere (macOS, Windows, musl) the C library manages this itself and nothing is done."""
+    heap = _glibc_heap()
+    if heap is None:
+        return 0
+    info, trim = heap
+    free = int(info().fordblks)
+    if free > keep_bytes:
+        trim(0)
+    return free
+
+
 # --------------------------------------------------------------------------------------------------
 # Borders
 # --------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=256)
+@byte_bounded(4 * 2**20)  # int64 indices: 33 KB for a 4096 px side
 def _reflect101_index_cpu(n: int, pad: int) -> torch.Tensor:
     idx = torch.arange(-pad, n + pad)
     if n == 1:
@@ -357,7 +402,12 @@ def _blur_direct(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return F.conv2d(padded, weight, groups=b * c).reshape(b, c, h, w)
 
 
-@lru_cache(maxsize=64)
+DFT_TABLE_BYTES = 32 * 2**20
+"""Most bytes the cached DFT tables of ``_kernel_response`` hold together (about 4 MB for a 4096 px
+FFT side and a 61-tap kernel)."""
+
+
+@byte_bounded(DFT_TABLE_BYTES)
 def _dft_matrices(n: int, half: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For frequencies f in [0, n) and offsets t in [-half, half], with ``C = cos(2 pi f t / n)`` and
     ``S = sin(...)`` (from float64, as float32): ``[C; S]`` stacked by rows (2n, k) and, for the
@@ -496,15 +546,16 @@ def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
 _FILTERS = {"area": (_box, 0.5), "bilinear": (_triangle, 1.0), "bicubic": (_cubic, 2.0)}
 
 
-@lru_cache(maxsize=512)
-def resize_matrix(n_in: int, n_out: int, interpolation: str) -> torch.Tensor:
-    """(n_out, n_in) float64 resampling matrix for one axis.
+RESIZE_TABLE_BYTES = 16 * 2**20
+"""Most bytes the cached per-axis resampling taps (``_banded``) hold together; an entry is a few
+float32 and int64 values per output pixel (about 200 KB for a 2048 px axis with five taps)."""
 
-    Pillow's antialiased resampling: output pixel ``i`` is centred at input coordinate
-    ``(i + 0.5) * n_in / n_out``; the filter (box, triangle or Keys a=-0.5 cubic) is stretched by the
-    shrink factor when shrinking; taps falling outside the image are dropped and the rest
-    renormalised. Hence "area" averages pixel areas exactly when shrinking.
-    """
+
+def _resize_band(n_in: int, n_out: int, interpolation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nonzero band of ``resize_matrix``: per output pixel, the first input pixel its filter may
+    reach (n_out,) int64 and the normalised float64 weights of that pixel and the next ``width - 1``
+    (n_out, width), zero past the image or the filter's reach. O(n_out * taps) memory, where the
+    dense matrix takes O(n_out * n_in)."""
     filt, support = _FILTERS[interpolation]
     scale = n_in / n_out
     stretch = max(scale, 1.0)
@@ -512,36 +563,56 @@ def resize_matrix(n_in: int, n_out: int, interpolation: str) -> torch.Tensor:
     centres = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale
     lo = torch.clamp((centres - support + 0.5).trunc(), min=0).long()
     hi = torch.clamp((centres + support + 0.5).trunc(), max=n_in).long()
-    x = torch.arange(n_in, dtype=torch.float64)
-    weights = filt((x.unsqueeze(0) - centres.unsqueeze(1) + 0.5) / stretch)
-    inside = (x.unsqueeze(0) >= lo.unsqueeze(1)) & (x.unsqueeze(0) < hi.unsqueeze(1))
-    weights = torch.where(inside, weights, torch.zeros_like(weights))
+    width = max(1, int((hi - lo).max()))
+    x = lo.unsqueeze(1) + torch.arange(width).unsqueeze(0)  # (n_out, width) input pixels
+    weights = filt((x.to(torch.float64) - centres.unsqueeze(1) + 0.5) / stretch)
+    weights = torch.where(x < hi.unsqueeze(1), weights, torch.zeros_like(weights))
     total = weights.sum(dim=1, keepdim=True)
-    return weights / torch.where(total == 0, torch.ones_like(total), total)
+    return lo, weights / torch.where(total == 0, torch.ones_like(total), total)
 
 
-@lru_cache(maxsize=512)
+def resize_matrix(n_in: int, n_out: int, interpolation: str) -> torch.Tensor:
+    """(n_out, n_in) float64 resampling matrix for one axis (dense: a reference, never cached).
+
+    Pillow's antialiased resampling: output pixel ``i`` is centred at input coordinate
+    ``(i + 0.5) * n_in / n_out``; the filter (box, triangle or Keys a=-0.5 cubic) is stretched by the
+    shrink factor when shrinking; taps falling outside the image are dropped and the rest
+    renormalised. Hence "area" averages pixel areas exactly when shrinking.
+    """
+    lo, weights = _resize_band(n_in, n_out, interpolation)
+    index = (lo.unsqueeze(1) + torch.arange(weights.shape[1]).unsqueeze(0)).clamp(max=n_in - 1)
+    matrix = torch.zeros((n_out, n_in), dtype=torch.float64)
+    # past the image the weights are zero and the clamped index repeats the last pixel: adding keeps it
+    return matrix.scatter_add_(1, index, weights)
+
+
+@byte_bounded(RESIZE_TABLE_BYTES)
 def _banded(n_in: int, n_out: int, interpolation: str) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """``resize_matrix`` as taps: per tap j, the source index of each output pixel (n_out,) and its
-    weight (n_out,) in float32; rows with fewer nonzero weights than the widest get zero-weight taps."""
-    matrix = resize_matrix(n_in, n_out, interpolation)
-    nonzero = matrix != 0
-    first = nonzero.to(torch.int8).argmax(dim=1)
-    width = int((n_in - nonzero.flip(1).to(torch.int8).argmax(dim=1) - first).max())
+    weight (n_out,) in float32, from each row's first nonzero weight; rows with fewer nonzero
+    weights than the widest get zero-weight taps."""
+    lo, weights = _resize_band(n_in, n_out, interpolation)
+    nonzero = weights != 0
+    skip = nonzero.to(torch.int8).argmax(dim=1)  # leading zero weights of each row
+    last = weights.shape[1] - nonzero.flip(1).to(torch.int8).argmax(dim=1)
+    width = max(1, int((last - skip).max()))
+    first = lo + skip
     taps = []
     for j in range(width):
-        index = (first + j).clamp(max=n_in - 1)
-        weight = matrix.gather(1, index.unsqueeze(1)).squeeze(1)
-        weight = torch.where(first + j < n_in, weight, torch.zeros_like(weight))
-        taps.append((index, weight.to(torch.float32)))
+        column = (skip + j).clamp(max=weights.shape[1] - 1)
+        weight = weights.gather(1, column.unsqueeze(1)).squeeze(1)
+        weight = torch.where(skip + j < weights.shape[1], weight, torch.zeros_like(weight))
+        taps.append(((first + j).clamp(max=n_in - 1), weight.to(torch.float32)))
     return tuple(taps)
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=1024)  # a bool per pair of sizes: about 100 bytes an entry
 def _is_nearest_exact(n_in: int, n_out: int) -> bool:
     """Whether the box filter on this axis is a single unit tap per output pixel that picks exactly
     the pixel torch's ``nearest-exact`` picks (true when enlarging, barring float rounding of the
-    source coordinate, which this checks on the indices themselves)."""
+    source coordinate, which this checks on the indices themselves; when shrinking only where float
+    rounding drops a window's second pixel, as for 21 -> 20). Decided on the taps alone: a few
+    values per output pixel, never the dense matrix."""
     if n_out == n_in:
         return True
     taps = _banded(n_in, n_out, "area")

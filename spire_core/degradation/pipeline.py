@@ -15,13 +15,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
 from ..prompt import RestorationRequest, render
 from . import ops
 from .kernels import gaussian_1d, kernel_sigma, make_kernel
+from .memo import byte_bounded
 from .ops import (
     POISSON_PEAK,
     advise_huge_pages,
@@ -31,6 +31,7 @@ from .ops import (
     apply_resize,
     cpu_blur_method,
     enable_scratch,
+    release_free_heap,
     resized_size,
     trim_scratch,
 )
@@ -68,7 +69,7 @@ def validate_images(images: torch.Tensor, name: str = "images") -> None:
         raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}]; expected [0, 1] (nothing is clipped silently)")
 
 
-@lru_cache(maxsize=2048)
+@byte_bounded(8 * 2**20)  # at most 16 KB a kernel (63 x 63 float32)
 def _kernel(params: BlurParams) -> torch.Tensor:
     """The kernel as ``apply_blur`` takes it: 1-D taps for the separable isotropic Gaussian."""
     if params.kernel == "iso":
@@ -261,6 +262,7 @@ def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) ->
     finally:
         torch.set_num_threads(threads)
         trim_scratch()
+        release_free_heap()
     return out
 
 
