@@ -12,6 +12,8 @@ import asyncio
 import itertools
 import sys
 import uuid
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,10 +149,34 @@ def _boot(root: Path, base: Path) -> Comfy:
 
 
 @pytest.fixture(scope="session")
-def comfy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Comfy:
+def comfy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
     root = request.config.comfyui_dir  # type: ignore[attr-defined]
     assert root is not None, "the comfy tier runs only when ComfyUI is found"
-    return _boot(Path(root), tmp_path_factory.mktemp("comfy_base"))
+    booted = _boot(Path(root), tmp_path_factory.mktemp("comfy_base"))
+    yield booted
+    _shut_down(booted)
+
+
+def _shut_down(booted: Comfy) -> None:
+    """Let go of every model while ComfyUI's modules still exist, as the server does when it stops: a
+    ModelPatcher left for the interpreter's exit runs its ``__del__`` after ComfyUI's module globals
+    are gone, which prints a traceback per model that reads like a crash."""
+    import gc
+
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    from spire_test_support import tiny_comfy
+
+    booted.executor = None  # its caches hold the outputs of every node run, models included
+    for built in (tiny_comfy.tiny_model, tiny_comfy.tiny_clip, tiny_comfy.tiny_vae):
+        built.cache_clear()
+    mm.unload_all_models()
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scanning every object touches torch's deprecated module attributes
+        left = sum(isinstance(o, comfy.model_patcher.ModelPatcher) for o in gc.get_objects())
+    if left:
+        raise AssertionError(f"{left} ModelPatcher objects outlive the comfy tier: something still holds a model")
 
 
 @pytest.fixture(autouse=True)
