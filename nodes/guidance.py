@@ -16,6 +16,7 @@ overlap, so no tile border shows. Memory of a model call is bounded by the tile 
 
 from __future__ import annotations
 
+import comfy.model_management
 import comfy.samplers
 import torch
 
@@ -149,6 +150,7 @@ class SpireGuider(comfy.samplers.CFGGuider):
         tile_h, tile_w = min(self.tile, height), min(self.tile, width)
         for top in tile_windows(height, tile_h, self.overlap):
             for left in tile_windows(width, tile_w, self.overlap):
+                comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel stops between tiles
                 options = dict(model_options)
                 transformer = dict(options.get("transformer_options", {}))
                 transformer[TILE_KEY] = (top, left, tile_h, tile_w, height, width)

@@ -11,7 +11,7 @@ import torch
 from comfy_api.latest import io
 
 from ..spire_core.prompt import BLIND_PROMPT, restoration_features
-from ..spire_core.restoration import COLOR_FIXES, apply_color_fix, output_size, pad_to_multiple
+from ..spire_core.restoration import COLOR_FIXES, MIN_LATENT_SIDE, apply_color_fix, output_size, pad_to_multiple
 from .adaptor import PROMPT_TOOLTIP, attach, encode_restoration, restoration_prompts
 from .convert import require_finite
 from .guidance import make_guider
@@ -98,6 +98,14 @@ def restore(
         raise ValueError("control_net must be a SPIRE adaptor from 'Load Adaptor (SPIRE)'")
     if image.shape[0] == 0:
         raise ValueError("image is an empty batch; connect the degraded image")
+    ratio = vae.spacial_compression_decode()
+    if tile_size < 0 or tile_overlap < 0:
+        raise ValueError(f"tile_size ({tile_size}) and tile_overlap ({tile_overlap}) must not be negative")
+    if tile_size and tile_size < MIN_LATENT_SIDE * ratio:
+        raise ValueError(
+            f"tile_size ({tile_size}) must be 0 (the whole image at once) or at least {MIN_LATENT_SIDE * ratio} pixels "
+            f"({MIN_LATENT_SIDE} latent cells of this VAE); e.g. tile_size 512 with tile_overlap 64"
+        )
     if tile_size and tile_overlap * 2 >= tile_size:
         raise ValueError(
             f"tile_overlap ({tile_overlap}) must be less than half of tile_size ({tile_size}); e.g. tile_size 512 "
@@ -111,8 +119,7 @@ def restore(
     hint = degraded
     if (height, width) != tuple(degraded.shape[-2:]):  # "Upsample by Nx": the degraded image at the output size
         hint = comfy.utils.common_upscale(degraded, width, height, "bicubic", "disabled").clamp(0, 1)
-    ratio = vae.spacial_compression_decode()
-    padded = pad_to_multiple(hint, ratio)
+    padded = pad_to_multiple(hint, ratio, MIN_LATENT_SIDE * ratio)  # tiny photos padded up, cropped back below
     channels = model.get_model_object("latent_format").latent_channels
     latent = torch.zeros(image.shape[0], channels, padded.shape[-2] // ratio, padded.shape[-1] // ratio)
 
@@ -149,7 +156,9 @@ def restore(
     )
     samples = samples.to(comfy.model_management.intermediate_device())
     if tile and (samples.shape[-2] > tile or samples.shape[-1] > tile):
-        pixels = vae.decode_tiled(samples, tile_x=tile, tile_y=tile, overlap=max(1, tile_overlap // ratio))
+        # the decoder also runs half-width tiles, which must be wider than their overlap
+        overlap = min(max(1, tile_overlap // ratio), tile // 2 - 1)
+        pixels = vae.decode_tiled(samples, tile_x=tile, tile_y=tile, overlap=overlap)
     else:
         pixels = vae.decode(samples)
     pixels = pixels.reshape(-1, *pixels.shape[-3:])[..., :height, :width, :3]  # exactly the requested size
@@ -222,7 +231,7 @@ class Restore(io.ComfyNode):
                     min=0,
                     max=8192,
                     step=8,
-                    tooltip="Pixels per tile side for large photos (e.g. 512); 0 = the whole image at once.",
+                    tooltip="Pixels per tile side for large photos (e.g. 512; at least 32); 0 = the whole image at once.",
                 ),
                 io.Int.Input(
                     "tile_overlap",

@@ -52,7 +52,7 @@ from .models import (
     predict_noise,
 )
 from .prompt import BLIND_PROMPT, RestorationPromptError, canonicalize, restoration_features
-from .restoration import COLOR_FIXES, apply_color_fix, output_size, pad_to_multiple
+from .restoration import COLOR_FIXES, MIN_LATENT_SIDE, apply_color_fix, output_size, pad_to_multiple
 from .training.components import FrozenComponents, encode_prompts, load_components
 
 SAMPLERS = ("ddim", "euler")
@@ -331,7 +331,8 @@ class SpirePipeline:
         hint = degraded
         if (height, width) != tuple(degraded.shape[-2:]):
             hint = F.interpolate(degraded, size=(height, width), mode=HINT_RESIZE, align_corners=False).clamp(0, 1)
-        padded = pad_to_multiple(hint, self.components.vae_downscale)
+        ratio = self.components.vae_downscale
+        padded = pad_to_multiple(hint, ratio, MIN_LATENT_SIDE * ratio)  # tiny photos padded up, cropped back
         shape = self.noise_shape(batch, padded.shape[-2], padded.shape[-1])
         if noise is None:
             noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))

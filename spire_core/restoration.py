@@ -28,12 +28,23 @@ def output_size(height: int, width: int, prompts: Sequence[str]) -> tuple[int, i
     return max(1, round(height * factor)), max(1, round(width * factor)), factor
 
 
-def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """(B, C, H, W) padded at the bottom and right by reflection (replicate where too small) to multiples."""
-    pad_h, pad_w = (-image.shape[-2]) % multiple, (-image.shape[-1]) % multiple
+MIN_LATENT_SIDE = 4
+"""Smallest latent side restoration samples and decodes (32 px under an 8x VAE): smaller images are padded
+up to it (``pad_to_multiple``'s ``minimum``) and the result is cropped back; smaller tiles are refused.
+Below it the decoder's tiles and a narrow UNet's normalisation layers have nothing left to work on."""
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int, minimum: int = 0) -> torch.Tensor:
+    """(B, C, H, W) padded at the bottom and right by reflection (replicate where too small) to multiples
+    of ``multiple`` of at least ``minimum`` pixels per side."""
+    height, width = image.shape[-2:]
+    pad_h = max(minimum, height + (-height) % multiple) - height
+    pad_w = max(minimum, width + (-width) % multiple) - width
+    pad_h += (-(height + pad_h)) % multiple
+    pad_w += (-(width + pad_w)) % multiple
     if pad_h == 0 and pad_w == 0:
         return image
-    mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
     return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
 
 

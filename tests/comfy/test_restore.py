@@ -275,6 +275,8 @@ def test_color_fix_matches_the_degraded_colours(setup):
     ("overrides", "image", "message"),
     [
         ({"tile_size": 64, "tile_overlap": 40}, (48, 64), "tile_overlap (40) must be less than half of tile_size (64)"),
+        ({"tile_size": 16, "tile_overlap": 0}, (48, 64), "tile_size (16) must be 0 (the whole image at once) or at least 32"),
+        ({"tile_size": -8}, (48, 64), "tile_size (-8) and tile_overlap (16) must not be negative"),
         ({"restoration_prompt": "Make it pretty"}, (48, 64), "restoration_prompt"),
         ({}, (0, 0), "image is an empty batch"),
     ],
@@ -283,3 +285,73 @@ def test_bad_input_is_named(setup, overrides, image, message):
     tensor = photo(48, 64)[:0] if image == (0, 0) else photo(*image)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         restore(setup, tensor, **overrides)
+
+
+def counting_model(calls: list):
+    """The tiny model with a UNet wrapper that counts model calls (and can act on the first)."""
+    model = tiny_comfy.tiny_model("sd1").clone()
+
+    def wrapper(apply_model, args):
+        calls.append(tuple(args["input"].shape))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(wrapper)
+    return model
+
+
+def test_bad_tiles_fail_before_any_model_call(setup):
+    calls: list = []
+    model, clip, vae = counting_model(calls), tiny_comfy.tiny_clip("sd1"), tiny_comfy.tiny_vae()
+    values = dict(semantic_prompt="", restoration_prompt="Remove all degradation", steps=2, sampler_name="euler",
+                  scheduler="normal", semantic_scale=4.0, restoration_scale=1.0, seed=0, strength=1.0,
+                  color_fix="none", tile_overlap=0)
+    restore_node = node(setup, "SPIRE_Restore")
+    for tile_size in (8, 16, 24, 31):  # once failed in the tiled decode, after all the sampling
+        with pytest.raises(ValueError, match=rf"tile_size \({tile_size}\) must be 0"):
+            restore_node.execute(model, clip, vae, load_control(setup), photo(96, 96), tile_size=tile_size, **values)
+    assert calls == []
+    out = restore_node.execute(model, clip, vae, load_control(setup), photo(96, 96), tile_size=32, **values).result[0]
+    assert out.shape == (1, 96, 96, 3) and len(calls) > 0
+
+
+@pytest.mark.parametrize(("tile_size", "tile_overlap"), [(32, 8), (40, 16), (72, 32)])
+def test_small_tiles_with_wide_overlaps_decode(setup, tile_size, tile_overlap):
+    # 40/16 and 72/32 once divided by zero in the decoder's half-width tiles
+    out = restore(setup, photo(96, 112), tile_size=tile_size, tile_overlap=tile_overlap)
+    assert out.shape == (1, 96, 112, 3) and bool(torch.isfinite(out).all())
+    assert 0.05 < float(out.std()) and float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+@pytest.mark.parametrize("size", [(1, 1), (8, 8), (5, 13), (31, 9)])
+def test_tiny_images_are_padded_up_and_cropped_back(setup, size):
+    out = restore(setup, photo(*size))  # 8 x 8 and smaller once failed deep in torch
+    assert out.shape == (1, *size, 3) and bool(torch.isfinite(out).all())
+    up = restore(setup, photo(*size), restoration_prompt="Upsample by 2.0x")
+    assert up.shape == (1, 2 * size[0], 2 * size[1], 3)
+
+
+def test_cancel_stops_between_tiles(setup):
+    import comfy.model_management as mm
+
+    calls: list = []
+    model = counting_model(calls)
+    first = model.model_options["model_function_wrapper"]
+
+    def interrupting(apply_model, args):
+        out = first(apply_model, args)
+        mm.interrupt_current_processing(True)  # the user presses Cancel during the first tile
+        return out
+
+    model.set_model_unet_function_wrapper(interrupting)
+    values = dict(semantic_prompt="", restoration_prompt="Remove all degradation", steps=5, sampler_name="euler",
+                  scheduler="normal", semantic_scale=4.0, restoration_scale=1.0, seed=0, strength=1.0,
+                  color_fix="none", tile_size=32, tile_overlap=8)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            node(setup, "SPIRE_Restore").execute(
+                model, tiny_comfy.tiny_clip("sd1"), tiny_comfy.tiny_vae(), load_control(setup), photo(128, 128), **values
+            )
+    finally:
+        mm.interrupt_current_processing(False)
+    # 16 tiles a step and 5 steps: one model call, then the next tile checks and stops
+    assert len(calls) == 1
