@@ -11,7 +11,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..spire_core.color import adain_color_fix, wavelet_color_fix
-from ..spire_core.eval.metrics import LPIPS_FILENAME, REPORT_FORMAT, image_metrics, load_lpips, report_csv, report_table
+from ..spire_core.eval.metrics import LPIPS_FILENAME, image_metrics, load_lpips, report_table, save_report, validate_report
 from .convert import bchw_to_image, image_to_bchw, require_finite
 from .paths import MODEL_FOLDER
 
@@ -172,23 +172,19 @@ class SaveMetrics(io.ComfyNode):
     @classmethod
     def execute(cls, metrics_json, filename_prefix) -> io.NodeOutput:
         try:
-            report = json.loads(metrics_json)
-        except (TypeError, json.JSONDecodeError):
-            report = None
-        if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-            raise ValueError("metrics_json must be the metrics_json output of Image Metrics (SPIRE), unchanged")
+            report = validate_report(json.loads(metrics_json))
+        except (TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
+            raise ValueError(
+                f"metrics_json must be the metrics_json output of Image Metrics (SPIRE), unchanged: {error}"
+            ) from None
+        table = report_table(report, missing=LPIPS_MISSING)
         output_dir = folder_paths.get_output_directory()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
-        os.makedirs(folder, exist_ok=True)
         stem = f"{filename}_{counter:05}_"
-        with open(os.path.join(folder, stem + ".csv"), "w", encoding="utf-8", newline="") as f:
-            f.write(report_csv(report))
-        with open(os.path.join(folder, stem + ".json"), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2, allow_nan=False)
-            f.write("\n")
+        save_report(report, folder, stem)
         where = os.path.join(subfolder, stem) if subfolder else stem
         saved = f"saved {where}.csv and {where}.json in the output folder"
-        text = f"{report_table(report, missing=LPIPS_MISSING)}\n\n{saved}"
+        text = f"{table}\n\n{saved}"
         return io.NodeOutput(ui=ui.PreviewText(text))
 
 

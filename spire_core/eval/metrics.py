@@ -15,8 +15,12 @@ Per-image functions return a float64 tensor of shape (B,) on the CPU. Images are
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +43,9 @@ __all__ = [
     "report_csv",
     "report_rows",
     "report_table",
+    "save_report",
     "ssim",
+    "validate_report",
 ]
 
 
@@ -295,11 +301,19 @@ def load_lpips(
             "in spire_core.eval.metrics.LPIPS_CONVERSION (torchvision's AlexNet features + the official LPIPS v0.1 "
             "alex.pth linear layers, saved as safetensors by lpips_state_dict_from_official)"
         )
-    tensors = load_file(path)
+    from ..models.files import identify, read_safetensors_header  # header only: nothing is loaded yet
+
+    header = read_safetensors_header(path)  # pickles, zips, truncated or foreign files: said plainly
+    shapes = header.shapes()
     expected = _expected_shapes()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in expected if k in tensors and tuple(tensors[k].shape) != expected[k])
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in expected if k in shapes and shapes[k] != expected[k])
+    if missing and not set(expected) & set(shapes):  # another kind of model file altogether
+        raise ValueError(
+            f"{path} is {identify(header)[1]}, not LPIPS AlexNet weights; choose {LPIPS_FILENAME} (or 'none'). "
+            f"Expected layout and conversion:\n{LPIPS_CONVERSION}"
+        )
     if missing or unexpected or wrong:
         details = []
         if missing:
@@ -307,11 +321,15 @@ def load_lpips(
         if unexpected:
             details.append(f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
         if wrong:
-            details.append(", ".join(f"{k} is {tuple(tensors[k].shape)}, expected {expected[k]}" for k in wrong[:6]))
+            details.append(", ".join(f"{k} is {shapes[k]}, expected {expected[k]}" for k in wrong[:6]))
         raise ValueError(
             f"{path} is not an LPIPS AlexNet weight file ({'; '.join(details)}). Expected layout and conversion:\n"
             + LPIPS_CONVERSION
         )
+    tensors = load_file(path)
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"{path} holds NaN or Inf values in {bad[:6]}: the LPIPS weights are corrupt; convert them again")
     model = LPIPS()
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=True)
     return model.to(device=device, dtype=dtype)
@@ -395,10 +413,42 @@ def _cell(value: float | str | None, digits: int, missing: str) -> str:
 _DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4}
 
 
+def _check_value(value: Any, metric: str, where: str) -> None:
+    if value is None and metric == "lpips":
+        return  # scored without LPIPS weights
+    if value == "inf" and metric == "psnr":
+        return  # identical images
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        allowed = {"psnr": 'a finite number or "inf"', "ssim": "a finite number", "lpips": "a finite number or null"}
+        raise ValueError(f"the metrics report's {where}.{metric} is {value!r}; expected {allowed[metric]}")
+
+
+def validate_report(report: Any) -> dict:
+    """``report`` itself when it is an image-metrics report as :func:`image_metrics` makes it (extra keys
+    allowed); else ValueError naming the first thing that is wrong (a hand-edited or truncated report)."""
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        raise ValueError(f"not an image-metrics report (expected a JSON object with format {REPORT_FORMAT!r})")
+    images, mean = report.get("images"), report.get("mean")
+    if not isinstance(images, list) or not images:
+        raise ValueError("the metrics report's images must be a non-empty list of per-image results")
+    if report.get("count") != len(images):
+        raise ValueError(f"the metrics report's count is {report.get('count')!r} but it lists {len(images)} images")
+    if not isinstance(mean, dict):
+        raise ValueError(f"the metrics report's mean must be an object with {', '.join(METRICS)}; got {mean!r}")
+    for i, entry in enumerate(images):
+        if not isinstance(entry, dict) or isinstance(entry.get("index"), bool) or not isinstance(entry.get("index"), int):
+            raise ValueError(f"the metrics report's images[{i}] must be an object with an integer index")
+    for where, entry in [*((f"images[{i}]", e) for i, e in enumerate(images)), ("mean", mean)]:
+        for metric in METRICS:
+            if metric not in entry:
+                raise ValueError(f"the metrics report's {where} has no {metric!r}; expected {', '.join(METRICS)}")
+            _check_value(entry[metric], metric, where)
+    return report
+
+
 def report_rows(report: dict, missing: str = "n/a") -> list[list[str]]:
     """The report as string rows: a header, one row per image, then the mean (``missing`` for absent values)."""
-    if report.get("format") != REPORT_FORMAT:
-        raise ValueError(f"not an image-metrics report (expected format {REPORT_FORMAT!r})")
+    validate_report(report)
     rows = [["image", "psnr_db", "ssim", "lpips"]]
     entries = [(str(r["index"]), r) for r in report["images"]] + [("mean", report["mean"])]
     for label, entry in entries:
@@ -410,6 +460,7 @@ def report_csv(report: dict) -> str:
     """The report as CSV text: header ``image,psnr,ssim,lpips``, one line per image, then ``mean``.
 
     Full precision; ``inf`` for identical images, an empty field for LPIPS without a network."""
+    validate_report(report)
     lines = ["image,psnr,ssim,lpips"]
     entries = [(str(r["index"]), r) for r in report["images"]] + [("mean", report["mean"])]
     for label, entry in entries:
@@ -425,3 +476,46 @@ def report_table(report: dict, missing: str = "n/a") -> str:
     return "\n".join(
         "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip() for row in rows
     )
+
+
+def save_report(report: dict, folder: str | os.PathLike, stem: str) -> tuple[Path, Path]:
+    """Write ``report`` as ``folder/stem.csv`` and ``folder/stem.json``, whole or not at all.
+
+    The report is validated and both texts are built before anything is written; each file is written
+    to a temporary file beside it and moved into place, so an error leaves neither a partial file nor
+    one file without the other (only a process killed between the two moves leaves the CSV alone).
+
+    Returns:
+        The CSV and JSON paths.
+
+    Raises:
+        ValueError: the report is not an image-metrics report (see :func:`validate_report`).
+    """
+    validate_report(report)
+    texts = {
+        Path(folder) / f"{stem}.csv": report_csv(report),
+        Path(folder) / f"{stem}.json": json.dumps(report, indent=2, allow_nan=False) + "\n",
+    }
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    temporaries: dict[Path, str] = {}
+    try:
+        for path, text in texts.items():
+            fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temporaries[path] = temporary
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+        placed = []
+        try:
+            for path, temporary in temporaries.items():
+                os.replace(temporary, path)
+                placed.append(path)
+        except BaseException:
+            for path in placed:  # this call's own new file: not one without the other
+                path.unlink(missing_ok=True)
+            raise
+    finally:
+        for temporary in temporaries.values():
+            if os.path.exists(temporary):
+                os.remove(temporary)
+    csv_path, json_path = texts
+    return csv_path, json_path

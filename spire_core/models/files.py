@@ -17,7 +17,7 @@ from pathlib import Path
 
 WHERE_FILES_GO = (
     "SPIRE adaptors go in ComfyUI/models/spire, base Stable Diffusion checkpoints in ComfyUI/models/checkpoints, "
-    "plain ControlNets in ComfyUI/models/controlnet."
+    "plain ControlNets in ComfyUI/models/controlnet, LPIPS weights (lpips_alex.safetensors) in ComfyUI/models/spire."
 )
 """Appended to file errors so users know where each kind of file belongs."""
 

@@ -222,6 +222,18 @@ def test_save_metrics_writes_numbered_csv_and_json(comfy, nodes_by_id, photos):
         save.execute("not json", "spire_tests/metrics")
     with pytest.raises(ValueError, match="metrics_json output of Image Metrics"):
         save.execute(json.dumps({"images": []}), "spire_tests/metrics")
+    # a hand-edited report: named, and no file at all (it once left a 0-byte CSV and a bare KeyError 'mean')
+    for edit, message in (
+        (lambda r: r.pop("mean"), "mean must be an object"),
+        (lambda r: r["images"][0].update(psnr="great"), r"images\[0\].psnr is 'great'"),
+    ):
+        broken = json.loads(metrics_json)
+        edit(broken)
+        with pytest.raises(ValueError, match=message):
+            save.execute(json.dumps(broken), "spire_tests/edited")
+        with pytest.raises(ValueError, match="psnr is nan"):
+            save.execute(metrics_json.replace(str(report["images"][0]["psnr"]), "NaN", 1), "spire_tests/edited")
+    assert sorted(p.name for p in folder.iterdir()) == [f"metrics_0000{i}_.{e}" for i in (1, 2) for e in ("csv", "json")]
 
 
 def test_quality_graph_in_comfyui(comfy, registered, photos):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from spire_core.eval.metrics import (
     psnr_per_image,
     report_csv,
     report_table,
+    save_report,
     ssim,
+    validate_report,
 )
 
 
@@ -365,3 +368,80 @@ def test_image_metrics_without_lpips_and_errors(coffee):
         image_metrics(coffee[:0], coffee)
     with pytest.raises(ValueError, match="image batch has 3 images but reference batch has 2"):
         image_metrics(coffee.repeat(3, 1, 1, 1), coffee.repeat(2, 1, 1, 1))
+
+
+def edited(report: dict, change) -> dict:
+    copy = json.loads(json.dumps(report))
+    change(copy)
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.pop("mean"), "mean must be an object with psnr, ssim, lpips; got None"),
+        (lambda r: r["mean"].pop("psnr"), "mean has no 'psnr'"),
+        (lambda r: r["mean"].update(ssim="high"), "mean.ssim is 'high'; expected a finite number"),
+        (lambda r: r["images"][1].update(psnr=float("nan")), r"images\[1\].psnr is nan; expected a finite number or \"inf\""),
+        (lambda r: r["images"][0].update(lpips="inf"), r"images\[0\].lpips is 'inf'; expected a finite number or null"),
+        (lambda r: r["images"][0].update(ssim=True), r"images\[0\].ssim is True"),
+        (lambda r: r.update(count=5), "count is 5 but it lists 2 images"),
+        (lambda r: r.update(images=[]), "images must be a non-empty list"),
+        (lambda r: r["images"][0].pop("index"), r"images\[0\] must be an object with an integer index"),
+        (lambda r: r.update(format="other/1"), "not an image-metrics report"),
+    ],
+)
+def test_hand_edited_reports_are_named_and_nothing_is_written(coffee, tmp_path, change, message):
+    report = image_metrics(torch.cat([noisy(coffee, 0.05, 1), coffee]), coffee)
+    assert validate_report(report) is report
+    bad = edited(report, change)
+    for call in (validate_report, report_csv, report_table, lambda r: save_report(r, tmp_path / "out", "m")):
+        with pytest.raises(ValueError, match=message):
+            call(bad)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_reports_are_saved_whole_or_not_at_all(coffee, tmp_path, monkeypatch):
+    import os
+
+    report = image_metrics(torch.cat([noisy(coffee, 0.05, 1), coffee]), coffee)
+    csv_path, json_path = save_report(report, tmp_path, "m_00001_")
+    assert csv_path.read_text(encoding="utf-8") == report_csv(report)
+    assert json.loads(json_path.read_text(encoding="utf-8")) == report
+    # the second move fails (a full disk, a permission): the first file is taken back, no temporary is left
+    real_replace, moves = os.replace, []
+
+    def failing_replace(source, target):
+        moves.append(target)
+        if len(moves) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left"):
+        save_report(report, tmp_path, "m_00002_")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_00001_.csv", "m_00001_.json"]
+
+
+def test_lpips_weights_picker_says_what_a_file_is(tmp_path):
+    from spire_core.models import SpireAdaptor, save_adaptor
+    from spire_core.training.tiny import tiny_unet
+
+    pickle_file = tmp_path / "pickle.safetensors"
+    pickle_file.write_bytes(b"\x80\x04\x95" + bytes(64))  # a Python pickle renamed
+    huge_header = tmp_path / "huge.safetensors"
+    huge_header.write_bytes((10**12).to_bytes(8, "little") + b"{}")  # "header too large" in safetensors' words
+    with pytest.raises(ValueError, match="is a Python pickle .* never unpickles"):
+        load_lpips(pickle_file)
+    with pytest.raises(ValueError, match="is not a safetensors file .* LPIPS weights \\(lpips_alex.safetensors\\) in"):
+        load_lpips(huge_header)
+    adaptor = tmp_path / "adaptor.safetensors"
+    save_adaptor(SpireAdaptor.from_unet(tiny_unet(), base_family="sd1"), adaptor)
+    with pytest.raises(ValueError, match=f"is a SPIRE adaptor, not LPIPS AlexNet weights; choose {LPIPS_FILENAME}"):
+        load_lpips(adaptor)
+    tensors = random_lpips_tensors()
+    tensors["lin.2.weight"][0, 5] = float("nan")  # what a broken conversion writes
+    nan_file = tmp_path / "nan.safetensors"
+    save_file(tensors, str(nan_file))
+    with pytest.raises(ValueError, match=r"holds NaN or Inf values in \['lin.2.weight'\]"):
+        load_lpips(nan_file)
