@@ -115,6 +115,35 @@ def test_workflow_loads_in_the_real_frontend(server, frontend, path):
         values = by_id[str(node["id"])]["widgets_values"]
         first = expected[0]
         assert shown[first] == values[0], (node["type"], first, shown[first], values[0])
+    check_layout(page, path.stem)
+
+
+def check_layout(page, name: str) -> None:  # noqa: ANN001 - a playwright Page
+    """With the sizes the real frontend gives the nodes (title bars included): no node covers another, and
+    the view the workflow opens with shows every node whole on the page's canvas."""
+    view = page.evaluate(
+        "() => ({scale: window.app.canvas.ds.scale, offset: [...window.app.canvas.ds.offset],"
+        " canvas: [window.app.canvas.canvas.clientWidth, window.app.canvas.canvas.clientHeight],"
+        " boxes: window.app.graph._nodes.map(n => [String(n.id), ...n.getBounding()])})"
+    )
+    boxes = {key: (x, y, x + w, y + h) for key, x, y, w, h in view["boxes"]}
+    overlaps = [
+        (a, b)
+        for a in boxes
+        for b in boxes
+        if a < b
+        and min(boxes[a][2], boxes[b][2]) > max(boxes[a][0], boxes[b][0])
+        and min(boxes[a][3], boxes[b][3]) > max(boxes[a][1], boxes[b][1])
+    ]
+    assert overlaps == [], (name, overlaps, boxes)
+    scale, (dx, dy), (width, height) = view["scale"], view["offset"], view["canvas"]
+    outside = {
+        key: [round((v + d) * scale) for v, d in zip(box, (dx, dy, dx, dy))]
+        for key, box in boxes.items()
+        if not (0 <= (box[0] + dx) * scale and (box[2] + dx) * scale <= width)
+        or not (0 <= (box[1] + dy) * scale and (box[3] + dy) * scale <= height)
+    }
+    assert outside == {}, (name, (width, height), outside)
 
 
 def test_a_missing_node_type_is_noticed(frontend):
@@ -128,6 +157,24 @@ def test_a_missing_node_type_is_noticed(frontend):
     assert any("SPIRE_NoSuchNode" in d for d in dialogs), dialogs
     page.keyboard.press("Escape")
     page.evaluate("() => document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())")
+
+
+def test_the_layout_check_can_fail(frontend):
+    """Load Adaptor moved onto Load Checkpoint's widget, then a node moved off screen: each is found."""
+    page, _ = frontend
+    workflow = load(shipped_workflows()[0].with_name("spire_blind_restore.json"))
+    nodes = {node["type"]: node for node in workflow["nodes"]}
+    nodes["SPIRE_AdaptorLoader"]["pos"] = [nodes["CheckpointLoaderSimple"]["pos"][0], nodes["CheckpointLoaderSimple"]["pos"][1] + 60]
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+    page.wait_for_timeout(1000)
+    with pytest.raises(AssertionError, match=r"'overlapping', \[\('2', '5'\)\]"):
+        check_layout(page, "overlapping")
+    workflow = load(shipped_workflows()[0].with_name("spire_blind_restore.json"))
+    workflow["nodes"][-1]["pos"] = [5000, 80]
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+    page.wait_for_timeout(1000)
+    with pytest.raises(AssertionError, match=r"'off_screen', \(\d+, \d+\), \{'7': "):
+        check_layout(page, "off_screen")
 
 
 def test_screenshots_were_kept(frontend):

@@ -30,6 +30,51 @@ class Node:
     title: str | None = None
 
 
+TITLE_HEIGHT = 30
+"""Height of a node's title bar in ComfyUI's frontend (``LiteGraph.NODE_TITLE_HEIGHT``), drawn above ``pos``."""
+
+GAP = 30
+"""Free space kept between stacked nodes."""
+
+VIEW = (1536, 922)
+"""The canvas a 1600 x 1000 browser window gives ComfyUI's frontend (its menu and sidebar take the rest): the
+saved view (``extra.ds``) shows the whole graph there, so it does on any larger screen too."""
+
+VIEW_MARGIN = 20
+
+
+def settle(nodes: list[Node]) -> dict[int, tuple[int, int]]:
+    """Each node's position with the nodes of a column (same x) stacked top to bottom in their written
+    order of y, each title bar at least ``GAP`` below the node above it: no node covers another's widgets."""
+    placed = {}
+    columns: dict[int, list[Node]] = {}
+    for node in nodes:
+        columns.setdefault(node.pos[0], []).append(node)
+    for x, column in columns.items():
+        bottom = None
+        for node in sorted(column, key=lambda n: n.pos[1]):
+            y = node.pos[1] if bottom is None else max(node.pos[1], bottom + GAP + TITLE_HEIGHT)
+            placed[node.id] = (x, y)
+            bottom = y + node.size[1]
+    return placed
+
+
+def boxes(nodes: list[Node], placed: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int, int, int]]:
+    """(left, top, right, bottom) of each node on the canvas, title bar included."""
+    return {
+        n.id: (placed[n.id][0], placed[n.id][1] - TITLE_HEIGHT, placed[n.id][0] + n.size[0], placed[n.id][1] + n.size[1])
+        for n in nodes
+    }
+
+
+def fit_view(extent: tuple[float, float, float, float]) -> dict[str, Any]:
+    """The ``extra.ds`` view (screen = (canvas + offset) * scale) that shows ``extent`` whole in ``VIEW``."""
+    left, top, right, bottom = extent
+    room_w, room_h = VIEW[0] - 2 * VIEW_MARGIN, VIEW[1] - 2 * VIEW_MARGIN
+    scale = min(1.0, int(100 * min(room_w / (right - left), room_h / (bottom - top))) / 100)
+    return {"scale": scale, "offset": [round(VIEW_MARGIN / scale - left, 1), round(VIEW_MARGIN / scale - top, 1)]}
+
+
 @dataclass
 class Graph:
     name: str
@@ -50,12 +95,15 @@ class Graph:
                 out_links.setdefault(src, []).append(link_id)
                 in_links[(node.id, name)] = link_id
                 assert by_id[src[0]].outputs[src[1]][1] in (kind, "*") or kind == "*", (self.name, node.id, name)
+        placed = settle(self.nodes)
+        extents = boxes(self.nodes, placed).values()
+        extent = tuple(f(e[i] for e in extents) for i, f in enumerate((min, min, max, max)))
         nodes = []
         for order, node in enumerate(self.nodes):
             entry: dict[str, Any] = {
                 "id": node.id,
                 "type": node.type,
-                "pos": list(node.pos),
+                "pos": list(placed[node.id]),
                 "size": list(node.size),
                 "flags": {},
                 "order": order,
@@ -82,7 +130,7 @@ class Graph:
             "links": links,
             "groups": [],
             "config": {},
-            "extra": {"ds": {"scale": 0.9, "offset": [0, 0]}, "spire": {"notes": self.notes}},
+            "extra": {"ds": fit_view(extent), "spire": {"notes": self.notes}},
             "version": 0.4,
         }
 
@@ -424,7 +472,7 @@ def spire_semantic_restore() -> Graph:
                 11,
                 "VAEEncode",
                 (820, 380),
-                (220, 60),
+                (370, 60),  # the frontend widens it to fit the title
                 inputs=[("pixels", "IMAGE", (1, 0)), ("vae", "VAE", (2, 2))],
                 outputs=[("LATENT", "LATENT")],
                 title="Latent of the input's size (sampling starts from noise)",
@@ -454,13 +502,13 @@ def spire_semantic_restore() -> Graph:
             Node(
                 14,
                 "SPIRE_ColorFix",
-                (1920, 40),
+                (1580, 520),
                 (300, 120),
                 widgets=[("method", "wavelet", []), ("strength", 1.0, [])],
                 inputs=[("image", "IMAGE", (13, 0)), ("reference", "IMAGE", (1, 0))],
                 outputs=[("image", "IMAGE")],
             ),
-            save(15, (2260, 40), (14, 0), "spire_semantic"),
+            save(15, (1920, 40), (14, 0), "spire_semantic"),
         ],
     )
 
@@ -684,8 +732,8 @@ def main() -> None:
     API_DIR.mkdir(parents=True, exist_ok=True)
     for make in GRAPHS:
         graph = make()
-        (WORKFLOW_DIR / f"{graph.name}.json").write_text(json.dumps(graph.ui(), indent=2) + "\n")
-        (API_DIR / f"{graph.name}.json").write_text(json.dumps(graph.api(), indent=2) + "\n")
+        (WORKFLOW_DIR / f"{graph.name}.json").write_text(json.dumps(graph.ui(), indent=2) + "\n", encoding="utf-8")
+        (API_DIR / f"{graph.name}.json").write_text(json.dumps(graph.api(), indent=2) + "\n", encoding="utf-8")
         print(f"wrote {graph.name}")
 
 
