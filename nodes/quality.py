@@ -11,7 +11,14 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..spire_core.color import adain_color_fix, wavelet_color_fix
-from ..spire_core.eval.metrics import LPIPS_FILENAME, image_metrics, load_lpips, report_table, save_report, validate_report
+from ..spire_core.eval.metrics import (
+    LPIPS_FILENAME,
+    image_metrics,
+    load_lpips,
+    report_table,
+    save_report,
+    validate_report,
+)
 from .convert import bchw_to_image, image_to_bchw, require_finite
 from .paths import MODEL_FOLDER
 

@@ -231,7 +231,7 @@ class Restore(io.ComfyNode):
                     min=0,
                     max=8192,
                     step=8,
-                    tooltip="Pixels per tile side for large photos (e.g. 512; at least 32); 0 = the whole image at once.",
+                    tooltip="Pixels per tile side for large photos (e.g. 512; at least 32); 0 = the whole image.",
                 ),
                 io.Int.Input(
                     "tile_overlap",

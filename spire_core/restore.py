@@ -1,13 +1,15 @@
 """The main job from a terminal: restore a photo with a base Stable Diffusion model and a SPIRE adaptor.
 
     python -m spire_core.restore --image docs/samples/astronaut.png --out restored.png \\
-        --base ComfyUI/models/checkpoints/v1-5-pruned-emaonly.safetensors \\
-        --components path/to/stable-diffusion-v1-5 \\
-        --adaptor ComfyUI/models/spire/spire_sd15.safetensors \\
+        --base ../../models/checkpoints/v1-5-pruned-emaonly-fp16.safetensors \\
+        --components ../../models/diffusers/stable-diffusion-v1-5 \\
+        --adaptor ../../models/spire/spire_sd15.safetensors \\
         [--semantic "a photo of an astronaut"] [--restoration "Remove all degradation"] [--steps 50] [--seed 0]
 
 ``--base`` is a single-file SD1.x/SD2.x checkpoint or a diffusers folder; a single file needs
-``--components``, a diffusers folder of the same model for the VAE, text encoder and tokenizer. The
+``--components``, a diffusers folder of the same model for the VAE, text encoder and tokenizer (a single
+file lacks the tokenizer's vocabulary and the configurations, and nothing is downloaded). Run from the pack's
+folder, ``ComfyUI/custom_nodes/spire_restoration``, ComfyUI's models are under ``../../models``. The
 defaults come from the environment (``SPIRE_BASE``, ``SPIRE_COMPONENTS``, ``SPIRE_ADAPTOR``). When a file
 is missing the command says which file goes where and exits with status 2; nothing is downloaded.
 """
@@ -22,9 +24,10 @@ from pathlib import Path
 WHAT_GOES_WHERE = """\
 To restore, SPIRE needs two things on disk (nothing is downloaded):
   1. the base Stable Diffusion 1.x/2.x model the adaptor was trained from:
-     --base      a single .safetensors checkpoint (e.g. ComfyUI/models/checkpoints/v1-5-pruned-emaonly.safetensors)
+     --base      a single .safetensors checkpoint (e.g. ComfyUI/models/checkpoints/v1-5-pruned-emaonly-fp16.safetensors)
                  or a diffusers folder (with unet/, vae/, text_encoder/, tokenizer/);
-     --components  for a single-file --base: the diffusers folder of the same model (vae/, text_encoder/, tokenizer/)
+     --components  for a single-file --base: the diffusers folder of the same model (vae/, text_encoder/, tokenizer/);
+                 a single file lacks the tokenizer's vocabulary and the configurations, and nothing is downloaded
   2. a SPIRE adaptor (.safetensors) trained for that base: --adaptor (e.g. ComfyUI/models/spire/spire_sd15.safetensors);
      train one with `python -m spire_core.training --config train.toml` (docs/training.md).
 The same can be given as SPIRE_BASE, SPIRE_COMPONENTS and SPIRE_ADAPTOR in the environment."""

@@ -329,7 +329,9 @@ def load_lpips(
     tensors = load_file(path)
     bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
-        raise ValueError(f"{path} holds NaN or Inf values in {bad[:6]}: the LPIPS weights are corrupt; convert them again")
+        raise ValueError(
+            f"{path} holds NaN or Inf values in {bad[:6]}: the LPIPS weights are corrupt; convert them again"
+        )
     model = LPIPS()
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=True)
     return model.to(device=device, dtype=dtype)
@@ -436,7 +438,11 @@ def validate_report(report: Any) -> dict:
     if not isinstance(mean, dict):
         raise ValueError(f"the metrics report's mean must be an object with {', '.join(METRICS)}; got {mean!r}")
     for i, entry in enumerate(images):
-        if not isinstance(entry, dict) or isinstance(entry.get("index"), bool) or not isinstance(entry.get("index"), int):
+        if (
+            not isinstance(entry, dict)
+            or isinstance(entry.get("index"), bool)
+            or not isinstance(entry.get("index"), int)
+        ):
             raise ValueError(f"the metrics report's images[{i}] must be an object with an integer index")
     for where, entry in [*((f"images[{i}]", e) for i, e in enumerate(images)), ("mean", mean)]:
         for metric in METRICS:

@@ -233,7 +233,9 @@ def test_save_metrics_writes_numbered_csv_and_json(comfy, nodes_by_id, photos):
             save.execute(json.dumps(broken), "spire_tests/edited")
         with pytest.raises(ValueError, match="psnr is nan"):
             save.execute(metrics_json.replace(str(report["images"][0]["psnr"]), "NaN", 1), "spire_tests/edited")
-    assert sorted(p.name for p in folder.iterdir()) == [f"metrics_0000{i}_.{e}" for i in (1, 2) for e in ("csv", "json")]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        f"metrics_0000{i}_.{e}" for i in (1, 2) for e in ("csv", "json")
+    ]
 
 
 def test_quality_graph_in_comfyui(comfy, registered, photos):

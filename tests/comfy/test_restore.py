@@ -275,7 +275,11 @@ def test_color_fix_matches_the_degraded_colours(setup):
     ("overrides", "image", "message"),
     [
         ({"tile_size": 64, "tile_overlap": 40}, (48, 64), "tile_overlap (40) must be less than half of tile_size (64)"),
-        ({"tile_size": 16, "tile_overlap": 0}, (48, 64), "tile_size (16) must be 0 (the whole image at once) or at least 32"),
+        (
+            {"tile_size": 16, "tile_overlap": 0},
+            (48, 64),
+            "tile_size (16) must be 0 (the whole image at once) or at least 32",
+        ),
         ({"tile_size": -8}, (48, 64), "tile_size (-8) and tile_overlap (16) must not be negative"),
         ({"restoration_prompt": "Make it pretty"}, (48, 64), "restoration_prompt"),
         ({}, (0, 0), "image is an empty batch"),
@@ -302,9 +306,19 @@ def counting_model(calls: list):
 def test_bad_tiles_fail_before_any_model_call(setup):
     calls: list = []
     model, clip, vae = counting_model(calls), tiny_comfy.tiny_clip("sd1"), tiny_comfy.tiny_vae()
-    values = dict(semantic_prompt="", restoration_prompt="Remove all degradation", steps=2, sampler_name="euler",
-                  scheduler="normal", semantic_scale=4.0, restoration_scale=1.0, seed=0, strength=1.0,
-                  color_fix="none", tile_overlap=0)
+    values = dict(
+        semantic_prompt="",
+        restoration_prompt="Remove all degradation",
+        steps=2,
+        sampler_name="euler",
+        scheduler="normal",
+        semantic_scale=4.0,
+        restoration_scale=1.0,
+        seed=0,
+        strength=1.0,
+        color_fix="none",
+        tile_overlap=0,
+    )
     restore_node = node(setup, "SPIRE_Restore")
     for tile_size in (8, 16, 24, 31):  # once failed in the tiled decode, after all the sampling
         with pytest.raises(ValueError, match=rf"tile_size \({tile_size}\) must be 0"):
@@ -343,13 +357,29 @@ def test_cancel_stops_between_tiles(setup):
         return out
 
     model.set_model_unet_function_wrapper(interrupting)
-    values = dict(semantic_prompt="", restoration_prompt="Remove all degradation", steps=5, sampler_name="euler",
-                  scheduler="normal", semantic_scale=4.0, restoration_scale=1.0, seed=0, strength=1.0,
-                  color_fix="none", tile_size=32, tile_overlap=8)
+    values = dict(
+        semantic_prompt="",
+        restoration_prompt="Remove all degradation",
+        steps=5,
+        sampler_name="euler",
+        scheduler="normal",
+        semantic_scale=4.0,
+        restoration_scale=1.0,
+        seed=0,
+        strength=1.0,
+        color_fix="none",
+        tile_size=32,
+        tile_overlap=8,
+    )
     try:
         with pytest.raises(mm.InterruptProcessingException):
             node(setup, "SPIRE_Restore").execute(
-                model, tiny_comfy.tiny_clip("sd1"), tiny_comfy.tiny_vae(), load_control(setup), photo(128, 128), **values
+                model,
+                tiny_comfy.tiny_clip("sd1"),
+                tiny_comfy.tiny_vae(),
+                load_control(setup),
+                photo(128, 128),
+                **values,
             )
     finally:
         mm.interrupt_current_processing(False)

@@ -382,7 +382,10 @@ def edited(report: dict, change) -> dict:
         (lambda r: r.pop("mean"), "mean must be an object with psnr, ssim, lpips; got None"),
         (lambda r: r["mean"].pop("psnr"), "mean has no 'psnr'"),
         (lambda r: r["mean"].update(ssim="high"), "mean.ssim is 'high'; expected a finite number"),
-        (lambda r: r["images"][1].update(psnr=float("nan")), r"images\[1\].psnr is nan; expected a finite number or \"inf\""),
+        (
+            lambda r: r["images"][1].update(psnr=float("nan")),
+            r"images\[1\].psnr is nan; expected a finite number or \"inf\"",
+        ),
         (lambda r: r["images"][0].update(lpips="inf"), r"images\[0\].lpips is 'inf'; expected a finite number or null"),
         (lambda r: r["images"][0].update(ssim=True), r"images\[0\].ssim is True"),
         (lambda r: r.update(count=5), "count is 5 but it lists 2 images"),

@@ -11,8 +11,7 @@ import sys
 import pytest
 import torch
 
-from spire_core.degradation import PRESETS, degrade, get_preset, sample_params
-from spire_core.degradation import ops, pipeline
+from spire_core.degradation import PRESETS, degrade, get_preset, ops, pipeline, sample_params
 from spire_core.degradation.memo import byte_bounded, tensor_bytes
 from spire_core.degradation.ops import SCRATCH_KEEP_BYTES, apply_resize, release_free_heap, resize_matrix
 
@@ -119,8 +118,10 @@ def test_two_hundred_calls_of_random_sizes_keep_resident_memory_flat():
         resident.append(_rss_bytes())
     first, last = max(resident[:20]), max(resident[-20:])
     growth = last / first - 1
-    print(f"resident memory high-water: calls 1-20 {first / 2**20:.0f} MB, calls 181-200 {last / 2**20:.0f} MB "
-          f"({100 * growth:+.1f} %)")
+    print(
+        f"resident memory high-water: calls 1-20 {first / 2**20:.0f} MB, calls 181-200 {last / 2**20:.0f} MB "
+        f"({100 * growth:+.1f} %)"
+    )
     assert growth < 0.05
     for name, cache in BYTE_BOUNDED_CACHES.items():
         info = cache.cache_info()

@@ -35,4 +35,6 @@ def test_padding_reflects_where_it_can_and_replicates_where_it_cannot():
     reflected = pad_to_multiple(image, 2)  # 3 -> 4 rows: the row above the last, mirrored
     assert torch.equal(reflected[0, 0, 3], image[0, 0, 1])
     replicated = pad_to_multiple(image, 2, minimum=8)  # 5 rows more than a 3-row image can mirror
-    assert torch.equal(replicated[0, 0, 7, :4], image[0, 0, 2]) and torch.equal(replicated[0, 0, 0, 7], image[0, 0, 0, 3])
+    assert torch.equal(replicated[0, 0, 7, :4], image[0, 0, 2]) and torch.equal(
+        replicated[0, 0, 0, 7], image[0, 0, 0, 3]
+    )

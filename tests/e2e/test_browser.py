@@ -164,7 +164,10 @@ def test_the_layout_check_can_fail(frontend):
     page, _ = frontend
     workflow = load(shipped_workflows()[0].with_name("spire_blind_restore.json"))
     nodes = {node["type"]: node for node in workflow["nodes"]}
-    nodes["SPIRE_AdaptorLoader"]["pos"] = [nodes["CheckpointLoaderSimple"]["pos"][0], nodes["CheckpointLoaderSimple"]["pos"][1] + 60]
+    nodes["SPIRE_AdaptorLoader"]["pos"] = [
+        nodes["CheckpointLoaderSimple"]["pos"][0],
+        nodes["CheckpointLoaderSimple"]["pos"][1] + 60,
+    ]
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.wait_for_timeout(1000)
     with pytest.raises(AssertionError, match=r"'overlapping', \[\('2', '5'\)\]"):

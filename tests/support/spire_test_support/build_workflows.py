@@ -62,7 +62,12 @@ def settle(nodes: list[Node]) -> dict[int, tuple[int, int]]:
 def boxes(nodes: list[Node], placed: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int, int, int]]:
     """(left, top, right, bottom) of each node on the canvas, title bar included."""
     return {
-        n.id: (placed[n.id][0], placed[n.id][1] - TITLE_HEIGHT, placed[n.id][0] + n.size[0], placed[n.id][1] + n.size[1])
+        n.id: (
+            placed[n.id][0],
+            placed[n.id][1] - TITLE_HEIGHT,
+            placed[n.id][0] + n.size[0],
+            placed[n.id][1] + n.size[1],
+        )
         for n in nodes
     }
 
