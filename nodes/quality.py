@@ -80,7 +80,9 @@ class ColorFix(io.ComfyNode):
 
 @lru_cache(maxsize=2)
 def _lpips_cached(path: str, mtime_ns: int, size: int):
-    return load_lpips(path)
+    import comfy.ops
+
+    return load_lpips(path, operations=comfy.ops.disable_weight_init)  # the file's weights replace any init
 
 
 def lpips_network(name: str):

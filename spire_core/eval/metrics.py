@@ -217,12 +217,15 @@ class LPIPS(nn.Module):
     Build it with :func:`load_lpips`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, operations: Any = nn) -> None:
+        """``operations`` supplies the layer classes: ``torch.nn``, or ComfyUI's ``comfy.ops`` variants
+        (which skip the random initialisation that the loaded weights replace anyway)."""
         super().__init__()
+        conv = operations.Conv2d
         self.features = nn.ModuleDict(
-            {str(i): nn.Conv2d(cin, cout, k, stride=s, padding=p) for i, cin, cout, k, s, p in _ALEX_CONVS}
+            {str(i): conv(cin, cout, k, stride=s, padding=p) for i, cin, cout, k, s, p in _ALEX_CONVS}
         )
-        self.lin = nn.ModuleList(nn.Conv2d(ch, 1, 1, bias=False) for ch in LPIPS_CHANNELS)
+        self.lin = nn.ModuleList(conv(ch, 1, 1, bias=False) for ch in LPIPS_CHANNELS)
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
         self.eval().requires_grad_(False)
@@ -264,7 +267,10 @@ class LPIPS(nn.Module):
 
 
 def load_lpips(
-    path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    operations: Any = nn,
 ) -> LPIPS:
     """The LPIPS (AlexNet) network with its weights from a local ``lpips_alex.safetensors``.
 
@@ -287,6 +293,7 @@ def load_lpips(
     Args:
         path: the .safetensors file.
         device, dtype: where and in which precision the network runs.
+        operations: the layer classes (``torch.nn``, or ComfyUI's ``comfy.ops`` variants).
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message says how to make it).
@@ -332,7 +339,7 @@ def load_lpips(
         raise ValueError(
             f"{path} holds NaN or Inf values in {bad[:6]}: the LPIPS weights are corrupt; convert them again"
         )
-    model = LPIPS()
+    model = LPIPS(operations)
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=True)
     return model.to(device=device, dtype=dtype)
 

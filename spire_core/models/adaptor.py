@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import ControlNetModel
@@ -60,8 +61,10 @@ class SpireControlOutput:
         return len(self.gamma_down if self.fusion == "modulation" else self.down_residuals)
 
 
-def _zero_conv(channels: int) -> nn.Conv2d:
-    conv = nn.Conv2d(channels, channels, kernel_size=1)
+def _zero_conv(channels: int, operations: Any = nn) -> nn.Conv2d:
+    """A zero-initialised 1x1 convolution (a modulation head). ``operations`` supplies the layer classes:
+    ``torch.nn`` here, or ComfyUI's ``comfy.ops`` variants where ComfyUI manages weights and dtypes."""
+    conv = operations.Conv2d(channels, channels, kernel_size=1)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv

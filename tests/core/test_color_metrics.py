@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from skimage.metrics import structural_similarity
-from torch import nn
 
 from spire_core.color import adain_color_fix, match_reference, wavelet_color_fix, wavelet_decompose
 from spire_core.eval.metrics import (
@@ -235,24 +234,27 @@ def lpips_file(tmp_path_factory) -> Path:
 
 
 def reference_lpips(tensors: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """LPIPS written out from the paper with torchvision's AlexNet ``features`` Sequential, as a cross-check
-    of our network and of the key layout (``features.N`` are that Sequential's indices)."""
-    features = nn.Sequential(
-        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
-    )  # fmt: skip
-    features.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("features.")})
+    """LPIPS written out from the paper, layer by layer over torchvision's AlexNet ``features`` Sequential
+    (index: layer), as a cross-check of our network and of the key layout (``features.N`` are that
+    Sequential's indices)."""
+    convs = {0: (4, 2), 3: (1, 2), 6: (1, 1), 8: (1, 1), 10: (1, 1)}  # index: (stride, padding)
+    relus = (1, 4, 7, 9, 11)  # the max-pools are 2, 5 and 12
+
+    def features(x: torch.Tensor, index: int) -> torch.Tensor:
+        if index in convs:
+            stride, padding = convs[index]
+            weight, bias = tensors[f"features.{index}.weight"], tensors[f"features.{index}.bias"]
+            return F.conv2d(x, weight, bias, stride=stride, padding=padding)
+        return F.relu(x) if index in relus else F.max_pool2d(x, 3, 2)
+
     shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
     scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
 
     def taps(x):
         x, out = (2 * x - 1 - shift) / scale, []
-        for i, layer in enumerate(features):
-            x = layer(x)
-            if i in (1, 4, 7, 9, 11):
+        for i in range(13):
+            x = features(x, i)
+            if i in relus:
                 out.append(x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10))
         return out
 

@@ -93,3 +93,20 @@ def test_the_registry_icon_exists_and_is_a_square_png():
     assert icon.endswith("/main/docs/icon.png")
     with Image.open(PACK_DIR / "docs" / "icon.png") as image:
         assert image.format == "PNG" and image.size[0] == image.size[1] >= 128
+
+
+def test_comfy_test_syntax_level_passes(tmp_path):
+    """comfy-test's static level (PyPI, what the registry's test matrix runs first): every file cp1252-safe for
+    Windows consoles and no pattern that breaks ComfyUI-native loading (raw nn layers, hard-coded CUDA, ...)."""
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "comfy_test", "lint", "--check", "syntax", "--json", str(PACK_DIR)],
+        capture_output=True, text=True, encoding="utf-8", timeout=300, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    start = run.stdout.index("{")
+    report = json.loads(run.stdout[start:])
+    assert report["results"]["syntax"] == {"passed": True, "error": None, "details": None}, run.stdout[-3000:]
+    assert run.returncode == 0
