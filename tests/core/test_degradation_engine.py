@@ -8,14 +8,17 @@ import io
 import multiprocessing
 import threading
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from spire_core.degradation import PRESETS, BlurParams, degrade, make_kernel, ops, pipeline, sample_params
+from spire_core.degradation import PRESETS, BlurParams, degrade, get_preset, make_kernel, ops, pipeline, sample_params
 from spire_core.eval.metrics import psnr
+
+PACK_ROOT = Path(__file__).resolve().parents[2]
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -330,3 +333,33 @@ def test_the_degradation_benchmark_reports_equal_outputs_and_side_by_side_ratios
     assert len(result["pair_ratios"]["each"]) == 2
     assert result["pair_ratios"]["min"] <= result["pair_ratios"]["median"] <= result["pair_ratios"]["max"]
     assert result["target"]["ratio"] == 4.0 and result["machine"]["device"] == "cpu"
+
+
+def test_without_the_linux_speed_paths_degradation_gives_the_same_bits(astronaut, monkeypatch):
+    """Windows and macOS have no memfd, madvise, glibc heap trimming or fork hooks: the same calls run
+    without them (simulated here by removing each) and give exactly the same images."""
+    import os
+    import subprocess
+    import sys
+
+    params = sample_params(get_preset("paper"), torch.Generator().manual_seed(3), 2)
+    images = astronaut[..., :160, :200].repeat(2, 1, 1, 1).contiguous()
+    linux = degrade(images, params).images
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+    monkeypatch.setattr(ops, "_madvise", lambda: None)
+    monkeypatch.setattr(ops, "_glibc_heap", lambda: None)
+    assert ops._jpeg_file() is None
+    assert torch.equal(degrade(images, params).images, linux)
+    # and the module itself imports where os has no register_at_fork
+    code = (
+        "import os, torch\n"
+        "del os.register_at_fork\n"
+        "from spire_core.degradation import degrade, manual_params\n"
+        "x = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(0))\n"
+        "print(degrade(x, manual_params(blur_sigma=1.0, noise_sigma=0.05, jpeg_quality=60)).prompts()[1])\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False, cwd=PACK_ROOT
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "Deblur with sigma 1.0; Denoise with sigma 0.05; Dejpeg with quality 60"
