@@ -18,7 +18,7 @@ import comfy.ops
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential
 
-from ..spire_core.models.adaptor import HEAD_NAMES
+from ..spire_core.models.config import HEAD_NAMES
 from ..spire_core.models.checkpoint import read_adaptor_file, untrained_reason
 from ..spire_core.models.comfy_layout import ComfyLayoutError, cldm_kwargs, level_heads, to_cldm_state_dict
 from ..spire_core.models.config import AdaptorConfig

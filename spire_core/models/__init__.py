@@ -13,41 +13,72 @@ beta_j per encoder skip j and for the middle block; the frozen UNet's skips beco
 restoration prompt's parsed numbers to the adaptor's cross-attention context. A fresh adaptor is an exact identity.
 """
 
-from .adaptor import HEAD_NAMES, HEAD_PREFIX, SpireAdaptor, SpireControlOutput
-from .base import BaseModelInfo, load_base_unet
-from .checkpoint import (
-    adaptor_parameter_counts,
-    check_fits_unet,
-    expected_file_shapes,
-    load_adaptor,
-    read_adaptor_file,
-    save_adaptor,
-    validate_adaptor_header,
-)
-from .config import (
-    BASE_FAMILIES,
-    DEFAULT_TEXT_ENCODER_LAYER,
-    FORMAT_VERSION,
-    FUSIONS,
-    PREDICTION_TYPES,
-    TEXT_ENCODER_LAYERS,
-    AdaptorConfig,
-    check_unet_supported,
-    controlnet_config_from_unet,
-    infer_base_family,
-)
-from .files import (
-    AdaptorFileError,
-    BaseModelFileError,
-    ModelFileError,
-    SafetensorsHeader,
-    identify,
-    read_safetensors_header,
-)
-from .fusion import additive_unet_kwargs, apply_to_unet, modulate, num_unet_skips, predict_noise, skip_indices
-from .ldm import LDM_UNET_PREFIX, LdmLayoutError, diffusers_to_ldm_unet, ldm_to_diffusers_unet, unet_config_from_ldm
-from .numeric import NUMERIC_TOKENS_DEFAULT, NumericTokens, numeric_context
-from .tiny import tiny_unet_config
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "HEAD_NAMES": "config",
+    "HEAD_PREFIX": "config",
+    "SpireAdaptor": "adaptor",
+    "SpireControlOutput": "adaptor",
+    "BaseModelInfo": "base",
+    "load_base_unet": "base",
+    "adaptor_parameter_counts": "checkpoint",
+    "check_fits_unet": "checkpoint",
+    "expected_file_shapes": "checkpoint",
+    "load_adaptor": "checkpoint",
+    "read_adaptor_file": "checkpoint",
+    "save_adaptor": "checkpoint",
+    "validate_adaptor_header": "checkpoint",
+    "BASE_FAMILIES": "config",
+    "DEFAULT_TEXT_ENCODER_LAYER": "config",
+    "FORMAT_VERSION": "config",
+    "FUSIONS": "config",
+    "PREDICTION_TYPES": "config",
+    "TEXT_ENCODER_LAYERS": "config",
+    "AdaptorConfig": "config",
+    "check_unet_supported": "config",
+    "controlnet_config_from_unet": "config",
+    "infer_base_family": "config",
+    "AdaptorFileError": "files",
+    "BaseModelFileError": "files",
+    "ModelFileError": "files",
+    "SafetensorsHeader": "files",
+    "identify": "files",
+    "read_safetensors_header": "files",
+    "additive_unet_kwargs": "fusion",
+    "apply_to_unet": "fusion",
+    "modulate": "fusion",
+    "num_unet_skips": "fusion",
+    "predict_noise": "fusion",
+    "skip_indices": "fusion",
+    "LDM_UNET_PREFIX": "ldm",
+    "LdmLayoutError": "ldm",
+    "diffusers_to_ldm_unet": "ldm",
+    "ldm_to_diffusers_unet": "ldm",
+    "unet_config_from_ldm": "ldm",
+    "NUMERIC_TOKENS_DEFAULT": "config",
+    "NumericTokens": "numeric",
+    "numeric_context": "numeric",
+    "tiny_unet_config": "tiny",
+}
+"""Public name -> submodule. Resolved on first use (PEP 562), so that importing one light submodule (the
+file format, the config, the ComfyUI layout: what the ComfyUI nodes use) never imports diffusers, which
+ComfyUI does not ship."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "BASE_FAMILIES",

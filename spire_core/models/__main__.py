@@ -15,27 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from .adaptor import SpireAdaptor
-from .base import load_base_unet
-from .checkpoint import (
-    TRAINING_STEP_KEY,
-    adaptor_parameter_counts,
-    read_adaptor_file,
-    save_adaptor,
-    untrained_reason,
-)
-from .config import BASE_FAMILIES, FUSIONS, PREDICTION_TYPES, TEXT_ENCODER_LAYERS
-from .files import (
-    SD_CHECKPOINT,
-    SPIRE_ADAPTOR,
-    WHERE_FILES_GO,
-    AdaptorFileError,
-    ModelFileError,
-    identify,
-    read_safetensors_header,
-)
-from .ldm import LDM_UNET_PREFIX
-from .numeric import NUMERIC_TOKENS_DEFAULT
+# Light imports only at the top: `--help` answers without torch or diffusers; each command imports its own.
+from .config import BASE_FAMILIES, FUSIONS, NUMERIC_TOKENS_DEFAULT, PREDICTION_TYPES, TEXT_ENCODER_LAYERS
+from .files import ModelFileError
 
 
 def _numeric_text(config) -> str:  # noqa: ANN001 - AdaptorConfig
@@ -48,6 +30,10 @@ def _numeric_text(config) -> str:  # noqa: ANN001 - AdaptorConfig
 
 
 def _init(args: argparse.Namespace) -> int:
+    from .adaptor import SpireAdaptor
+    from .base import load_base_unet
+    from .checkpoint import save_adaptor
+
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
@@ -79,6 +65,10 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from .checkpoint import TRAINING_STEP_KEY, adaptor_parameter_counts, read_adaptor_file, untrained_reason
+    from .files import SD_CHECKPOINT, SPIRE_ADAPTOR, WHERE_FILES_GO, AdaptorFileError, identify, read_safetensors_header
+    from .ldm import LDM_UNET_PREFIX
+
     header = read_safetensors_header(args.file, error=AdaptorFileError)
     kind, description = identify(header)
     if kind != SPIRE_ADAPTOR:

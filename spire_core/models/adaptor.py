@@ -21,18 +21,17 @@ from diffusers import ControlNetModel
 from torch import nn
 
 from ..prompt import GRAMMAR_VERSION
-from .config import DEFAULT_HINT_CHANNELS, AdaptorConfig, check_unet_supported, infer_base_family
-from .numeric import NUMERIC_TOKENS_DEFAULT, NumericTokens, numeric_context
-
-HEAD_PREFIX = "spire_"
-"""File-key prefix of the modulation heads (``spire_gamma_down.0.weight``); trunk keys carry no prefix."""
-
-HEAD_NAMES = ("gamma_down", "beta_down", "gamma_mid", "beta_mid")
-"""Attribute names of the modulation heads on ``SpireAdaptor`` (modulation fusion only)."""
-
-NUMERIC_NAME = "numeric"
-"""Attribute name of the numeric side channel (``spire_numeric.*`` in files); present when
-``config.numeric_tokens > 0``, in either fusion."""
+from .config import (
+    DEFAULT_HINT_CHANNELS,
+    HEAD_NAMES,
+    HEAD_PREFIX,
+    NUMERIC_NAME,
+    NUMERIC_TOKENS_DEFAULT,
+    AdaptorConfig,
+    check_unet_supported,
+    infer_base_family,
+)
+from .numeric import NumericTokens, numeric_context
 
 
 @dataclass

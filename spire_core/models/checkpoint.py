@@ -18,13 +18,13 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .adaptor import HEAD_PREFIX, NUMERIC_NAME, SpireAdaptor
-from .config import AdaptorConfig
+from .config import HEAD_PREFIX, NUMERIC_NAME, AdaptorConfig
+from .file_layout import adaptor_file_shapes
 from .files import (
     FLOAT_DTYPES,
     SD_CHECKPOINT,
@@ -35,6 +35,9 @@ from .files import (
     identify,
     read_safetensors_header,
 )
+
+if TYPE_CHECKING:
+    from .adaptor import SpireAdaptor
 
 _LISTED = 5  # how many offending keys an error message names
 _NUMERIC_PREFIX = f"{HEAD_PREFIX}{NUMERIC_NAME}."
@@ -84,10 +87,8 @@ def save_adaptor(
 
 
 def expected_file_shapes(config: AdaptorConfig) -> dict[str, tuple[int, ...]]:
-    """File key -> tensor shape of an adaptor with this config (built on the meta device: no memory, no init)."""
-    with torch.device("meta"):
-        adaptor = SpireAdaptor(config)
-    return {key: tuple(value.shape) for key, value in adaptor.file_state_dict().items()}
+    """File key -> tensor shape of an adaptor with this config (``file_layout``: arithmetic, no diffusers)."""
+    return adaptor_file_shapes(config)
 
 
 def _listing(keys: list[str]) -> str:
@@ -222,6 +223,8 @@ def load_adaptor(
     Returns:
         The ``SpireAdaptor`` in eval mode.
     """
+    from .adaptor import SpireAdaptor  # diffusers: imported only to build a model
+
     config, state = read_adaptor_file(path)
     with torch.device("meta"):
         adaptor = SpireAdaptor(config)

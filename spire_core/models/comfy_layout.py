@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from .adaptor import HEAD_PREFIX
-from .config import HINT_ENCODER_CHANNELS, AdaptorConfig
+from .config import HEAD_PREFIX, HINT_ENCODER_CHANNELS, AdaptorConfig
 from .ldm import diffusers_to_ldm_unet
 
 _REQUIRED = {

@@ -178,6 +178,20 @@ def infer_base_family(unet_config: Mapping[str, Any]) -> str:
     return "custom"
 
 
+HEAD_PREFIX = "spire_"
+"""File-key prefix of the modulation heads (``spire_gamma_down.0.weight``); trunk keys carry no prefix."""
+
+HEAD_NAMES = ("gamma_down", "beta_down", "gamma_mid", "beta_mid")
+"""Attribute names of the modulation heads on ``SpireAdaptor`` (modulation fusion only)."""
+
+NUMERIC_NAME = "numeric"
+"""Attribute name of the numeric side channel (``spire_numeric.*`` in files); present when
+``config.numeric_tokens > 0``, in either fusion."""
+
+NUMERIC_TOKENS_DEFAULT = 4
+"""Tokens the numeric channel appends in adaptors made by ``models init`` and by the trainer (0: no channel)."""
+
+
 @dataclass(frozen=True)
 class AdaptorConfig:
     """How to rebuild and how to use a SPIRE adaptor; written into the checkpoint's metadata.

@@ -15,9 +15,6 @@ from torch import nn
 
 from ..prompt.numeric import NUMERIC_FEATURES
 
-NUMERIC_TOKENS_DEFAULT = 4
-"""Tokens the numeric channel appends in adaptors made by ``models init`` and by the trainer (0: no channel)."""
-
 MAX_NUMERIC_TOKENS = 64
 
 
@@ -92,4 +89,4 @@ def numeric_context(module: NumericTokens | None, context: torch.Tensor, feature
     return torch.cat([context, tokens], dim=1)
 
 
-__all__ = ["MAX_NUMERIC_TOKENS", "NUMERIC_TOKENS_DEFAULT", "NumericTokens", "numeric_context"]
+__all__ = ["MAX_NUMERIC_TOKENS", "NumericTokens", "numeric_context"]

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from .grammar import CLAUSES
 from .text import RestorationPromptError, RestorationRequest, parse
+
+if TYPE_CHECKING:
+    import torch
 
 NUMERIC_FEATURES_VERSION = 1
 """Version of the feature layout below; stored in adaptor metadata as ``spire.numeric_features_version``."""
@@ -85,6 +87,8 @@ def restoration_features(prompts: Sequence[str | RestorationRequest | None]) -> 
         if request is not None and not isinstance(request, RestorationRequest):
             raise TypeError(f"restoration_features takes prompt texts or RestorationRequests, got {type(prompt)}")
         rows.append(request_features(request))
+    import torch  # here, so that the grammar and its constants import without torch
+
     return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), NUMERIC_FEATURES)
 
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from ..degradation import DEFAULT_PRESET, PRESETS, DegradationSpec
 from ..models import FUSIONS, PREDICTION_TYPES, TEXT_ENCODER_LAYERS
-from ..models.numeric import MAX_NUMERIC_TOKENS, NUMERIC_TOKENS_DEFAULT
+from ..models.config import NUMERIC_TOKENS_DEFAULT
+from ..models.numeric import MAX_NUMERIC_TOKENS
 
 
 class ConfigError(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,50 @@ def test_pack_import_outside_comfyui_exports_nothing():
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+LIGHT_MODULES = (
+    "spire_core.models.files",
+    "spire_core.models.config",
+    "spire_core.models.checkpoint",
+    "spire_core.models.comfy_layout",
+    "spire_core.models.numeric",
+    "spire_core.models.file_layout",
+    "spire_core.prompt",
+    "spire_core.degradation",
+    "spire_core.restoration",
+    "spire_core.eval.metrics",
+    "spire_core.color",
+)
+"""What the ComfyUI nodes import: none may bring in diffusers (ComfyUI does not ship it)."""
+
+
+def _imports_after(code: str) -> list[str]:
+    probe = (
+        code
+        + "\nimport json, sys\n"
+        + "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'diffusers', 'torch'})))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PACK_DIR, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_modules_the_nodes_use_never_import_diffusers():
+    for module in LIGHT_MODULES:
+        assert "diffusers" not in _imports_after(f"import {module}"), module
+    # the models package itself resolves its names on use: the light ones stay light
+    assert "diffusers" not in _imports_after("from spire_core.models import AdaptorConfig, read_adaptor_file")
+    assert "diffusers" in _imports_after("from spire_core.models import SpireAdaptor")
+
+
+def test_the_models_command_answers_help_without_torch():
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['spire_core.models', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('spire_core.models', run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    assert stop.code == 0, stop.code\n"
+    )
+    assert _imports_after(code) == []

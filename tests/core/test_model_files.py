@@ -999,3 +999,38 @@ def test_an_untrained_adaptor_says_so(unets, tmp_path, capsys, fusion):
     assert untrained_reason(config, state, file_metadata(path)) == ""
     assert cli_main(["inspect", str(path)]) == 0
     assert "status: trained (step 1200)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", ["tiny-sd1", "tiny-sd2", "sd1", "sd2"])
+def test_the_file_layout_written_out_is_the_one_diffusers_builds(family):
+    """Header validation knows an adaptor's keys and shapes without diffusers (file_layout); pinned here, key for
+    key and shape for shape, to the model diffusers builds for real-size and tiny SD1.x/SD2.x trunks."""
+    from diffusers import UNet2DConditionModel
+
+    from spire_core.models import AdaptorConfig, SpireAdaptor, tiny_unet_config
+    from spire_core.models.config import controlnet_config_from_unet
+    from spire_core.models.file_layout import adaptor_file_shapes
+
+    sd1 = {
+        "block_out_channels": [320, 640, 1280, 1280],
+        "layers_per_block": 2,
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    }
+    sd2 = {**sd1, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True}
+    unet_config = {"tiny-sd1": tiny_unet_config("sd1"), "tiny-sd2": tiny_unet_config("sd2"), "sd1": sd1, "sd2": sd2}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**unet_config[family])
+    for fusion in ("modulation", "additive"):
+        for numeric_tokens in (0, 4):
+            config = AdaptorConfig(
+                controlnet_config=controlnet_config_from_unet(dict(unet.config)),
+                fusion=fusion,
+                numeric_tokens=numeric_tokens,
+            )
+            with torch.device("meta"):
+                built = {key: tuple(value.shape) for key, value in SpireAdaptor(config).file_state_dict().items()}
+            assert adaptor_file_shapes(config) == built, (family, fusion, numeric_tokens)
+            assert len(built) > 100
