@@ -1,13 +1,10 @@
 """SPIRE guidance: separate semantic and restoration scales, and tiled (overlap-blended) model calls.
 
-With c_s the semantic prompt, e the empty prompt, c_r the restoration prompt and c_r0 the null
-restoration prompt ("Remove all degradation"), each model call gives three predictions and
-
-    out = pred(e, c_r0) + w_r * [pred(e, c_r) - pred(e, c_r0)] + w_s * [pred(c_s, c_r) - pred(e, c_r)]
-
-(predictions of the denoised latent; the formula is affine, so it holds for noise predictions alike). With
-w_r = 1 it is ordinary classifier-free guidance over c_s with the adaptor on both branches, and the guider
-then runs exactly ComfyUI's own CFG (same code path, two predictions per step instead of three).
+Each model call gives up to three predictions (semantic + restoration prompt, empty + restoration prompt, empty
++ null restoration prompt "Remove all degradation") combined by ``spire_core.restoration.combine_guidance``
+(the formula, once). With w_r = 1 it is ordinary classifier-free guidance over c_s with the adaptor on both
+branches, and the guider then runs exactly ComfyUI's own CFG (same code path, two predictions per step); with
+w_r != 1 its semantic part still goes through ComfyUI's ``cfg_function``, so other nodes' CFG patches apply.
 
 Tiling (MultiDiffusion-style): each model call is made per overlapping latent tile, with the degraded image
 cropped to the tile, and the tiles' predictions are blended with weights that ramp linearly across the
@@ -21,6 +18,7 @@ import comfy.samplers
 import torch
 
 from ..spire_core.prompt import BLIND_PROMPT, restoration_features
+from ..spire_core.restoration import combine_guidance
 from .spire_control import SpireControl
 
 TILE_KEY = "spire_tile"
@@ -132,14 +130,16 @@ class SpireGuider(comfy.samplers.CFGGuider):
                 model_options=model_options,
                 seed=seed,
             )
-        positive, negative, null = comfy.samplers.calc_cond_batch(
-            self.inner_model,
-            [self.conds["positive"], self.conds["negative"], self.conds["null_restoration"]],
-            x,
-            timestep,
-            model_options,
-        )
-        return null + self.restoration_scale * (negative - null) + self.cfg * (positive - negative)
+        conds = [self.conds["positive"], self.conds["negative"], self.conds["null_restoration"]]
+        positive, negative, null = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+
+        def cfg(cond_pred: torch.Tensor, uncond_pred: torch.Tensor, scale: float) -> torch.Tensor:
+            # ComfyUI's own CFG step: other nodes' CFG patches (RescaleCFG, post-CFG functions) apply here
+            return comfy.samplers.cfg_function(
+                self.inner_model, cond_pred, uncond_pred, scale, x, timestep, model_options, conds[0], conds[1]
+            )
+
+        return combine_guidance(positive, negative, null, self.cfg, self.restoration_scale, cfg)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006  (ComfyUI's signature)
         height, width = x.shape[-2:]

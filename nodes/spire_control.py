@@ -27,6 +27,8 @@ import comfy.utils
 import torch
 from comfy.controlnet import ControlBase, broadcast_image_to
 
+from ..spire_core.models.modulation import modulate
+
 HINT_UPSCALE = "bicubic"
 """How the degraded image is resized to the output size when they differ ("Upsample by Nx")."""
 
@@ -84,14 +86,12 @@ class SpireModulationPatch:
 
     @staticmethod
     def _modulate(feature: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, s: float) -> torch.Tensor:
-        gamma = gamma.to(feature.dtype)
-        beta = beta.to(feature.dtype)
         if gamma.shape != feature.shape:
             raise RuntimeError(
                 f"SPIRE adaptor output {tuple(gamma.shape)} does not fit the UNet feature {tuple(feature.shape)}: "
                 "the adaptor was made for a different base model"
             )
-        return feature * (1 + s * gamma) + s * beta
+        return modulate(feature, gamma, beta, s)
 
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor | None, transformer_options: dict):
         self.run_state["ran"] = True

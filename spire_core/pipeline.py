@@ -8,11 +8,9 @@ for "Upsample by Nx" (the input is then the low-resolution photo; the degraded i
 size with bicubic interpolation before it reaches the adaptor). Inside, the image is padded at the bottom and
 right by reflection to a multiple of the VAE's downscale and the output cropped back, as the node does.
 
-Guidance (the node's formula, ``FORMULA`` in the ComfyUI adapter). With c_s the semantic prompt, "" the empty
-prompt, c_r the restoration prompt and c_r0 = "Remove all degradation" the null restoration prompt::
-
-    out = pred("", c_r0) + w_r * [pred("", c_r) - pred("", c_r0)] + w_s * [pred(c_s, c_r) - pred("", c_r)]
-
+Guidance: ``spire_core.restoration.combine_guidance`` (the formula, shared with the ComfyUI guider) over the
+predictions for (c_s, c_r), ("", c_r) and ("", c_r0), with c_s the semantic prompt, c_r the restoration prompt
+and c_r0 = "Remove all degradation" the null restoration prompt.
 With ``restoration_scale`` w_r = 1 this is ordinary classifier-free guidance over c_s (two predictions per
 step; one when w_s is 1 too). The semantic prompt is encoded at the text encoder's own layer for the base family,
 the restoration prompts at the adaptor's ``text_encoder_layer``.
@@ -52,7 +50,14 @@ from .models import (
     predict_noise,
 )
 from .prompt import BLIND_PROMPT, RestorationPromptError, canonicalize, restoration_features
-from .restoration import COLOR_FIXES, MIN_LATENT_SIDE, apply_color_fix, output_size, pad_to_multiple
+from .restoration import (
+    COLOR_FIXES,
+    MIN_LATENT_SIDE,
+    apply_color_fix,
+    combine_guidance,
+    output_size,
+    pad_to_multiple,
+)
 from .training.components import FrozenComponents, encode_prompts, load_components
 
 SAMPLERS = ("ddim", "euler")
@@ -100,29 +105,6 @@ def restoration_prompts(prompts: str | Sequence[str], batch: int) -> list[str]:
             f"{len(canonical)} restoration prompts for {batch} images: give one for the whole batch or one per image"
         )
     return canonical
-
-
-def combine_guidance(
-    semantic: torch.Tensor,
-    empty: torch.Tensor,
-    null: torch.Tensor | None,
-    semantic_scale: float,
-    restoration_scale: float,
-) -> torch.Tensor:
-    """The guided prediction from its branches (see the module docstring).
-
-    Args:
-        semantic: pred(c_s, c_r).
-        empty: pred("", c_r).
-        null: pred("", c_r0); needed only when ``restoration_scale`` is not 1.
-        semantic_scale, restoration_scale: w_s and w_r.
-    """
-    out = empty + semantic_scale * (semantic - empty)
-    if restoration_scale != 1.0:
-        if null is None:
-            raise ValueError("the null-restoration prediction is needed when restoration_scale is not 1")
-        out = out + (restoration_scale - 1.0) * (empty - null)
-    return out
 
 
 class SpirePipeline:

@@ -48,7 +48,7 @@ _EXPORTS = {
     "read_safetensors_header": "files",
     "additive_unet_kwargs": "fusion",
     "apply_to_unet": "fusion",
-    "modulate": "fusion",
+    "modulate": "modulation",
     "num_unet_skips": "fusion",
     "predict_noise": "fusion",
     "skip_indices": "fusion",

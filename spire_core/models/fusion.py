@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .adaptor import SpireAdaptor, SpireControlOutput
+from .modulation import modulate
 
 
 def skip_indices(unet: nn.Module) -> list[list[int]]:
@@ -51,21 +52,6 @@ def skip_indices(unet: nn.Module) -> list[list[int]]:
 def num_unet_skips(unet: nn.Module) -> int:
     """Number of skip features the UNet's decoder consumes (12 for SD1/SD2)."""
     return sum(len(block.resnets) for block in unet.up_blocks)
-
-
-def modulate(
-    feature: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, strength: float | torch.Tensor = 1.0
-) -> torch.Tensor:
-    """``feature * (1 + strength*gamma) + strength*beta`` (SPIRE's fusion; exact identity for zero gamma/beta).
-
-    Args:
-        feature: (B, C, H, W) frozen UNet feature.
-        gamma, beta: (B or 1, C, H, W) from the adaptor; cast to ``feature``'s dtype and device.
-        strength: scalar, or a tensor broadcastable to (B, 1, 1, 1).
-    """
-    gamma = gamma.to(dtype=feature.dtype, device=feature.device)
-    beta = beta.to(dtype=feature.dtype, device=feature.device)
-    return feature * (1 + strength * gamma) + strength * beta
 
 
 def _check_shape(name: str, control: torch.Tensor, feature: torch.Tensor) -> None:

@@ -146,6 +146,49 @@ def test_guider_formula_with_separate_scales(setup):
         node(comfy_, "SPIRE_RestorationGuider").execute(model, positive, plain, clip, w_s, w_r)
 
 
+def test_other_nodes_cfg_patches_apply_whatever_the_restoration_scale(setup):
+    """A post-CFG function (what PerpNeg-style nodes install) and a sampler CFG function (RescaleCFG's kind) act
+    on the semantic guidance with the restoration scale off 1 too (the three-branch step goes through ComfyUI's
+    cfg_function)."""
+    import comfy.samplers
+
+    comfy_ = setup
+    guidance = pack_module("guidance")
+    positive, negative = conditioning(comfy_, photo(48, 64))
+    model, clip = tiny_comfy.tiny_model("sd1"), tiny_comfy.tiny_clip("sd1")
+    x = torch.randn(1, 4, 6, 8, generator=torch.Generator().manual_seed(2)) * 2
+    null = guidance.null_restoration_conds(negative, lambda control: guidance.encode_null(clip, control))
+
+    def single(conds):
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(conds, negative)
+        guider.set_cfg(1.0)
+        return one_call(comfy_, guider, x, 2.0)
+
+    p_s, p_empty, p_null = single(positive), single(negative), single(null)
+    w_s, w_r = 3.0, 2.5
+    seen = []
+
+    def post_cfg(args):
+        seen.append(args["cond_scale"])
+        return 0.5 * args["denoised"] + 0.1
+
+    patched = model.clone()
+    patched.set_model_sampler_post_cfg_function(post_cfg)
+    guider = node(comfy_, "SPIRE_RestorationGuider").execute(patched, positive, negative, clip, w_s, w_r).result[0]
+    got = one_call(comfy_, guider, x, 2.0)
+    expected = 0.5 * (p_empty + w_s * (p_s - p_empty)) + 0.1 + (w_r - 1) * (p_empty - p_null)
+    assert seen == [w_s]
+    assert float((got - expected).abs().max()) <= 5e-6
+    # a sampler CFG function (what RescaleCFG and similar nodes install) replaces the semantic CFG step: this
+    # one returns the unconditional branch (ComfyUI works with x - prediction here), so w_s drops out
+    replaced = model.clone()
+    replaced.set_model_sampler_cfg_function(lambda args: args["uncond"])
+    guider = node(comfy_, "SPIRE_RestorationGuider").execute(replaced, positive, negative, clip, w_s, w_r).result[0]
+    expected = p_empty + (w_r - 1) * (p_empty - p_null)
+    assert float((one_call(comfy_, guider, x, 2.0) - expected).abs().max()) <= 5e-6
+
+
 def test_restore_keeps_any_size_and_upsamples_by_the_prompt(setup):
     odd = photo(45, 61)
     out = restore(setup, odd)

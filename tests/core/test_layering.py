@@ -67,6 +67,7 @@ LIGHT_MODULES = (
     "spire_core.models.comfy_layout",
     "spire_core.models.numeric",
     "spire_core.models.file_layout",
+    "spire_core.models.modulation",
     "spire_core.prompt",
     "spire_core.degradation",
     "spire_core.restoration",
