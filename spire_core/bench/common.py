@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ..progress import progress
+
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 
 
@@ -57,16 +59,27 @@ def time_call(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def interleaved(
-    candidates: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int = 1
+    candidates: dict[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    warmup: int = 1,
+    desc: str = "timing",
 ) -> dict[str, list[float]]:
-    """Time several candidates side by side in one run, alternating them so drift hits all alike."""
-    for _ in range(warmup):
-        for fn in candidates.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            times[name].append(time_call(fn, device))
+    """Time several candidates side by side in one run, alternating them so drift hits all alike.
+
+    A progress bar (``spire_core.progress``, labelled ``desc``) counts the calls, warm-up included; it is
+    updated between timed calls, never inside one.
+    """
+    with progress(total=(warmup + repeats) * len(candidates), desc=desc, unit="call") as bar:
+        for _ in range(warmup):
+            for fn in candidates.values():
+                fn()
+                bar.update(1)
+        times: dict[str, list[float]] = {name: [] for name in candidates}
+        for _ in range(repeats):
+            for name, fn in candidates.items():
+                times[name].append(time_call(fn, device))
+                bar.update(1)
     return times
 
 

@@ -148,7 +148,7 @@ def run(
         candidates["reference_per_image"] = lambda: [
             reference_degrade_one(hwc[i], params[i], noise=numpy_noise) for i in range(batch)
         ]
-    times = interleaved(candidates, dev, repeats)
+    times = interleaved(candidates, dev, repeats, desc="degradation")
     result["throughput"] = {name: summarize(t, batch) for name, t in times.items()}
     ours = result["throughput"]["torch_batched"]["items_per_s"]
     if reference:

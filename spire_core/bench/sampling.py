@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..progress import progress
 from .common import describe_device
 
 PACK_DIR = Path(__file__).resolve().parents[2]
@@ -55,13 +56,16 @@ def run(device: str = "cpu", batches: tuple[int, ...] = (1, 2), repeats: int = 3
             "in ComfyUI/custom_nodes)"
         )
     batch_list = ",".join(str(b) for b in batches)
+    # one bar over the worker processes: the timing one, then one per variant and batch size
+    bar = progress(total=1 + len(batches) * len(VARIANTS), desc="sampling", unit="process")
     timing = _worker(root, device, "time", "--batches", batch_list, "--repeats", str(repeats), "--dtype", dtype)
+    bar.update(1)
     memory: dict[str, dict[str, Any]] = {}
     for batch in batches:
-        per_variant = {
-            v: _worker(root, device, "memory", "--variant", v, "--batches", str(batch), "--dtype", dtype)
-            for v in VARIANTS
-        }
+        per_variant = {}
+        for v in VARIANTS:
+            per_variant[v] = _worker(root, device, "memory", "--variant", v, "--batches", str(batch), "--dtype", dtype)
+            bar.update(1)
         peaks = {v: r["peak_bytes"] for v, r in per_variant.items()}
         memory[str(batch)] = {
             "peak_bytes": peaks,
@@ -69,6 +73,7 @@ def run(device: str = "cpu", batches: tuple[int, ...] = (1, 2), repeats: int = 3
             "spire_over_controlnet": round(peaks["spire"] / peaks["controlnet"], 4),
             "spire_over_bare": round(peaks["spire"] / peaks["bare"], 4),
         }
+    bar.close()
     ratios = [timing["batches"][str(b)]["spire_over_controlnet"] for b in batches]
     memory_ratios = [memory[str(b)]["spire_over_controlnet"] for b in batches]
     return {

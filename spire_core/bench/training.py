@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import SpireAdaptor, predict_noise, tiny_unet_config
+from ..progress import progress
 from .common import describe_device, interleaved, summarize
 
 TARGET_RATIO = 1.10
@@ -154,7 +155,7 @@ def time_steps(size: str, batch: int, steps: int, device: torch.device) -> dict[
     x = _inputs(size, batch, device)
     models = {"spire": spire, "controlnet": controlnet}
     fns = {name: _step_fn(name, unet, model, optimizer, x) for name, model in models.items()}
-    times = interleaved(fns, device, repeats=steps, warmup=1)
+    times = interleaved(fns, device, repeats=steps, warmup=1, desc=f"training {size}")
     result = {name: summarize(times[name], batch) for name in CANDIDATES}
     result["time_ratio"] = round(result["spire"]["median_s"] / result["controlnet"]["median_s"], 4)
     result["parameters"] = {
@@ -254,7 +255,8 @@ def run(
         case["latent"] = SIZES[size]["latent"]
         case["resolution_px"] = 8 * SIZES[size]["latent"]
         if memory:
-            measured = {c: _memory_in_subprocess(c, size, batch, steps, device) for c in CANDIDATES}
+            bar = progress(CANDIDATES, desc=f"memory {size}", unit="process")
+            measured = {c: _memory_in_subprocess(c, size, batch, steps, device) for c in bar}
             for values in measured.values():
                 values["increase_mib"] = round(values["peak_mib"] - values["before_mib"], 1)
                 values["before_mib"], values["peak_mib"] = round(values["before_mib"], 1), round(values["peak_mib"], 1)

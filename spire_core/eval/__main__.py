@@ -11,6 +11,9 @@
                                       --components FOLDER] [--images PHOTO ...] [--crop 64] [--crops N]
                                       [--noise 0.12] [--blur 2.0] [--seed 0] [--steps 25]
 
+Build, restore and score show a progress bar on stderr when it is a terminal (``spire_core.progress``;
+``SPIRE_PROGRESS=0`` hides it); stdout and the files written are the same with or without it.
+
 Exit codes: 0 success; 2 a benchmark, model-file or weights error (the message says what to fix).
 """
 
@@ -20,6 +23,7 @@ import argparse
 import json
 import sys
 
+from ..progress import echo
 from .benchmark import SETTINGS, BenchmarkError, build_benchmark, restore_benchmark
 
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -117,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(args: argparse.Namespace) -> int:
-    manifest = build_benchmark(args.images, args.out, args.captions, args.seed, args.preset, args.size, log=print)
+    manifest = build_benchmark(args.images, args.out, args.captions, args.seed, args.preset, args.size, log=echo)
     print(f"wrote {len(manifest.images)} images and manifest.json to {args.out}")
     return 0
 
@@ -145,7 +149,7 @@ def _restore(args: argparse.Namespace) -> int:
         color_fix=args.color_fix,
         scheduler_options=options,
         skip_existing=args.skip_existing,
-        log=print,
+        log=echo,
     )
     print(f"wrote {len(written)} restored images to {args.out}")
     return 0

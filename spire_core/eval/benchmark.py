@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from ..captions import read_coco_captions as _read_coco
+from ..progress import progress
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "spire-benchmark/1"
@@ -270,7 +271,7 @@ def build_benchmark(
     texts = captions_for(photos, captions)
     root = Path(out)
     manifest = Manifest(root, seed, preset, size)
-    for photo in photos:
+    for photo in progress(photos, desc="build", unit="image"):
         try:
             clean = center_crop(photo, size)
         except (OSError, ValueError, SyntaxError) as error:
@@ -345,7 +346,7 @@ def restore_benchmark(
     }
     (out / RESTORE_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     written = []
-    for image in manifest.images:
+    for image in progress(manifest.images, desc="restore", unit="image"):
         target = out / f"{image.name}.png"
         written.append(target)
         if skip_existing and target.is_file():

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..progress import progress
 from .benchmark import PROMPTED_KEYS, BenchmarkError, Manifest, load_manifest, match_outputs
 from .metrics import LPIPS_FILENAME, load_lpips, psnr_per_image, ssim
 
@@ -173,7 +174,7 @@ def score_benchmark(
     matched = match_outputs(manifest, outputs)
     network = load_lpips(lpips, device=device) if lpips is not None else None
     rows = []
-    for image in manifest.images:
+    for image in progress(manifest.images, desc="score", unit="image"):
         clean = _read(manifest.root / image.clean)
         degraded = _read(manifest.root / image.degraded)
         restored, resized_from = _fit(_read(matched[image.name]), clean, image.name, matched[image.name], resize)

@@ -64,6 +64,7 @@ from ..eval.control import (
 )
 from ..eval.metrics import psnr_per_image
 from ..models import NUMERIC_TOKENS_DEFAULT, SpireAdaptor
+from ..progress import progress
 from ..prompt import BLIND_PROMPT
 from .components import FrozenComponents, encode_prompts, make_noise_scheduler
 from .config import PromptConfig
@@ -204,6 +205,14 @@ class PhotoCrops:
 # --------------------------------------------------------------------------------------------- phases
 
 
+def _show_loss(bar: Any, loss: float, steps: int | None, deadline: float) -> None:
+    """Count one step on a phase's progress bar and show the latest loss; a phase without a step cap runs to its
+    deadline, so its bar has no total and shows the seconds left instead."""
+    left = "" if steps else f", left={max(0.0, deadline - time.perf_counter()):.0f}s"
+    bar.set_postfix_str(f"loss={loss:.5f}{left}", refresh=False)
+    bar.update(1)
+
+
 def _mean_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(psnr_per_image(a.clamp(0, 1), b.clamp(0, 1)).clamp(max=99).mean())
 
@@ -238,6 +247,7 @@ def train_backbone(
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.backbone_lr, weight_decay=0.0)
     ema = EMA(unet, config.ema_decay)
     batch, losses, step, started = config.backbone_batch, [], 0, time.perf_counter()
+    bar = progress(total=config.backbone_steps, desc="backbone", unit="step")
     while step < (config.backbone_steps or sys.maxsize) and (step == 0 or time.perf_counter() < deadline):
         images = backbone_images(crops, spec, config, step).to(device)
         with torch.no_grad():
@@ -258,6 +268,8 @@ def train_backbone(
         ema.update()
         losses.append(loss.item())
         step += 1
+        _show_loss(bar, losses[-1], config.backbone_steps, deadline)
+    bar.close()
     with torch.no_grad():
         for parameter, shadow in zip(ema.params, ema.shadow):
             parameter.copy_(shadow)
@@ -315,6 +327,7 @@ def train_adaptors(
     losses: dict[str, list[float]] = {arm: [] for arm in adaptors}
     seconds = dict.fromkeys(adaptors, 0.0)
     kinds: dict[str, int] = {}
+    bar = progress(total=config.adaptor_steps, desc="adaptors", unit="step")
     while step < (config.adaptor_steps or sys.maxsize) and (step == 0 or time.perf_counter() < deadline):
         positions = list(range(step * batch, (step + 1) * batch))
         loaded = {
@@ -337,6 +350,9 @@ def train_adaptors(
             losses[arm].append(loss.item())
             seconds[arm] += time.perf_counter() - tick
         step += 1
+        mean_loss = sum(losses[arm][-1] for arm in adaptors) / len(adaptors)  # over the arms
+        _show_loss(bar, mean_loss, config.adaptor_steps, deadline)
+    bar.close()
     summary = {
         "steps": step,
         "batch": batch,
@@ -413,7 +429,13 @@ def evaluate(
     degraded = degrade(clean, params).images
     prompts = [prompt_for(p) or BLIND_PROMPT for p in params]
     restorers = {arm: arm_restorer(components, a, emas[arm], config, device) for arm, a in adaptors.items()}
-    restored = {arm: restorer(degraded, prompts) for arm, restorer in restorers.items()}
+    # one bar over the restoration runs: each arm on the held-out crops, then each arm and the codec ceiling
+    # through the control benchmark
+    bar = progress(total=2 * len(restorers) + 1, desc="evaluate", unit="run")
+    restored = {}
+    for arm, restorer in restorers.items():
+        restored[arm] = restorer(degraded, prompts)
+        bar.update(1)
     with torch.no_grad():
         ceiling = codec.roundtrip(clean.to(device)).cpu()
         lowpass = codec.roundtrip(degraded.to(device)).cpu()
@@ -443,8 +465,13 @@ def evaluate(
         representable = ((codec.decode(latents, grain=False).sample + 1) / 2).clamp(0, 1).cpu()
     setting = ControlSetting(noise=config.control_noise, blur=config.control_blur, seed=config.seed)
     inputs = control_inputs(representable, setting)
-    results = {arm: run_control(restorer, representable, setting) for arm, restorer in restorers.items()}
+    results = {}
+    for arm, restorer in restorers.items():
+        results[arm] = run_control(restorer, representable, setting)
+        bar.update(1)
     results["codec(exact targets)"] = run_control(codec_ceiling(codec, inputs), representable, setting)
+    bar.update(1)
+    bar.close()
     files = write_control_report(results, out, setting=asdict(setting))
     rows = []
     for result in results.values():  # first crop: the noise ladder, then the blur ladder, per restorer

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..models import save_adaptor
+from ..progress import logging_to_bars, progress
 from .checkpoints import (
     CheckpointError,
     export_metadata,
@@ -83,6 +84,8 @@ class Trainer:
         step: optimiser steps done.
         samples: data-stream positions consumed (global, all processes).
         history: ``{"step", "loss", ...}`` records of the steps run by this object.
+        bar: the progress bar of the last ``train`` call (``spire_core.progress``: stderr, local main process;
+            its count is the step, its postfix the last loss and learning rate), or ``None`` before.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class Trainer:
         self.first_nonfinite_loss: int | None = None  # the first step whose loss was NaN or Inf
         self._skipped = Counter()
         self._validation: ValidationSet | None = None
+        self.bar: Any = None
 
         self.scan = scan_folder(config.data)
         self.stream = CropStream(self.scan.records, config.data, config.train.seed)
@@ -309,18 +313,26 @@ class Trainer:
             self.device,
         )
         loader = iter(self._loader())
+        # One bar, on the local main process only; it writes to stderr, so the JSON-lines log is unchanged.
+        local_main = self.accelerator.is_local_main_process
+        self.bar = progress(
+            total=end, initial=self.step, desc="train", unit="step", enabled=None if local_main else False
+        )
         started, since = time.perf_counter(), self.step
-        while self.step < end:
-            record = self.train_step(loader)
-            if self.step % config.logging.every == 0 or self.step == end:
-                per_step = (time.perf_counter() - started) / (self.step - since)
-                self.log.write("step", **record, seconds_per_step=round(per_step, 4))
-                LOGGER.info("step %d  loss %.5f  %.2f s/step", self.step, record["loss"], per_step)
-                started, since = time.perf_counter(), self.step
-            if self.step % config.checkpoint.every == 0:
-                self.save_checkpoint()
-            if config.validation.every and self.step % config.validation.every == 0:
-                self.validate()
+        with self.bar, logging_to_bars(self.bar):
+            while self.step < end:
+                record = self.train_step(loader)
+                self.bar.set_postfix_str(f"loss={record['loss']:.5f}, lr={record['lr']:.3g}", refresh=False)
+                self.bar.update(1)
+                if self.step % config.logging.every == 0 or self.step == end:
+                    per_step = (time.perf_counter() - started) / (self.step - since)
+                    self.log.write("step", **record, seconds_per_step=round(per_step, 4))
+                    LOGGER.info("step %d  loss %.5f  %.2f s/step", self.step, record["loss"], per_step)
+                    started, since = time.perf_counter(), self.step
+                if self.step % config.checkpoint.every == 0:
+                    self.save_checkpoint()
+                if config.validation.every and self.step % config.validation.every == 0:
+                    self.validate()
         del loader
         if stop_at is None or stop_at >= config.train.steps:
             if self.step % config.checkpoint.every != 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -160,7 +161,10 @@ def test_score_equals_direct_metric_calls_and_writes_the_report(bench, tmp_path)
     assert summary["metrics"]["lpips"] is None and summary["fid"] is None
     assert LPIPS_MISSING in summary["notes"] and FID_MISSING in summary["notes"]
     markdown = (tmp_path / "r" / "summary.md").read_text()
-    assert f"| PSNR (dB), higher is better | {summary['metrics']['psnr']['degraded']:.2f} | {sum(psnrs) / 3:.2f} |" in markdown
+    assert (
+        f"| PSNR (dB), higher is better | {summary['metrics']['psnr']['degraded']:.2f} | {sum(psnrs) / 3:.2f} |"
+        in markdown
+    )
     assert "LPIPS not computed" in markdown and "FID not computed" in markdown
     plots = sorted(p.name for p in (tmp_path / "r").glob("plot_*.png"))
     named = {k for image in load_manifest(bench).images for k, v in image.prompted.items() if v is not None}
@@ -398,3 +402,28 @@ def test_pipeline_with_a_v_prediction_base(tmp_path):
     ddim = pipe.restore(image, "a photo", "Denoise with sigma 0.10", sampler="ddim", **simple)
     euler = pipe.restore(image, "a photo", "Denoise with sigma 0.10", sampler="euler", **simple)
     assert ddim.shape == (1, 3, 32, 32) and float((ddim - euler).abs().max()) <= 1e-4
+
+
+def test_progress_bars_leave_build_and_score_output_unchanged(photos, bench, tmp_path, monkeypatch, capsys):
+    outputs = perturbed_outputs(bench, tmp_path / "outputs")
+    build = ["build", "--images", str(photos), "--captions", str(photos.parent / "captions.json"), "--seed", "5"]
+    build += ["--size", str(SIZE), "--out", str(tmp_path / "bench")]
+    score = ["score", "--bench", str(bench), "--outputs", str(outputs), "--report", str(tmp_path / "report")]
+    runs = {}
+    for forced in ("0", "1"):
+        monkeypatch.setenv("SPIRE_PROGRESS", forced)
+        capsys.readouterr()
+        assert main(build) == 0
+        built = capsys.readouterr()
+        assert main(score) == 0
+        scored = capsys.readouterr()
+        runs[forced] = (built, scored, files(tmp_path / "bench"), files(tmp_path / "report"))
+    (built_off, scored_off, bench_off, report_off), (built_on, scored_on, bench_on, report_on) = runs["0"], runs["1"]
+    assert built_on.out == built_off.out and scored_on.out == scored_off.out  # stdout byte for byte
+    lines = built_on.out.splitlines()
+    assert len(lines) == 4 and lines[-1] == f"wrote 3 images and manifest.json to {tmp_path / 'bench'}"
+    assert bench_on == bench_off == files(bench)  # the same benchmark files as the fixture's
+    assert report_on == report_off and {"metrics.csv", "summary.json", "summary.md"} <= set(report_on)
+    assert re.search(r"build: 100%\|#+\| 3/3 \[", built_on.err)  # one count per image, on stderr
+    assert re.search(r"score: 100%\|#+\| 3/3 \[", scored_on.err)
+    assert "build:" not in built_off.err and "score:" not in scored_off.err

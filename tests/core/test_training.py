@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -599,3 +600,35 @@ def test_a_diverged_run_writes_no_checkpoint_or_adaptor_and_says_when(tiny_base,
         assert message.startswith("training diverged: at step 2 ") and "controlnet.conv_in.weight" in message
         assert f"the loss first went non-finite at step 2. The {what} is not written." in message
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "adaptor.safetensors").exists()
+
+
+def test_progress_bar_counts_the_steps_shows_the_loss_and_leaves_the_log_unchanged(
+    tiny_base, tmp_path, monkeypatch, capsys
+):
+    folder = photo_folder(tmp_path / "images", count=2)
+    runs = {}
+    for forced in ("0", "1"):
+        monkeypatch.setenv("SPIRE_PROGRESS", forced)
+        reset_accelerate()
+        out = tmp_path / f"run-{forced}"
+        trainer = Trainer(tiny_config(tiny_base, folder, out, train={"steps": 3}))
+        history = trainer.train()
+        trainer.close()
+        # the log without its clock readings and with the run's own folder named alike
+        text = (out / "logs" / "train.jsonl").read_text(encoding="utf-8").replace(json.dumps(str(out))[1:-1], "OUT")
+        records = [json.loads(line) for line in text.splitlines()]
+        log = [{k: v for k, v in r.items() if k not in ("time", "seconds_per_step")} for r in records]
+        runs[forced] = (trainer, history, log, capsys.readouterr())
+
+    (off, _, off_log, off_io), (on, history, on_log, on_io) = runs["0"], runs["1"]
+    assert on_log == off_log  # byte-equal JSON values, losses included: the bar changes nothing it logs
+    assert [r["step"] for r in on_log if r["event"] == "step"] == [1, 2, 3]
+    assert off.bar.n == 0  # a hidden bar counts nothing
+    assert on.bar.n == on.step == 3 and on.bar.total == 3
+    postfix = dict(item.split("=") for item in on.bar.postfix.split(", "))
+    assert float(postfix["loss"]) == pytest.approx(history[-1]["loss"], abs=5e-6)
+    assert float(postfix["lr"]) == pytest.approx(history[-1]["lr"], rel=1e-2)
+    assert on_io.out == off_io.out == ""
+    shown = re.findall(r"train: 100%\|#+\| 3/3 \[[^\]]*loss=([0-9.]+)", on_io.err)
+    assert shown and float(shown[-1]) == pytest.approx(history[-1]["loss"], abs=5e-6)
+    assert "train:" not in off_io.err
