@@ -91,9 +91,17 @@ def restore(
     tile_size=0,
     tile_overlap=64,
     upsample=True,
+    denoise=1.0,
 ) -> torch.Tensor:
-    """The whole SPIRE restoration of a ComfyUI IMAGE batch (B, H, W, C) -> IMAGE at the requested size."""
-    require_finite(semantic_scale=semantic_scale, restoration_scale=restoration_scale, strength=strength)
+    """The whole SPIRE restoration of a ComfyUI IMAGE batch (B, H, W, C) -> IMAGE at the requested size.
+
+    ``denoise`` below 1 starts from the degraded image's latent noised to that level (KSampler's denoise: the
+    last ``steps`` of ``int(steps / denoise)``) instead of from pure noise."""
+    require_finite(
+        semantic_scale=semantic_scale, restoration_scale=restoration_scale, strength=strength, denoise=denoise
+    )
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"denoise must be in (0, 1] (1: start from pure noise, the paper), got {denoise}")
     if not isinstance(control_net, SpireControl):
         raise ValueError("control_net must be a SPIRE adaptor from 'Load Adaptor (SPIRE)'")
     if image.shape[0] == 0:
@@ -147,7 +155,16 @@ def restore(
         tile_overlap // ratio if tile_size else 0,
     )
     sampler = comfy.samplers.sampler_object(sampler_name)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+    total = steps if denoise >= 1.0 else max(steps, int(steps / denoise))  # as KSampler counts denoise
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
+    sigmas = sigmas[-(steps + 1) :]
+    if denoise < 1.0:  # the sampler adds the noise of the first sigma to the degraded image's latent
+        pixels = padded.movedim(1, -1)
+        if tile:  # the encoder's half-width tiles must be wider than their overlap, as the decoder's
+            overlap = min(max(8, tile_overlap), tile_size // 2 - 8)
+            latent = vae.encode_tiled(pixels, tile_x=tile_size, tile_y=tile_size, overlap=overlap)
+        else:
+            latent = vae.encode(pixels)
     latent = comfy.sample.fix_empty_latent_channels(model, latent)
     noise = comfy.sample.prepare_noise(latent, seed)
     callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1, {})
@@ -248,6 +265,16 @@ class Restore(io.ComfyNode):
                     tooltip="'Upsample by Nx' in the prompt makes the output N times the input size. Off: keep the "
                     "input's size (the image was already resized back, as 'Degrade Image (SPIRE)' does).",
                 ),
+                io.Float.Input(
+                    "denoise",
+                    default=1.0,
+                    min=0.01,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,  # added after the first workflows shipped: older prompts still validate
+                    tooltip="1 = start from pure noise (the paper). Lower starts from the degraded image noised to "
+                    "that level, as KSampler's denoise: fewer model calls, closer to the input.",
+                ),
             ],
             outputs=[io.Image.Output("restored", display_name="IMAGE", tooltip="The restored image.")],
         )
@@ -273,6 +300,7 @@ class Restore(io.ComfyNode):
         tile_size,
         tile_overlap,
         upsample=True,
+        denoise=1.0,
     ) -> io.NodeOutput:
         return io.NodeOutput(
             restore(
@@ -294,6 +322,7 @@ class Restore(io.ComfyNode):
                 tile_size,
                 tile_overlap,
                 upsample,
+                denoise,
             )
         )
 

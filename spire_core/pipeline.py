@@ -262,6 +262,7 @@ class SpirePipeline:
         noise: torch.Tensor | None = None,
         scheduler_options: Mapping[str, Any] | None = None,
         upsample: bool = True,
+        denoise: float = 1.0,
     ) -> torch.Tensor:
         """Restore a batch of degraded images.
 
@@ -283,6 +284,9 @@ class SpirePipeline:
             upsample: when a prompt says "Upsample by Nx", make the output N times the input (the input is the
                 low-resolution photo). False keeps the input size: for inputs already resized back to the target
                 size, as the degradation pipeline and the evaluation benchmark produce them.
+            denoise: in (0, 1]. 1 starts from pure noise (the paper). Below 1, restoration starts from the
+                degraded image's latent noised to that level: the last ``steps`` of ``int(steps / denoise)``
+                timesteps, as ComfyUI's KSampler counts its ``denoise``; fewer model calls, closer to the input.
 
         Returns:
             (B, 3, H', W') float32 in [0, 1] on ``image``'s device: H' x W' is H x W, or N times that.
@@ -300,6 +304,8 @@ class SpirePipeline:
             raise ValueError(f"color_fix {color_fix!r} is unknown; expected one of {COLOR_FIXES}")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        if not 0.0 < denoise <= 1.0:  # NaN fails this too
+            raise ValueError(f"denoise must be in (0, 1] (1: start from pure noise, the paper), got {denoise}")
         batch = image.shape[0]
         prompts = restoration_prompts(restoration_prompt, batch)
         semantic_prompts = [semantic_prompt] if isinstance(semantic_prompt, str) else list(semantic_prompt)
@@ -342,14 +348,22 @@ class SpirePipeline:
         conditions = (semantic.to(self.dtype), restoration.to(self.dtype), features)
 
         scheduler = self.make_scheduler(sampler, scheduler_options)
-        scheduler.set_timesteps(steps, device=device)
-        if sampler == "euler":
-            start = float(torch.sqrt(1 + scheduler.sigmas[0].double() ** 2))
+        total = steps if denoise >= 1.0 else max(steps, int(steps / denoise))  # as KSampler counts denoise
+        scheduler.set_timesteps(total, device=device)
+        timesteps = scheduler.timesteps[total - steps :]
+        noise = noise.to(device=device, dtype=torch.float32)
+        if total > steps:  # the degraded image's latent, noised to the first timestep kept
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(total - steps)
+            encoded = self.components.vae.encode((2 * padded - 1).to(self.components.vae.dtype)).latent_dist.mode()
+            start_latent = encoded.float() * self.components.scaling_factor
+            latents = scheduler.add_noise(start_latent, noise, timesteps[:1])
+        elif sampler == "euler":
+            latents = noise * float(torch.sqrt(1 + scheduler.sigmas[0].double() ** 2))
         else:
-            start = float(scheduler.init_noise_sigma)
-        latents = noise.to(device=device, dtype=torch.float32) * start
+            latents = noise * float(scheduler.init_noise_sigma)
         hint_in, scales = padded.to(self.dtype), (semantic_scale, restoration_scale)
-        for t in scheduler.timesteps:
+        for t in timesteps:
             out = self._predict(latents, t, scheduler, conditions, hint_in, scales, strength)
             latents = scheduler.step(out, t, latents).prev_sample
         vae = self.components.vae

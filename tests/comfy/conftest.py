@@ -13,7 +13,6 @@ import itertools
 import sys
 import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,19 +147,38 @@ def _boot(root: Path, base: Path) -> Comfy:
     return Comfy(root, base, core_node_ids)
 
 
+_BOOTED: list[Comfy] = []
+"""The booted ComfyUI of this session, shut down in ``pytest_sessionfinish`` (after the last test has let go
+of its fixtures: a session fixture's own teardown runs while the last test's arguments still hold models)."""
+
+
 @pytest.fixture(scope="session")
-def comfy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
+def comfy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Comfy:
     root = request.config.comfyui_dir  # type: ignore[attr-defined]
     assert root is not None, "the comfy tier runs only when ComfyUI is found"
     booted = _boot(Path(root), tmp_path_factory.mktemp("comfy_base"))
-    yield booted
-    _shut_down(booted, check=not request.session.testsfailed)  # a failed test's traceback holds its models
+    _BOOTED.append(booted)
+    return booted
 
 
-def _shut_down(booted: Comfy, check: bool = True) -> None:
-    """Let go of every model while ComfyUI's modules still exist, as the server does when it stops: a
-    ModelPatcher left for the interpreter's exit runs its ``__del__`` after ComfyUI's module globals
-    are gone, which prints a traceback per model that reads like a crash."""
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _BOOTED:
+        return
+    left = _shut_down(_BOOTED.pop())
+    if left and not session.testsfailed:  # a failed test's traceback may hold its models: no verdict then
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"{left} ModelPatcher objects outlive the comfy tier: something still holds a model"
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"ERROR: {message}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _shut_down(booted: Comfy) -> int:
+    """Let go of every model while ComfyUI's modules still exist, as the server does when it stops, and return
+    how many ModelPatchers are still alive (0 expected). A ModelPatcher left for the interpreter's exit runs its
+    ``__del__`` after ComfyUI's module globals are gone, which prints a traceback per model that reads like a
+    crash."""
     import gc
 
     import comfy.model_management as mm
@@ -174,9 +192,7 @@ def _shut_down(booted: Comfy, check: bool = True) -> None:
     gc.collect()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scanning every object touches torch's deprecated module attributes
-        left = sum(isinstance(o, comfy.model_patcher.ModelPatcher) for o in gc.get_objects())
-    if left and check:
-        raise AssertionError(f"{left} ModelPatcher objects outlive the comfy tier: something still holds a model")
+        return sum(isinstance(o, comfy.model_patcher.ModelPatcher) for o in gc.get_objects())
 
 
 @pytest.fixture(autouse=True)

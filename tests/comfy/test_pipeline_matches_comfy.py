@@ -229,6 +229,14 @@ CASES = {
         COMFY_SIMPLE_SCHEDULE,
         {"restoration_prompt": "Upsample by 2.0x; Denoise with sigma 0.05", "color_fix": "adain", "strength": 0.7},
     ),
+    # a denoise start: the degraded photo's latent noised to the 5th of 8 timesteps, both samplers
+    "denoise-ddim": ({"sampler_name": "ddim", "scheduler": "simple"}, "ddim", COMFY_SIMPLE_SCHEDULE, {"denoise": 0.5}),
+    "denoise-euler": (
+        {"sampler_name": "euler", "scheduler": "simple"},
+        "euler",
+        COMFY_SIMPLE_SCHEDULE,
+        {"denoise": 0.5},
+    ),
 }
 
 

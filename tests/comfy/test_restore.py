@@ -212,6 +212,28 @@ def test_restore_is_ksampler_with_the_adaptor(setup):
     assert torch.equal(ours, decoded.clamp(0, 1))
 
 
+@pytest.mark.parametrize("denoise", [0.5, 0.75])
+def test_a_denoise_start_is_ksampler_denoise_from_the_encoded_photo(setup, denoise):
+    """denoise < 1 starts from the degraded photo's latent noised to that level: exactly VAEEncode -> KSampler
+    with the same denoise (how much closer to the photo it stays is measured in the miniature: random tiny
+    models here reconstruct nothing)."""
+    comfy_ = setup
+    image = photo(48, 64)
+    ours = restore(comfy_, image, steps=4, denoise=denoise)
+    model, vae = tiny_comfy.tiny_model("sd1"), tiny_comfy.tiny_vae()
+    positive, negative = conditioning(comfy_, image, "Remove all degradation")
+    latent = node(comfy_, "VAEEncode")().encode(vae, image)[0]
+    ksampler = node(comfy_, "KSampler")()
+    sampled = ksampler.sample(model, 7, 4, 4.0, "euler", "normal", positive, negative, latent, denoise=denoise)[0]
+    decoded = node(comfy_, "VAEDecode")().decode(vae, sampled)[0]
+    assert torch.equal(ours, decoded.clamp(0, 1))
+    assert float((ours - restore(comfy_, image, steps=4)).abs().max()) > 1e-3  # not the pure-noise start
+    with pytest.raises(ValueError, match=r"denoise must be in \(0, 1\]"):
+        restore(comfy_, image, denoise=0.0)
+    with pytest.raises(ValueError, match="denoise"):
+        restore(comfy_, image, denoise=float("nan"))
+
+
 class LiveBytes(TorchDispatchMode):
     """Peak bytes of tensor storages newly allocated inside model forwards (activations); outputs that alias an
     input (in-place ops, weight casts written into existing buffers) are not new memory and are not counted."""

@@ -368,6 +368,7 @@ def restore_node(
             ("tile_size", tile_size, []),
             ("tile_overlap", 64, []),
             ("upsample", upsample, []),
+            ("denoise", 1.0, []),
         ],
         inputs=inputs,
         outputs=[("IMAGE", "IMAGE")],
