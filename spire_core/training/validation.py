@@ -20,6 +20,7 @@ from ..degradation import DegradationSpec, degrade, prompt_for, sample_params
 from ..imageio import save_image
 from ..models import SpireAdaptor, predict_noise
 from ..prompt import BLIND_PROMPT, restoration_features
+from ..restoration import combine_guidance
 from .components import FrozenComponents, encode_prompts
 from .config import DataConfig
 from .data import ImageRecord, choose_caption, decode_crop
@@ -79,6 +80,7 @@ def restore(
     guidance_scale: float = 5.0,
     seed: int = 0,
     autocast: torch.autocast | None = None,
+    denoise: float = 1.0,
 ) -> torch.Tensor:
     """Restore a batch with the adaptor: DDIM sampling, then VAE decoding.
 
@@ -91,6 +93,8 @@ def restore(
         guidance_scale: CFG over the semantic prompt; 1 disables it.
         seed: initial noise.
         autocast: an autocast context for mixed precision (``None``: run in the models' dtypes).
+        denoise: 1 starts from pure noise; below 1 from the degraded images' latents noised to the level of
+            the last ``steps`` of ``int(steps / denoise)`` timesteps (as ``SpirePipeline.restore``).
 
     Returns:
         (N, 3, H, W) float32 in [0, 1] on ``degraded``'s device.
@@ -102,13 +106,21 @@ def restore(
     unet: nn.Module = components.unet
     device = next(unet.parameters()).device
     scheduler = DDIMScheduler.from_config({**components.scheduler_config, "clip_sample": False})
-    scheduler.set_timesteps(steps, device=device)
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+    total = steps if denoise >= 1.0 else max(steps, int(steps / denoise))
+    scheduler.set_timesteps(total, device=device)
+    timesteps = scheduler.timesteps[total - steps :]
     n, _, height, width = degraded.shape
     factor = components.vae_downscale
     shape = (n, components.latent_channels, height // factor, width // factor)
-    latents = torch.randn(shape, generator=generator_for(seed, "validation-noise")).to(device)
-    latents = latents * scheduler.init_noise_sigma
+    noise = torch.randn(shape, generator=generator_for(seed, "validation-noise")).to(device)
     hint = degraded.to(device)
+    if total > steps:
+        encoded = components.vae.encode(hint * 2 - 1).latent_dist.mean.float() * components.scaling_factor
+        latents = scheduler.add_noise(encoded, noise, timesteps[:1])
+    else:
+        latents = noise * scheduler.init_noise_sigma
     layer = adaptor.config.text_encoder_layer
     restoration = encode_prompts(components, restoration_prompts, layer, device)
     features = restoration_features(restoration_prompts).to(device)
@@ -120,14 +132,14 @@ def restore(
         restoration, hint = torch.cat([restoration, restoration]), torch.cat([hint, hint])
         features = torch.cat([features, features])
     with autocast or nullcontext():
-        for t in scheduler.timesteps:
+        for t in timesteps:
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
             out = predict_noise(
                 unet, adaptor, model_in, t, semantic, restoration, hint, restoration_features=features
             ).float()
             if guided:
                 uncond, cond = out.chunk(2)
-                out = uncond + guidance_scale * (cond - uncond)
+                out = combine_guidance(cond, uncond, None, guidance_scale, 1.0)
             latents = scheduler.step(out, t, latents).prev_sample
     vae = components.vae
     images = vae.decode(latents.float() / components.scaling_factor).sample

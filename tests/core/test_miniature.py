@@ -105,5 +105,11 @@ def test_miniature_cli_writes_every_number(tmp_path, one_thread):
     assert result["machine"]["torch"] == torch.__version__ and result["machine"]["cpu"]
     table = (out / "miniature.md").read_text()
     assert "| restored, modulation_numeric |" in table and "**Noise ladder**" in table
+    sweep = result["restoration"]["denoise_start"]
+    assert sweep["arm"] == "modulation_numeric"
+    assert {(row["steps"], row["denoise"]) for row in sweep["rows"]} == {
+        (s, d) for s in (5, 10, 25) for d in (1.0, 0.7, 0.5)
+    }
+    assert "| steps | start 1 | start 0.7 | start 0.5 |" in table
     for name in ("eval.png", "ladder.png", "control.json", "control.md", "ladder_noise.png", "ladder_blur.png"):
         assert (out / name).is_file(), name

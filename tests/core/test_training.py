@@ -632,3 +632,30 @@ def test_progress_bar_counts_the_steps_shows_the_loss_and_leaves_the_log_unchang
     shown = re.findall(r"train: 100%\|#+\| 3/3 \[[^\]]*loss=([0-9.]+)", on_io.err)
     assert shown and float(shown[-1]) == pytest.approx(history[-1]["loss"], abs=5e-6)
     assert "train:" not in off_io.err
+
+
+def test_validation_restore_with_a_denoise_start_begins_from_the_noised_input():
+    """The lower the denoise, the closer the result stays to the input's codec round trip (the random tiny UNet's
+    predictions still move it: one step at the lowest noise level)."""
+    from spire_core.models import SpireAdaptor
+    from spire_core.training.tiny import build_tiny_components
+    from spire_core.training.validation import restore
+
+    components = build_tiny_components("sd1")
+    adaptor = SpireAdaptor.from_unet(components.unet, base_family="sd1")
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        latents = components.vae.encode(image * 2 - 1).latent_dist.mean
+        roundtrip = ((components.vae.decode(latents).sample + 1) / 2).clamp(0, 1)
+
+    def distance(**options):
+        with torch.no_grad():
+            out = restore(
+                components, adaptor, image, ["Remove all degradation"] * 2, ["", ""], guidance_scale=1.0, **options
+            )
+        return float((out - roundtrip).abs().mean())
+
+    distances = [distance(steps=2, denoise=denoise) for denoise in (0.02, 0.3, 1.0)]
+    assert distances[0] < distances[1] < distances[2] and distances[0] < 0.75 * distances[2], distances
+    with pytest.raises(ValueError, match=r"denoise must be in \(0, 1\]"):
+        restore(components, adaptor, image, ["Remove all degradation"] * 2, ["", ""], denoise=1.5)
