@@ -1,11 +1,14 @@
-"""Restoration-prompt nodes: build a canonical prompt from numbers, and validate/parse text."""
+"""Restoration-prompt nodes: build a canonical prompt from numbers, validate/parse text, suggest one from a photo."""
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+import json
 
+from comfy_api.latest import io, ui
+
+from ..spire_core.estimate import MIN_SIDE, estimate_degradation
 from ..spire_core.prompt import BLIND_PROMPT, RestorationRequest, parse, quantize, render
-from .convert import require_finite
+from .convert import image_to_bchw, require_finite
 
 FORMS = (
     '"Upsample by 4.0x", "Deblur with sigma 1.5", "Denoise with sigma 0.08", "Dejpeg with quality 50", '
@@ -146,4 +149,84 @@ class ParseRestorationPrompt(io.ComfyNode):
         )
 
 
-NODES = [RestorationPrompt, ParseRestorationPrompt]
+WHEN_CLEAN = (BLIND_PROMPT, "empty")
+"""What the suggestion says for a photo where no degradation is confidently present."""
+
+
+class SuggestRestorationPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SPIRE_SuggestRestorationPrompt",
+            display_name="Suggest Restoration Prompt (SPIRE)",
+            category="SPIRE/prompt",
+            description=(
+                "Read the degradation off a photo, without its original, and write the restoration prompt that names "
+                "it: noise sigma, blur sigma, JPEG quality and upsample factor, each with a confidence; only what is "
+                "confidently present is named. Start from the suggestion, then dial noise_scale or blur_scale down to "
+                "keep some grain or softness. No model is needed. One prompt line per image of the batch."
+            ),
+            inputs=[
+                io.Image.Input(
+                    "image", tooltip=f"The photo(s) to read, at least {MIN_SIDE}x{MIN_SIDE} px; alpha is ignored."
+                ),
+                io.Float.Input(
+                    "noise_scale",
+                    default=1.0,
+                    min=0.0,
+                    max=2.0,
+                    step=0.05,
+                    tooltip="Multiplies the suggested noise sigma: below 1 keeps some grain, 0 leaves the noise alone.",
+                ),
+                io.Float.Input(
+                    "blur_scale",
+                    default=1.0,
+                    min=0.0,
+                    max=2.0,
+                    step=0.05,
+                    tooltip="Multiplies the suggested blur sigma: below 1 keeps some softness, 0 leaves the blur "
+                    "alone.",
+                ),
+                io.Combo.Input(
+                    "when_clean",
+                    options=list(WHEN_CLEAN),
+                    default=BLIND_PROMPT,
+                    tooltip=f'The prompt for a photo where nothing is confidently degraded: "{BLIND_PROMPT}", or an '
+                    "empty line (restoring then stops with a message: there is nothing to restore).",
+                ),
+            ],
+            outputs=[
+                io.String.Output(
+                    "restoration_prompt",
+                    display_name="restoration_prompt",
+                    tooltip="The suggested prompt, one line per image, e.g. 'Deblur with sigma 1.5; Denoise with "
+                    "sigma 0.05'.",
+                ),
+                io.String.Output(
+                    "estimates_json",
+                    display_name="estimates_json",
+                    tooltip="Every estimate per image as JSON: value (prompt units), confidence 0..1, present, note.",
+                ),
+                io.String.Output("summary", display_name="summary", tooltip="The estimates as short text."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, image, noise_scale, blur_scale, when_clean) -> io.NodeOutput:
+        require_finite(noise_scale=noise_scale, blur_scale=blur_scale)
+        if when_clean not in WHEN_CLEAN:
+            raise ValueError(f"when_clean must be one of {list(WHEN_CLEAN)}, got {when_clean!r}")
+        estimates = estimate_degradation(image_to_bchw(image), "image")
+        prompts, texts = [], []
+        for index, item in enumerate(estimates):
+            request = item.request(noise_scale, blur_scale)
+            prompt = render(request) if not request.is_empty() else (BLIND_PROMPT if when_clean == BLIND_PROMPT else "")
+            prompts.append(prompt)
+            texts.append(f"image {index}: {prompt or '(nothing to restore)'}\n{item.summary()}")
+        data = [{"prompt": p, **e.to_dict()} for p, e in zip(prompts, estimates)]
+        summary = "\n\n".join(texts)
+        return io.NodeOutput("\n".join(prompts), json.dumps(data), summary, ui=ui.PreviewText(summary))
+
+
+NODES = [RestorationPrompt, ParseRestorationPrompt, SuggestRestorationPrompt]

@@ -45,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--adaptor", default=os.environ.get("SPIRE_ADAPTOR"), help="SPIRE adaptor .safetensors")
     parser.add_argument("--semantic", default="", help="semantic prompt (what the photo shows); empty = blind")
-    parser.add_argument("--restoration", default="Remove all degradation", help="restoration prompt")
+    parser.add_argument(
+        "--restoration",
+        default="Remove all degradation",
+        help="restoration prompt; 'auto': the prompt suggested from the photo itself (spire_core.estimate)",
+    )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--semantic-scale", type=float, default=5.0)
     parser.add_argument("--restoration-scale", type=float, default=1.0)
@@ -54,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--color-fix", choices=("none", "wavelet", "adain"), default="none")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     return parser
+
+
+AUTO_RESTORATION = "auto"
+"""``--restoration auto``: read the degradation off the photo and restore with the prompt that names it."""
+
+
+def auto_restoration(image: str) -> str:
+    """The restoration prompt suggested for the photo at ``image`` (blind when it reads as clean), printed."""
+    from .estimate import suggest_for_file
+    from .prompt import BLIND_PROMPT
+
+    prompt, estimates = suggest_for_file(image)
+    print(f"suggested restoration prompt: {prompt or BLIND_PROMPT + ' (nothing confidently degraded)'}")
+    print(estimates.summary())
+    return prompt or BLIND_PROMPT
 
 
 def _cuda() -> bool:
@@ -86,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.image).is_file():
         print(f"error: image {args.image} does not exist", file=sys.stderr)
         return 2
+    if args.restoration.strip().lower() == AUTO_RESTORATION:
+        args.restoration = auto_restoration(args.image)
     problems = missing_inputs(args.base, args.components, args.adaptor)
     if problems:
         print("cannot restore yet: " + "; ".join(problems) + ".\n\n" + WHAT_GOES_WHERE, file=sys.stderr)

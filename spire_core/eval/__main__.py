@@ -10,6 +10,8 @@
     python -m spire_core.eval control --out DIR [--restorer adaptor|oracle|identity] [--base MODEL --adaptor FILE
                                       --components FOLDER] [--images PHOTO ...] [--crop 64] [--crops N]
                                       [--noise 0.12] [--blur 2.0] [--seed 0] [--steps 25]
+    python -m spire_core.eval estimate [--out results/estimate-accuracy.json] [--plot docs/estimate_accuracy.png]
+                                       [--per-photo 4] [--crop 256] [--seed 0] [--sets noise blur jpeg ...]
 
 Build, restore and score show a progress bar on stderr when it is a terminal (``spire_core.progress``;
 ``SPIRE_PROGRESS=0`` hides it); stdout and the files written are the same with or without it.
@@ -117,7 +119,49 @@ def _parser() -> argparse.ArgumentParser:
     control.add_argument("--steps", type=int, default=25, help="adaptor: sampling steps")
     control.add_argument("--semantic-scale", type=float, default=1.0, help="adaptor: CFG (default 1: none)")
     control.add_argument("--device", default="cpu", help="adaptor: torch device")
+
+    estimate = commands.add_parser(
+        "estimate", help="accuracy of the reference-free degradation estimates (suggested restoration prompts)"
+    )
+    estimate.add_argument("--out", default=None, help="JSON file for the records, summary and targets")
+    estimate.add_argument("--plot", default=None, help="PNG scatter plot of estimate against truth")
+    estimate.add_argument("--per-photo", type=int, default=4, help="degraded draws per photo and set (default 4)")
+    estimate.add_argument("--crop", type=int, default=256, help="centre-crop side in pixels (default 256)")
+    estimate.add_argument("--seed", type=int, default=0)
+    estimate.add_argument("--sets", nargs="+", default=None, help="degradation sets (default all)")
     return parser
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .estimate import REPORT_FORMAT, SETS, bundled_photos, check_targets, markdown, plot, run_cases, summarize
+
+    sets = tuple(args.sets or SETS)
+    unknown = set(sets) - set(SETS)
+    if unknown:
+        raise ValueError(f"unknown sets {sorted(unknown)}; expected some of {SETS}")
+    photos = bundled_photos()
+    records = run_cases(photos, sets, per_photo=args.per_photo, crop=args.crop, seed=args.seed, log=print)
+    summary = summarize(records)
+    targets = check_targets(summary)
+    print(markdown(summary), end="")
+    print(json.dumps({"targets": targets}))
+    if args.out:
+        report = {
+            "format": REPORT_FORMAT,
+            "command": args.command_line,
+            "photos": sorted(photos),
+            "summary": summary,
+            "targets": targets,
+            "records": records,
+        }
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if args.plot:
+        plot(records, args.plot)
+    return 0
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -222,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.command_line = "python -m spire_core.eval " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        return {"build": _build, "restore": _restore, "score": _score, "control": _control}[args.command](args)
+        commands = {"build": _build, "restore": _restore, "score": _score, "control": _control, "estimate": _estimate}
+        return commands[args.command](args)
     except (BenchmarkError, FileNotFoundError, ValueError) as error:  # model-file errors are ValueErrors too
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ FROZEN_NODE_IDS = {
     "SPIRE_ColorFix",
     "SPIRE_ImageMetrics",
     "SPIRE_SaveMetrics",
+    "SPIRE_SuggestRestorationPrompt",
 }
 """Node ids are frozen once a workflow ships; a change goes to a new ``...V2`` id."""
 
