@@ -401,6 +401,39 @@ def spire_blind_restore() -> Graph:
     )
 
 
+def spire_suggested_restore() -> Graph:
+    return Graph(
+        "spire_suggested_restore",
+        notes=(
+            "Restore with the restoration prompt read off the photo: 'Suggest Restoration Prompt (SPIRE)' estimates "
+            "noise, blur, JPEG quality and upsample factor and names what is confidently present. Its estimates show "
+            "in the preview; to edit the prompt, copy it into Restore's restoration_prompt and remove the link, or "
+            "lower noise_scale / blur_scale to keep some grain or softness."
+        ),
+        nodes=[
+            load_image(1, (40, 300)),
+            checkpoint(2, (40, 80)),
+            adaptor_loader(5, (40, 200)),
+            Node(
+                3,
+                "SPIRE_SuggestRestorationPrompt",
+                (420, 80),
+                (340, 150),
+                widgets=[
+                    ("noise_scale", 1.0, []),
+                    ("blur_scale", 1.0, []),
+                    ("when_clean", "Remove all degradation", []),
+                ],
+                inputs=[("image", "IMAGE", (1, 0))],
+                outputs=[("restoration_prompt", "STRING"), ("estimates_json", "STRING"), ("summary", "STRING")],
+            ),
+            Node(4, "PreviewAny", (420, 300), (340, 260), inputs=[("source", "*", (3, 2))], title="Estimates"),
+            restore_node(6, (800, 80), (1, 0), restoration_link=(3, 0)),
+            save(7, (1200, 80), (6, 0), "spire_suggested"),
+        ],
+    )
+
+
 def spire_semantic_restore() -> Graph:
     return Graph(
         "spire_semantic_restore",
@@ -725,6 +758,7 @@ GRAPHS = [
     degradation_preview,
     spire_restore,
     spire_blind_restore,
+    spire_suggested_restore,
     spire_semantic_restore,
     spire_strength_sweep,
     spire_degrade_restore_metrics,

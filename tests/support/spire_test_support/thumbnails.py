@@ -53,6 +53,8 @@ CARDS = {
     "against the clean photo, saved as CSV + JSON",
     "spire_restore_to_generation": "SPIRE restore -> upscale 1.5x -> img2img with the semantic prompt",
     "spire_large_photo_tiled": "SPIRE large photo: 512 px tiles, 64 px blended overlaps, memory bounded by the tile",
+    "spire_suggested_restore": "SPIRE suggested prompt: the photo's noise, blur, JPEG quality and upsample factor "
+    "read off it -> Restore (SPIRE) with that prompt",
 }
 """Captions of the restore workflows' thumbnails (no SPIRE weights ship, so they show the input they work on)."""
 
