@@ -192,3 +192,40 @@ def test_templates_are_served_from_example_workflows(server):
     expected = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
     assert WORKFLOW_DIR.name == "example_workflows" and len(expected) == 9
     assert sorted(ours) == expected
+
+
+def test_a_suggested_prompt_through_the_server_reads_the_noise_it_was_given(server):
+    """Load Image -> Degrade Image (noise sigma 0.08 only) -> Suggest Restoration Prompt -> preview, over HTTP:
+    the suggestion names the noise (within 15 %) and nothing else."""
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {
+            "class_type": "SPIRE_DegradeImage",
+            "inputs": {
+                "image": ["1", 0],
+                "seed": 3,
+                "preset": "manual",
+                "blur_sigma": 0.0,
+                "downscale": 1.0,
+                "noise_sigma": 0.08,
+                "jpeg_quality": 0,
+            },
+        },
+        "3": {
+            "class_type": "SPIRE_SuggestRestorationPrompt",
+            "inputs": {
+                "image": ["2", 0],
+                "noise_scale": 1.0,
+                "blur_scale": 1.0,
+                "when_clean": "Remove all degradation",
+            },
+        },
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
+    }
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert entry["outputs"]["5"]["text"][0] == "Denoise with sigma 0.08"  # what was applied
+    suggested = entry["outputs"]["4"]["text"][0]
+    match = re.fullmatch(r"Denoise with sigma (\d\.\d\d)", suggested)
+    assert match and abs(float(match.group(1)) - 0.08) <= 0.15 * 0.08, suggested
