@@ -49,6 +49,7 @@ from .models import (
     load_adaptor,
     predict_noise,
 )
+from .models.components import FrozenComponents, encode_prompts, load_components
 from .prompt import BLIND_PROMPT, RestorationPromptError, canonicalize, restoration_features
 from .restoration import (
     COLOR_FIXES,
@@ -58,7 +59,6 @@ from .restoration import (
     output_size,
     pad_to_multiple,
 )
-from .training.components import FrozenComponents, encode_prompts, load_components
 
 SAMPLERS = ("ddim", "euler")
 """Samplers of ``SpirePipeline.restore``: DDIM (eta 0) and Euler, both deterministic."""
@@ -114,7 +114,7 @@ class SpirePipeline:
     ``torch.no_grad`` on the models' device; nothing is downloaded.
 
     Attributes:
-        components: the frozen base parts and the noise-schedule config (``spire_core.training.FrozenComponents``).
+        components: the frozen base parts and the noise-schedule config (``models.components.FrozenComponents``).
         adaptor: the ``SpireAdaptor``.
     """
 
@@ -195,7 +195,7 @@ class SpirePipeline:
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str], layer: str = "family") -> torch.Tensor:
         """(N, T, D) text-encoder hidden states; ``layer`` is ``"family"`` (the base's own) or the adaptor's
-        ``"last"``/``"penultimate"`` (see ``spire_core.training.encode_prompts``)."""
+        ``"last"``/``"penultimate"`` (see ``spire_core.models.components.encode_prompts``)."""
         return encode_prompts(self.components, list(prompts), layer, self.device)
 
     def make_scheduler(self, sampler: str = "ddim", options: Mapping[str, Any] | None = None):  # noqa: ANN201

@@ -17,6 +17,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "SD_SCHEDULER_CONFIG": "components",
+    "FrozenComponents": "components",
+    "encode_prompts": "components",
+    "load_components": "components",
+    "make_noise_scheduler": "components",
     "HEAD_NAMES": "config",
     "HEAD_PREFIX": "config",
     "SpireAdaptor": "adaptor",
@@ -81,6 +86,11 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "SD_SCHEDULER_CONFIG",
+    "FrozenComponents",
+    "encode_prompts",
+    "load_components",
+    "make_noise_scheduler",
     "BASE_FAMILIES",
     "DEFAULT_TEXT_ENCODER_LAYER",
     "FORMAT_VERSION",

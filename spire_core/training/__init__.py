@@ -12,6 +12,7 @@ ComfyUI nodes unchanged. ``write_tiny_base`` writes a tiny random diffusers mode
 See docs/training.md.
 """
 
+from ..models.components import SD_SCHEDULER_CONFIG, FrozenComponents, encode_prompts, load_components
 from .checkpoints import (
     CheckpointError,
     adaptor_from_checkpoint,
@@ -21,7 +22,6 @@ from .checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
-from .components import SD_SCHEDULER_CONFIG, FrozenComponents, encode_prompts, load_components
 from .config import (
     SECTIONS,
     CheckpointConfig,

@@ -25,8 +25,8 @@ from torch import nn
 
 from ..degradation import DegradationSpec
 from ..models import SpireAdaptor, additive_unet_kwargs, apply_to_unet
+from ..models.components import FrozenComponents, encode_prompts
 from ..prompt import restoration_features
-from .components import FrozenComponents, encode_prompts
 from .config import PromptConfig
 from .seeds import generator_for
 from .synth import SynthBatch, draw_sample, synthesize

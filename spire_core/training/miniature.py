@@ -64,9 +64,9 @@ from ..eval.control import (
 )
 from ..eval.metrics import psnr_per_image
 from ..models import NUMERIC_TOKENS_DEFAULT, SpireAdaptor
+from ..models.components import FrozenComponents, encode_prompts, make_noise_scheduler
 from ..progress import progress
 from ..prompt import BLIND_PROMPT
-from .components import FrozenComponents, encode_prompts, make_noise_scheduler
 from .config import PromptConfig
 from .ema import EMA
 from .loss import diffusion_loss, make_training_batch

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..models import BaseModelInfo, tiny_unet_config
-from .components import SD_SCHEDULER_CONFIG, FrozenComponents
+from ..models.components import SD_SCHEDULER_CONFIG, FrozenComponents
 
 TINY_WORDS = (
     "upsample",

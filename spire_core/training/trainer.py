@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..models import save_adaptor
+from ..models.components import FrozenComponents, load_components, make_noise_scheduler
 from ..progress import logging_to_bars, progress
 from .checkpoints import (
     CheckpointError,
@@ -45,7 +46,7 @@ from .checkpoints import (
     unprefixed,
     write_checkpoint,
 )
-from .components import FrozenComponents, build_adaptor, load_components, make_noise_scheduler
+from .components import build_adaptor
 from .config import TrainingConfig
 from .data import BAD_REASONS, CropStream, DataError, make_loader, scan_folder
 from .ema import EMA

@@ -19,9 +19,9 @@ from torch import nn
 from ..degradation import DegradationSpec, degrade, prompt_for, sample_params
 from ..imageio import save_image
 from ..models import SpireAdaptor, predict_noise
+from ..models.components import FrozenComponents, encode_prompts
 from ..prompt import BLIND_PROMPT, restoration_features
 from ..restoration import combine_guidance
-from .components import FrozenComponents, encode_prompts
 from .config import DataConfig
 from .data import ImageRecord, choose_caption, decode_crop
 from .seeds import generator_for

@@ -49,8 +49,8 @@ from spire_test_support import tiny_comfy
 from spire_test_support.adaptors import randomize_heads
 
 from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
+from spire_core.models.components import SD_SCHEDULER_CONFIG
 from spire_core.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
-from spire_core.training.components import SD_SCHEDULER_CONFIG
 
 ADAPTOR = "pipeline_match_sd1.safetensors"
 SHARPEN = {".attn2.to_k.": 10.0, ".attn2.to_v.": 10.0, "model.diffusion_model.out.2.": 30.0}

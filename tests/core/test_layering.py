@@ -106,3 +106,17 @@ def test_the_models_command_answers_help_without_torch():
         "    assert stop.code == 0, stop.code\n"
     )
     assert _imports_after(code) == []
+
+
+def test_restoration_evaluation_and_models_never_import_training():
+    """The frozen base parts live in models/: restoring (pipeline, CLI), evaluating and the model files do not
+    reach into the training package."""
+    probe = (
+        "import sys\n"
+        "import spire_core.pipeline, spire_core.restore, spire_core.eval.benchmark, spire_core.eval.control\n"
+        "import spire_core.models.components, spire_core.models.checkpoint\n"
+        "print(sorted(m for m in sys.modules if m.startswith('spire_core.training')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PACK_DIR, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

@@ -20,7 +20,8 @@ def start_comfyui_and_list_modules(root, base) -> dict:  # noqa: ANN001 - paths
     """Run ComfyUI's main.py to the end of its start-up in a fresh interpreter and report what was imported."""
     code = (
         "import json, runpy, sys\n"
-        f"sys.argv = ['main.py', '--cpu', '--quick-test-for-ci', '--disable-api-nodes', '--base-directory', {str(base)!r}]\n"
+        "sys.argv = ['main.py', '--cpu', '--quick-test-for-ci', '--disable-api-nodes', '--base-directory', "
+        f"{str(base)!r}]\n"
         f"sys.path.insert(0, {str(root)!r})\n"
         "try:\n"
         "    runpy.run_path('main.py', run_name='__main__')\n"

@@ -1,0 +1,225 @@
+"""The frozen parts of a Stable Diffusion base: UNet, VAE, text encoder, tokenizer and the DDPM noise schedule,
+loaded offline, for training and for restoring outside ComfyUI (``SpirePipeline``).
+
+The UNet comes from ``load_base_unet`` (diffusers folder or single-file checkpoint). The VAE, text encoder and
+tokenizer come from a diffusers folder (``vae/``, ``text_encoder/``, ``tokenizer/``) with ``local_files_only=True``
+and safetensors weights only; the noise schedule from its ``scheduler/scheduler_config.json`` when present, else
+Stable Diffusion's own (``SD_SCHEDULER_CONFIG``).
+
+Prompts are encoded the way diffusers' Stable Diffusion pipelines do: ``text_encoder(ids).last_hidden_state``
+over 77 padded tokens. That output is each family's own layer (SD2 diffusers folders ship OpenCLIP-H already
+cut to its penultimate layer), so it is used for the semantic prompt and, unless the adaptor asks for another
+layer, for the restoration prompt too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import BaseModelInfo, load_base_unet
+from .config import DEFAULT_TEXT_ENCODER_LAYER
+from .files import BaseModelFileError
+
+LOGGER = logging.getLogger(__name__)
+
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
+"""Stable Diffusion 1.x/2.x training noise schedule (used when the base has no ``scheduler/`` folder)."""
+
+
+@dataclass
+class FrozenComponents:
+    """Everything training needs besides the adaptor; all frozen.
+
+    Attributes:
+        unet: diffusers ``UNet2DConditionModel``.
+        vae: diffusers ``AutoencoderKL``.
+        text_encoder: transformers ``CLIPTextModel``.
+        tokenizer: transformers ``CLIPTokenizer`` (or anything with the same ``__call__``).
+        scheduler_config: ``DDPMScheduler`` config (prediction type set to the base's).
+        info: where the UNet came from and what it predicts.
+    """
+
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+    info: BaseModelInfo
+
+    def freeze(self) -> FrozenComponents:
+        """Eval mode and ``requires_grad_(False)`` on every model; returns ``self``."""
+        for model in (self.unet, self.vae, self.text_encoder):
+            model.eval().requires_grad_(False)
+        return self
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def vae_downscale(self) -> int:
+        """Pixels per latent cell along each side (8 for SD)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        """Latents are ``vae.encode(x).latent_dist * scaling_factor`` (0.18215 for SD1/SD2)."""
+        return float(self.vae.config.scaling_factor)
+
+
+def _variant(folder: Path, stem: str) -> str | None:
+    """``None`` when ``folder/stem.safetensors`` exists, else the variant of ``stem.<variant>.safetensors``."""
+    if (folder / f"{stem}.safetensors").is_file():
+        return None
+    variants = sorted(p.name.split(".")[-2] for p in folder.glob(f"{stem}.*.safetensors"))
+    if not variants:
+        raise BaseModelFileError(
+            f"{folder} has no {stem}.safetensors: SPIRE loads safetensors weights only (never pickled .bin files). "
+            "Convert the model to safetensors first."
+        )
+    return variants[0]
+
+
+def _require(folder: Path, sub: str, what: str) -> Path:
+    path = folder / sub
+    if not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise BaseModelFileError(
+            f"{folder} has no {sub}/ with a config: model.components must be a diffusers folder with vae/, "
+            f"text_encoder/ and tokenizer/ subfolders ({what} missing). For a single-file checkpoint, point "
+            "model.components at the diffusers folder of the same model family."
+        )
+    return path
+
+
+def load_components(
+    base: str | Path,
+    components: str | Path | None = None,
+    prediction_type: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> FrozenComponents:
+    """Load the frozen models offline.
+
+    Args:
+        base: diffusers folder or single-file SD checkpoint (for the UNet).
+        components: diffusers folder for VAE, text encoder, tokenizer (and scheduler); ``None``: ``base``.
+        prediction_type: override the base's prediction type.
+        dtype: dtype for the UNet and text encoder (the VAE stays float32: SD's VAE overflows in fp16).
+
+    Raises:
+        BaseModelFileError: a missing folder or subfolder, non-safetensors weights, or a file that is not a base
+            model, with what was expected.
+    """
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = Path(base)
+    folder = Path(components) if components is not None else base
+    if not folder.is_dir():
+        raise BaseModelFileError(
+            f"model.components is needed: {base} is a single file, and the VAE, text encoder and tokenizer are "
+            "read from a diffusers folder (vae/, text_encoder/, tokenizer/) of the same model family"
+            if components is None
+            else f"model.components {folder} is not a folder; expected a diffusers folder"
+        )
+    unet, info = load_base_unet(base, prediction_type=prediction_type, dtype=dtype)
+    vae_dir = _require(folder, "vae", "VAE")
+    text_dir = _require(folder, "text_encoder", "text encoder")
+    _require(folder, "tokenizer", "tokenizer")
+    try:
+        vae = AutoencoderKL.from_pretrained(
+            str(folder),
+            subfolder="vae",
+            local_files_only=True,
+            use_safetensors=True,
+            variant=_variant(vae_dir, "diffusion_pytorch_model"),
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            str(folder),
+            subfolder="text_encoder",
+            local_files_only=True,
+            use_safetensors=True,
+            variant=_variant(text_dir, "model"),
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer", local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise BaseModelFileError(f"{folder}: cannot load the VAE/text encoder/tokenizer offline: {error}") from None
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    if not scheduler_file.is_file() and base.is_dir():
+        scheduler_file = base / "scheduler" / "scheduler_config.json"
+    scheduler_config = dict(SD_SCHEDULER_CONFIG)
+    if scheduler_file.is_file():
+        scheduler_config = {
+            k: v for k, v in json.loads(scheduler_file.read_text(encoding="utf-8")).items() if not k.startswith("_")
+        }
+    declared = scheduler_config.get("prediction_type", info.prediction_type)
+    if declared != info.prediction_type:
+        LOGGER.warning(
+            "%s predicts %s (%s) but %s says %s; using %s. Pass the prediction type explicitly if that is wrong "
+            "(SD 2.x 768-v models are v_prediction).",
+            base,
+            info.prediction_type,
+            info.prediction_type_source,
+            scheduler_file,
+            declared,
+            info.prediction_type,
+        )
+    scheduler_config["prediction_type"] = info.prediction_type
+    if dtype is not None:
+        nn.Module.to(text_encoder, dtype=dtype)
+    return FrozenComponents(unet, vae.float(), text_encoder, tokenizer, scheduler_config, info).freeze()
+
+
+def make_noise_scheduler(config: dict[str, Any]):  # noqa: ANN201 - diffusers type
+    """A diffusers ``DDPMScheduler`` from a config dict (nothing is downloaded)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(config)
+
+
+def encode_prompts(
+    components: FrozenComponents, prompts: list[str], layer: str = "family", device: torch.device | None = None
+) -> torch.Tensor:
+    """CLIP hidden states for ``prompts``.
+
+    Args:
+        components: holds the tokenizer and text encoder.
+        prompts: B strings (``""`` is the empty prompt).
+        layer: ``"family"`` (the folder's own output, see the module docstring), ``"last"`` or ``"penultimate"``
+            in the sense of ``AdaptorConfig.text_encoder_layer`` for this base's family.
+        device: where the token ids go (default: the text encoder's device).
+
+    Returns:
+        (B, 77, D) hidden states in the text encoder's dtype.
+    """
+    tokenizer, encoder = components.tokenizer, components.text_encoder
+    device = device or next(encoder.parameters()).device
+    length = int(getattr(tokenizer, "model_max_length", 77))
+    length = 77 if length > 10_000 else length  # tokenizers without a limit report a huge sentinel
+    ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+    family_layer = DEFAULT_TEXT_ENCODER_LAYER[components.info.base_family]
+    if layer in ("family", family_layer):
+        return encoder(ids.to(device)).last_hidden_state
+    if layer == "penultimate":  # a family whose own layer is the last: take the one before, normalised (clip skip)
+        hidden = encoder(ids.to(device), output_hidden_states=True).hidden_states[-2]
+        return encoder.text_model.final_layer_norm(hidden)
+    raise ValueError(
+        f"text-encoder layer {layer!r} cannot be computed for base family {components.info.base_family!r}: its "
+        f"diffusers text encoder already ends at the {family_layer} layer; train with model.text_encoder_layer "
+        f"unset (= {family_layer!r})"
+    )
