@@ -378,9 +378,16 @@ def train_adaptors(
 
 
 def arm_restorer(
-    components: FrozenComponents, adaptor: SpireAdaptor, ema: EMA, config: MiniatureConfig, device: torch.device
+    components: FrozenComponents,
+    adaptor: SpireAdaptor,
+    ema: EMA,
+    config: MiniatureConfig,
+    device: torch.device,
+    steps: int | None = None,
+    denoise: float = 1.0,
 ) -> Restorer:
-    """The arm as a control-benchmark restorer: DDIM from pure noise (seeded), no guidance, EMA weights."""
+    """The arm as a control-benchmark restorer: DDIM (``config.ddim_steps`` unless ``steps``) from pure noise
+    (seeded; ``denoise`` below 1: from the noised input), no guidance, EMA weights."""
 
     def restorer(degraded: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         with ema.swapped():
@@ -390,9 +397,10 @@ def arm_restorer(
                 degraded.to(device),
                 list(prompts),
                 [""] * len(prompts),
-                steps=config.ddim_steps,
+                steps=steps or config.ddim_steps,
                 guidance_scale=1.0,
                 seed=config.seed,
+                denoise=denoise,
             )
         return out.cpu()
 
@@ -420,26 +428,16 @@ def denoise_sweep(
     steps (``DENOISE_STEPS``): what a denoise start buys (fewer model calls for the same quality, or better
     quality for the same calls)."""
     rows = []
-    with ema.swapped():
-        for steps in DENOISE_STEPS:
-            for start in DENOISE_STARTS:
-                tick = time.perf_counter()
-                out = restore(
-                    components,
-                    adaptor,
-                    degraded.to(device),
-                    list(prompts),
-                    [""] * len(prompts),
-                    steps=steps,
-                    guidance_scale=1.0,
-                    seed=config.seed,
-                    denoise=start,
-                ).cpu()
-                seconds = time.perf_counter() - tick
-                rows.append(
-                    {"denoise": start, "steps": steps, "psnr_db": round(_mean_psnr(out, clean), 3),
-                     "seconds": round(seconds, 2)}
-                )  # fmt: skip
+    for steps in DENOISE_STEPS:
+        for start in DENOISE_STARTS:
+            restorer = arm_restorer(components, adaptor, ema, config, device, steps=steps, denoise=start)
+            tick = time.perf_counter()
+            out = restorer(degraded, prompts)
+            seconds = time.perf_counter() - tick
+            rows.append(
+                {"denoise": start, "steps": steps, "psnr_db": round(_mean_psnr(out, clean), 3),
+                 "seconds": round(seconds, 2)}
+            )  # fmt: skip
     return rows
 
 

@@ -42,7 +42,7 @@ def load_control(comfy):
     return node(comfy, "SPIRE_AdaptorLoader").execute(ADAPTOR).result[0]
 
 
-def restore(comfy, image: torch.Tensor, **overrides) -> torch.Tensor:
+def restore(comfy, image: torch.Tensor, model=None, **overrides) -> torch.Tensor:  # noqa: ANN001 - a MODEL
     values = {
         "semantic_prompt": "an astronaut",
         "restoration_prompt": "Remove all degradation",
@@ -58,7 +58,8 @@ def restore(comfy, image: torch.Tensor, **overrides) -> torch.Tensor:
         "tile_overlap": 16,
         **overrides,
     }
-    model, clip, vae = tiny_comfy.tiny_model("sd1"), tiny_comfy.tiny_clip("sd1"), tiny_comfy.tiny_vae()
+    model = tiny_comfy.tiny_model("sd1") if model is None else model
+    clip, vae = tiny_comfy.tiny_clip("sd1"), tiny_comfy.tiny_vae()
     return node(comfy, "SPIRE_Restore").execute(model, clip, vae, load_control(comfy), image, **values).result[0]
 
 
@@ -370,26 +371,12 @@ def counting_model(calls: list):
 
 def test_bad_tiles_fail_before_any_model_call(setup):
     calls: list = []
-    model, clip, vae = counting_model(calls), tiny_comfy.tiny_clip("sd1"), tiny_comfy.tiny_vae()
-    values = dict(
-        semantic_prompt="",
-        restoration_prompt="Remove all degradation",
-        steps=2,
-        sampler_name="euler",
-        scheduler="normal",
-        semantic_scale=4.0,
-        restoration_scale=1.0,
-        seed=0,
-        strength=1.0,
-        color_fix="none",
-        tile_overlap=0,
-    )
-    restore_node = node(setup, "SPIRE_Restore")
+    model = counting_model(calls)
     for tile_size in (8, 16, 24, 31):  # once failed in the tiled decode, after all the sampling
         with pytest.raises(ValueError, match=rf"tile_size \({tile_size}\) must be 0"):
-            restore_node.execute(model, clip, vae, load_control(setup), photo(96, 96), tile_size=tile_size, **values)
+            restore(setup, photo(96, 96), model=model, steps=2, tile_size=tile_size, tile_overlap=0)
     assert calls == []
-    out = restore_node.execute(model, clip, vae, load_control(setup), photo(96, 96), tile_size=32, **values).result[0]
+    out = restore(setup, photo(96, 96), model=model, steps=2, tile_size=32, tile_overlap=0)
     assert out.shape == (1, 96, 96, 3) and len(calls) > 0
 
 
@@ -422,30 +409,9 @@ def test_cancel_stops_between_tiles(setup):
         return out
 
     model.set_model_unet_function_wrapper(interrupting)
-    values = dict(
-        semantic_prompt="",
-        restoration_prompt="Remove all degradation",
-        steps=5,
-        sampler_name="euler",
-        scheduler="normal",
-        semantic_scale=4.0,
-        restoration_scale=1.0,
-        seed=0,
-        strength=1.0,
-        color_fix="none",
-        tile_size=32,
-        tile_overlap=8,
-    )
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            node(setup, "SPIRE_Restore").execute(
-                model,
-                tiny_comfy.tiny_clip("sd1"),
-                tiny_comfy.tiny_vae(),
-                load_control(setup),
-                photo(128, 128),
-                **values,
-            )
+            restore(setup, photo(128, 128), model=model, steps=5, tile_size=32, tile_overlap=8)
     finally:
         mm.interrupt_current_processing(False)
     # 16 tiles a step and 5 steps: one model call, then the next tile checks and stops
