@@ -93,7 +93,8 @@ class DegradeImage(io.ComfyNode):
                 io.String.Output(
                     "restoration_prompt",
                     display_name="restoration_prompt",
-                    tooltip="One restoration prompt per batch item, one per line (empty if nothing was applied).",
+                    tooltip="One restoration prompt per batch item, one per line ('Remove all degradation' if "
+                    "nothing was applied).",
                 ),
                 io.String.Output(
                     "params_json", display_name="params_json", tooltip="The exact parameters of every item, as JSON."

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..prompt import RestorationRequest, render
+from ..prompt import BLIND_PROMPT, RestorationRequest, render
 from . import ops
 from .kernels import gaussian_1d, kernel_sigma, make_kernel
 from .memo import byte_bounded
@@ -353,7 +353,9 @@ def restrict(request: RestorationRequest, named: Iterable[str]) -> RestorationRe
 
 
 def prompt_for(params: DegradationParams) -> str:
-    """The canonical restoration prompt naming every degradation in ``params``; ``""`` when the params
-    degrade nothing that a prompt can name."""
+    """The canonical restoration prompt naming every degradation in ``params``; the blind prompt
+    ``"Remove all degradation"`` when they degrade nothing that a prompt can name (the one decision for a
+    degradation that changes nothing: what training pairs such an image with, and what validation, the
+    benchmarks and the Degrade Image node say)."""
     request = effective_request(params)
-    return "" if request.is_empty() else render(request)
+    return BLIND_PROMPT if request.is_empty() else render(request)

@@ -66,7 +66,6 @@ from ..eval.metrics import psnr_per_image
 from ..models import NUMERIC_TOKENS_DEFAULT, SpireAdaptor
 from ..models.components import FrozenComponents, encode_prompts, make_noise_scheduler
 from ..progress import progress
-from ..prompt import BLIND_PROMPT
 from .config import PromptConfig
 from .ema import EMA
 from .loss import diffusion_loss, make_training_batch
@@ -469,7 +468,7 @@ def evaluate(
     n = clean.shape[0]
     params = sample_params(spec, generator_for(config.seed, "miniature-eval"), n)
     degraded = degrade(clean, params).images
-    prompts = [prompt_for(p) or BLIND_PROMPT for p in params]
+    prompts = [prompt_for(p) for p in params]
     restorers = {arm: arm_restorer(components, a, emas[arm], config, device) for arm, a in adaptors.items()}
     # one bar over the restoration runs: each arm on the held-out crops, then each arm and the codec ceiling
     # through the control benchmark

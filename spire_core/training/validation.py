@@ -20,7 +20,7 @@ from ..degradation import DegradationSpec, degrade, prompt_for, sample_params
 from ..imageio import save_image
 from ..models import SpireAdaptor, predict_noise
 from ..models.components import FrozenComponents, encode_prompts
-from ..prompt import BLIND_PROMPT, restoration_features
+from ..prompt import restoration_features
 from ..restoration import combine_guidance
 from .config import DataConfig
 from .data import ImageRecord, choose_caption, decode_crop
@@ -65,7 +65,7 @@ def build_validation_set(
     clean = torch.stack(crops).float() / 255
     params = sample_params(spec, generator_for(seed, "validation-degradation"), len(crops))
     degraded = degrade(clean, params).images
-    prompts = [prompt_for(p) or BLIND_PROMPT for p in params]
+    prompts = [prompt_for(p) for p in params]
     return ValidationSet(clean, degraded, prompts, captions, names)
 
 

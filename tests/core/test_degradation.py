@@ -424,7 +424,7 @@ def test_manual_params_prompt_names_exactly_the_numbers():
     p = manual_params(blur_sigma=1.5, downscale=4.0, noise_sigma=0.08, jpeg_quality=40, seed=1)
     assert prompt_for(p) == "Upsample by 4.0x; Deblur with sigma 1.5; Denoise with sigma 0.08; Dejpeg with quality 40"
     assert prompt_for(manual_params(noise_sigma=0.24)) == "Denoise with sigma 0.24"
-    assert prompt_for(manual_params()) == ""
+    assert prompt_for(manual_params()) == "Remove all degradation"  # nothing to name: blind, as in training
 
 
 def test_collapsing_rule_over_two_stages():
