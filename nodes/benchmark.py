@@ -72,22 +72,48 @@ SD15_DIFFUSERS = {
 }
 """The same UNet in diffusers terms (for the adaptor's config)."""
 
+TINY_UNET = {
+    **SD15_UNET,
+    "model_channels": 32,
+    "context_dim": 32,
+    "num_res_blocks": [1, 1],
+    "channel_mult": [1, 2],
+    "transformer_depth": [1, 0],
+    "transformer_depth_output": [0, 0, 1, 1],
+}
+"""A toy UNet of SD1.5's structure (two levels, attention at the first): checks the harness in seconds."""
+
+TINY_DIFFUSERS = {
+    **SD15_DIFFUSERS,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [32, 64],
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+}
+"""The same toy UNet in diffusers terms."""
+
+SIZES = {"sd15": (SD15_UNET, SD15_DIFFUSERS), "tiny": (TINY_UNET, TINY_DIFFUSERS)}
+"""Benchmark sizes: (ComfyUI UNet config, diffusers config)."""
+
 VARIANTS = ("bare", "controlnet", "spire")
 
 
 def _fill(module: torch.nn.Module, seed: int) -> None:
     """Random weights (ComfyUI's ops leave them uninitialised; garbage could contain denormals or NaNs)."""
-    g = torch.Generator().manual_seed(seed)
+    generators: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
         for name, p in module.named_parameters():
             if p.dim() == 1 and "norm" in name:
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
-            else:
-                p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
+            else:  # drawn where the weight lives (a GPU draws a billion numbers in milliseconds)
+                g = generators.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
+                p.copy_((torch.randn(p.shape, generator=g, device=p.device) * 0.02).to(p.dtype))
 
 
-def build(device: torch.device, dtype: torch.dtype):
-    """(model patcher, {variant: control or None}, adaptor config) with random weights."""
+def build(device: torch.device, dtype: torch.dtype, size: str = "sd15", variants: tuple[str, ...] = VARIANTS):
+    """(model patcher, {variant: control or None}, adaptor config) with random weights; controls are built only
+    for the ``variants`` asked for (the others map to None)."""
     import comfy.cldm.cldm
     import comfy.controlnet
     import comfy.model_base
@@ -100,34 +126,39 @@ def build(device: torch.device, dtype: torch.dtype):
     from .adaptor_model import ComfyAdaptor
     from .spire_control import SpireControl
 
-    cfg = comfy.supported_models.SD15(dict(SD15_UNET))
+    unet_config, diffusers_config = SIZES[size]
+    cfg = comfy.supported_models.SD15(dict(unet_config))
     cfg.set_inference_dtype(dtype, None)
     base = comfy.model_base.BaseModel(cfg, device=device)
     _fill(base.diffusion_model, 0)
     model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
     ops = comfy.ops.disable_weight_init
-    config = AdaptorConfig(controlnet_config=controlnet_config_from_unet(SD15_DIFFUSERS), base_family="sd1")
+    config = AdaptorConfig(controlnet_config=controlnet_config_from_unet(diffusers_config), base_family="sd1")
     kwargs = cldm_kwargs(config)
     kwargs.pop("upcast_attention")
-    trunk = comfy.cldm.cldm.ControlNet(**kwargs, dtype=dtype, device=device, operations=ops)
-    _fill(trunk, 1)
-    plain = comfy.controlnet.ControlNet(trunk, load_device=device)
-    adaptor = ComfyAdaptor(config, dtype=dtype, device=device, operations=ops)
-    _fill(adaptor, 1)
-    spire = SpireControl(adaptor, load_device=device, info={"text_encoder_layer": "last"})
-    return model, {"bare": None, "controlnet": plain, "spire": spire}, config
+    controls = dict.fromkeys(VARIANTS)
+    if "controlnet" in variants:
+        trunk = comfy.cldm.cldm.ControlNet(**kwargs, dtype=dtype, device=device, operations=ops)
+        _fill(trunk, 1)
+        controls["controlnet"] = comfy.controlnet.ControlNet(trunk, load_device=device)
+    if "spire" in variants:
+        adaptor = ComfyAdaptor(config, dtype=dtype, device=device, operations=ops)
+        _fill(adaptor, 1)
+        controls["spire"] = SpireControl(adaptor, load_device=device, info={"text_encoder_layer": "last"})
+    return model, controls, config
 
 
-def make_step(model, control, batch: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
+def make_step(model, control, batch: int, device: torch.device, dtype: torch.dtype, seed: int = 0, latent: int = 64):
     """A closure running one CFG step (positive + negative through calc_cond_batch), and its cleanup."""
     import comfy.model_management as mm
     import comfy.sampler_helpers
     import comfy.samplers
 
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 4, 64, 64, generator=g).to(device, dtype) * 3
-    hint = torch.rand(batch, 3, 512, 512, generator=g)
-    sem_p, sem_n, rest = (torch.randn(batch, 77, 768, generator=g) for _ in range(3))
+    x = torch.randn(batch, 4, latent, latent, generator=g).to(device, dtype) * 3
+    hint = torch.rand(batch, 3, 8 * latent, 8 * latent, generator=g)
+    width = model.model.model_config.unet_config["context_dim"]
+    sem_p, sem_n, rest = (torch.randn(batch, 77, width, generator=g) for _ in range(3))
     conds = {}
     attached = None
     if control is not None:
@@ -160,13 +191,13 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def flops(model, controls, device, dtype) -> dict[str, float]:
+def flops(model, controls, device, dtype, latent: int = 64) -> dict[str, float]:
     """Floating-point operations of one CFG step (batch 1), counted by torch on the real architecture."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counts = {}
-    for variant in ("bare", "spire"):
-        step, cleanup = make_step(model, controls[variant], 1, device, dtype)
+    for variant in VARIANTS:
+        step, cleanup = make_step(model, controls[variant], 1, device, dtype, latent=latent)
         with FlopCounterMode(display=False) as counter:
             step()
         cleanup()
@@ -174,13 +205,30 @@ def flops(model, controls, device, dtype) -> dict[str, float]:
     return counts
 
 
-def run_time(device: torch.device, dtype: torch.dtype, batches: list[int], repeats: int) -> dict:
-    model, controls, _ = build(device, dtype)
-    result: dict = {"batches": {}}
+RATIOS = (("spire", "controlnet"), ("spire", "bare"), ("controlnet", "bare"))
+"""The reported time ratios (numerator, denominator)."""
+
+
+def run_time(
+    device: torch.device,
+    dtype: torch.dtype,
+    batches: list[int],
+    repeats: int,
+    latent: int = 64,
+    inner: int = 1,
+    size: str = "sd15",
+) -> dict:
+    """``repeats`` rounds per batch size; each round times ``inner`` consecutive steps of each variant in turn,
+    so the per-round ratios divide times taken side by side (``common.ratio_report``)."""
+    from ..spire_core.bench.common import ratio_report
+
+    model, controls, _ = build(device, dtype, size)
+    counted = flops(model, controls, device, dtype, latent)
+    result: dict = {"latent": latent, "steps_per_sample": inner, "batches": {}}
     for batch in batches:
         steps, cleanups = {}, []
         for variant in VARIANTS:
-            steps[variant], cleanup = make_step(model, controls[variant], batch, device, dtype)
+            steps[variant], cleanup = make_step(model, controls[variant], batch, device, dtype, latent=latent)
             cleanups.append(cleanup)
         for fn in steps.values():  # warm-up
             fn()
@@ -190,32 +238,31 @@ def run_time(device: torch.device, dtype: torch.dtype, batches: list[int], repea
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
-                fn()
+                for _ in range(inner):
+                    fn()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                times[variant].append(time.perf_counter() - start)
+                times[variant].append((time.perf_counter() - start) / inner)
         for cleanup in cleanups:
             cleanup()
         medians = {v: statistics.median(t) for v, t in times.items()}
-        result["batches"][str(batch)] = {
-            "seconds": {v: [round(s, 4) for s in t] for v, t in times.items()},
-            "median_s": {v: round(m, 4) for v, m in medians.items()},
-            "spire_over_controlnet": round(medians["spire"] / medians["controlnet"], 4),
-            "spire_over_bare": round(medians["spire"] / medians["bare"], 4),
-            "controlnet_over_bare": round(medians["controlnet"] / medians["bare"], 4),
+        entry = {
+            "seconds": {v: [round(s, 5) for s in t] for v, t in times.items()},
+            "median_s": {v: round(m, 5) for v, m in medians.items()},
         }
-    counted = flops(model, controls, device, dtype)
+        for a, b in RATIOS:
+            entry[f"{a}_over_{b}"] = ratio_report(times[a], times[b], flop_ratio=counted[a] / counted[b])
+        result["batches"][str(batch)] = entry
     result["flops_per_step_batch1"] = counted
     result["flop_ratio_unet_plus_trunk_over_unet"] = round(counted["spire"] / counted["bare"], 4)
     return result
 
 
-def run_memory(device: torch.device, dtype: torch.dtype, variant: str, batch: int) -> dict:
-    model, controls, _ = build(device, dtype)
-    for name in VARIANTS:  # keep only what this variant uses
-        if name != variant:
-            controls[name] = None
-    step, cleanup = make_step(model, controls[variant], batch, device, dtype)
+def run_memory(
+    device: torch.device, dtype: torch.dtype, variant: str, batch: int, latent: int = 64, size: str = "sd15"
+) -> dict:
+    model, controls, _ = build(device, dtype, size, variants=(variant,))
+    step, cleanup = make_step(model, controls[variant], batch, device, dtype, latent=latent)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -242,11 +289,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="1,2")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", choices=VARIANTS)
+    parser.add_argument("--latent", type=int, default=64)
+    parser.add_argument("--inner", type=int, default=1)
+    parser.add_argument("--size", choices=tuple(SIZES), default="sd15")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     batches = [int(b) for b in args.batches.split(",")]
     if args.mode == "time":
-        out = run_time(device, dtype, batches, args.repeats)
+        out = run_time(device, dtype, batches, args.repeats, args.latent, args.inner, args.size)
     else:
-        out = run_memory(device, dtype, args.variant, batches[0])
+        out = run_memory(device, dtype, args.variant, batches[0], args.latent, args.size)
     print("SPIRE_BENCH_RESULT " + json.dumps(out))

@@ -50,6 +50,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.comfyui_dir = find_comfyui()  # type: ignore[attr-defined]
+    config.spire_cuda = _cuda_requested(config)  # type: ignore[attr-defined]
+
+
+def _cuda_requested(config: pytest.Config) -> bool:
+    """``--gpu`` on a machine with CUDA: the gpu tests run and the comfy tier boots ComfyUI on CUDA."""
+    if not config.getoption("--gpu"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -59,11 +69,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     found = config.comfyui_dir  # type: ignore[attr-defined]
-    gpu_ok = config.getoption("--gpu")
-    if gpu_ok:
-        import torch
-
-        gpu_ok = torch.cuda.is_available()
+    gpu_ok = config.spire_cuda  # type: ignore[attr-defined]
     for item in items:
         parts = Path(str(item.fspath)).relative_to(PACK_DIR).parts
         tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else "core"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -81,6 +82,56 @@ def interleaved(
                 times[name].append(time_call(fn, device))
                 bar.update(1)
     return times
+
+
+def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median (binomial order statistics).
+
+    With ``n`` values sorted, the interval runs from the ``j``-th to the ``k``-th value, the widest pair of
+    order statistics symmetric about the middle whose coverage reaches ``confidence`` (with fewer than 6
+    values no pair reaches 95 %, and the interval is the full range).
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("median_ci: no values")
+    pmf = [math.comb(n, i) / 2**n for i in range(n + 1)]
+    lo = 0
+    while lo + 1 < n - 1 - lo and 1 - 2 * sum(pmf[: lo + 2]) >= confidence:
+        lo += 1
+    return ordered[lo], ordered[n - 1 - lo]
+
+
+def ratio_report(
+    numerator: list[float], denominator: list[float], flop_ratio: float | None = None, bound: float = 0.10
+) -> dict[str, Any]:
+    """Per-round ratios of two candidates timed round by round (the same round's times divided), with their
+    median, min-max and a 95 % confidence interval of the median (``median_ci``).
+
+    ``within_bound`` says whether the interval lies within ``+-bound`` of the median (the benchmark's
+    precision target). With ``flop_ratio`` (the candidates' counted floating-point operations, divided the
+    same way), ``below_flop_bound`` flags a median ratio under it: on compute-bound work that means the
+    measurement, not the code, made the difference, and such a ratio is not quoted as a win.
+    """
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"ratio_report: {len(numerator)} and {len(denominator)} rounds; expected equal, non-zero")
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    median = statistics.median(ratios)
+    low, high = median_ci(ratios)
+    report: dict[str, Any] = {
+        "rounds": len(ratios),
+        "per_round": [round(r, 4) for r in ratios],
+        "median": round(median, 4),
+        "min": round(min(ratios), 4),
+        "max": round(max(ratios), 4),
+        "ci95": [round(low, 4), round(high, 4)],
+        "ci95_halfwidth_pct": round(100 * max(median - low, high - median) / median, 2),
+    }
+    report["within_bound"] = report["ci95_halfwidth_pct"] <= 100 * bound
+    if flop_ratio is not None:
+        report["flop_ratio"] = round(flop_ratio, 4)
+        report["below_flop_bound"] = median < flop_ratio
+    return report
 
 
 def summarize(seconds: list[float], items: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ config with random weights, built in code, latent 64x64 = 512 px).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -36,7 +37,7 @@ from torch import nn
 
 from ..models import SpireAdaptor, predict_noise, tiny_unet_config
 from ..progress import progress
-from .common import describe_device, interleaved, summarize
+from .common import describe_device, interleaved, ratio_report, summarize
 
 TARGET_RATIO = 1.10
 """SPIRE's training step may cost at most 10% more time than plain ControlNet's on the same trunk."""
@@ -75,9 +76,9 @@ def _randomize_zero_layers(module: nn.Module, generator: torch.Generator) -> Non
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) * 1e-3)
 
 
-def _inputs(size: str, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+def _inputs(size: str, batch: int, device: torch.device, latent: int | None = None) -> dict[str, torch.Tensor]:
     spec, g = SIZES[size], torch.Generator().manual_seed(0)
-    latent, dim = spec["latent"], spec["text_dim"]
+    latent, dim = latent or spec["latent"], spec["text_dim"]
     tensors = {
         "sample": torch.randn(batch, 4, latent, latent, generator=g),
         "timestep": torch.randint(0, 1000, (batch,), generator=g),
@@ -89,17 +90,25 @@ def _inputs(size: str, batch: int, device: torch.device) -> dict[str, torch.Tens
     return {name: t.to(device) for name, t in tensors.items()}
 
 
+def _built_on(device: torch.device):  # noqa: ANN202 - a context manager
+    """Build modules directly on a GPU (their random initialisation there takes milliseconds, not the seconds
+    a CPU takes for a billion parameters); on the CPU, as before."""
+    return torch.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _unet(size: str, device: torch.device) -> nn.Module:
     from diffusers import UNet2DConditionModel
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _built_on(device):
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**SIZES[size]["unet"])
     return unet.to(device).eval().requires_grad_(False)
 
 
 def _spire(unet: nn.Module, device: torch.device) -> SpireAdaptor:
-    adaptor = SpireAdaptor.from_unet(unet).to(device).train()
+    with _built_on(device):
+        adaptor = SpireAdaptor.from_unet(unet)
+    adaptor = adaptor.to(device).train()
     _randomize_zero_layers(adaptor, torch.Generator().manual_seed(1))
     return adaptor
 
@@ -107,7 +116,9 @@ def _spire(unet: nn.Module, device: torch.device) -> SpireAdaptor:
 def _controlnet(unet: nn.Module, device: torch.device, share: SpireAdaptor | None = None) -> nn.Module:
     from diffusers import ControlNetModel
 
-    controlnet = ControlNetModel.from_unet(unet).to(device).train()
+    with _built_on(device):
+        controlnet = ControlNetModel.from_unet(unet)
+    controlnet = controlnet.to(device).train()
     if share is not None:  # same trunk modules as the SPIRE adaptor; only the zero convolutions are its own
         trunk = share.controlnet
         for name in ("conv_in", "time_proj", "time_embedding", "controlnet_cond_embedding", "down_blocks", "mid_block"):
@@ -117,24 +128,50 @@ def _controlnet(unet: nn.Module, device: torch.device, share: SpireAdaptor | Non
     return controlnet
 
 
-def _step_fn(name: str, unet: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, x: dict):  # noqa: ANN202
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Training precisions: fp32, or autocast to bf16/fp16 with fp32 weights (what ``train.mixed_precision`` does)."""
+
+
+def _autocast(device: torch.device, precision: str):  # noqa: ANN202 - a context manager
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _checkpointing(unet: nn.Module, model: nn.Module, enabled: bool) -> None:
+    """Gradient checkpointing of the trunk and of the frozen UNet, as ``train.gradient_checkpointing`` and
+    ``train.unet_gradient_checkpointing`` switch it on (the same diffusers switches on both candidates)."""
+    if enabled:
+        unet.enable_gradient_checkpointing()
+        trunk = model.controlnet if isinstance(model, SpireAdaptor) else model
+        trunk.enable_gradient_checkpointing()
+
+
+def _step_fn(  # noqa: ANN202
+    name: str, unet: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, x: dict, precision: str = "fp32"
+):
+    device = x["sample"].device
+
     def spire() -> None:
         optimizer.zero_grad(set_to_none=True)
-        pred = predict_noise(unet, model, x["sample"], x["timestep"], x["semantic"], x["restoration"], x["hint"])
+        with _autocast(device, precision):
+            pred = predict_noise(unet, model, x["sample"], x["timestep"], x["semantic"], x["restoration"], x["hint"])
         F.mse_loss(pred.float(), x["target"]).backward()
         optimizer.step()
 
     def controlnet() -> None:
         optimizer.zero_grad(set_to_none=True)
         cond = {"encoder_hidden_states": x["restoration"], "controlnet_cond": x["hint"], "return_dict": False}
-        down, mid = model(x["sample"], x["timestep"], **cond)
-        pred = unet(
-            x["sample"],
-            x["timestep"],
-            encoder_hidden_states=x["semantic"],
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-        ).sample
+        with _autocast(device, precision):
+            down, mid = model(x["sample"], x["timestep"], **cond)
+            pred = unet(
+                x["sample"],
+                x["timestep"],
+                encoder_hidden_states=x["semantic"],
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+            ).sample
         F.mse_loss(pred.float(), x["target"]).backward()
         optimizer.step()
 
@@ -145,19 +182,32 @@ def _parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def time_steps(size: str, batch: int, steps: int, device: torch.device) -> dict[str, Any]:
-    """Interleaved step times of both candidates on a shared UNet and trunk (see the module docstring)."""
+def time_steps(
+    size: str,
+    batch: int,
+    steps: int,
+    device: torch.device,
+    precision: str = "fp32",
+    gradient_checkpointing: bool = False,
+    latent: int | None = None,
+) -> dict[str, Any]:
+    """Step times of both candidates on a shared UNet and trunk, alternating round by round (see the module
+    docstring); ``steps`` rounds, each timing one step of each. The time ratio is the median of the per-round
+    ratios (``common.ratio_report``), with its spread."""
     unet = _unet(size, device)
     spire = _spire(unet, device)
     controlnet = _controlnet(unet, device, share=spire)
+    _checkpointing(unet, spire, gradient_checkpointing)
+    _checkpointing(unet, controlnet, gradient_checkpointing)
     params = {id(p): p for p in [*spire.parameters(), *controlnet.parameters()]}
     optimizer = torch.optim.AdamW(list(params.values()), lr=1e-5)
-    x = _inputs(size, batch, device)
+    x = _inputs(size, batch, device, latent)
     models = {"spire": spire, "controlnet": controlnet}
-    fns = {name: _step_fn(name, unet, model, optimizer, x) for name, model in models.items()}
+    fns = {name: _step_fn(name, unet, model, optimizer, x, precision) for name, model in models.items()}
     times = interleaved(fns, device, repeats=steps, warmup=1, desc=f"training {size}")
     result = {name: summarize(times[name], batch) for name in CANDIDATES}
-    result["time_ratio"] = round(result["spire"]["median_s"] / result["controlnet"]["median_s"], 4)
+    result["ratio"] = ratio_report(times["spire"], times["controlnet"])
+    result["time_ratio"] = result["ratio"]["median"]
     result["parameters"] = {
         "unet": _parameters(unet),
         "trunk": _parameters(spire.controlnet),
@@ -179,13 +229,23 @@ def _rss_bytes(field: str) -> int | None:
     return None
 
 
-def measure_memory(candidate: str, size: str, batch: int, steps: int, device: torch.device) -> dict[str, Any]:
+def measure_memory(
+    candidate: str,
+    size: str,
+    batch: int,
+    steps: int,
+    device: torch.device,
+    precision: str = "fp32",
+    gradient_checkpointing: bool = False,
+    latent: int | None = None,
+) -> dict[str, Any]:
     """Peak memory of ``steps`` training steps of one candidate (run it in a fresh process; see the docstring)."""
     unet = _unet(size, device)
     model = _spire(unet, device) if candidate == "spire" else _controlnet(unet, device)
+    _checkpointing(unet, model, gradient_checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    x = _inputs(size, batch, device)
-    step = _step_fn(candidate, unet, model, optimizer, x)
+    x = _inputs(size, batch, device, latent)
+    step = _step_fn(candidate, unet, model, optimizer, x, precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -215,9 +275,11 @@ def measure_memory(candidate: str, size: str, batch: int, steps: int, device: to
     return {"method": method, "before_mib": before / 2**20, "peak_mib": peak / 2**20}
 
 
-def _memory_in_subprocess(candidate: str, size: str, batch: int, steps: int, device: str) -> dict[str, Any]:
+def _memory_in_subprocess(
+    candidate: str, size: str, batch: int, steps: int, device: str, precision: str, checkpointing: bool, latent: int
+) -> dict[str, Any]:
     command = [sys.executable, "-m", "spire_core.bench.training", "--memory", candidate, size, str(batch), str(steps)]
-    command.append(device)
+    command += [device, precision, str(int(checkpointing)), str(latent)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=PACK_DIR, env=dict(os.environ), timeout=3600)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {candidate}/{size} failed:\n{result.stderr[-3000:]}")
@@ -230,15 +292,22 @@ def run(
     steps: int = 3,
     device: str = "cpu",
     memory: bool = True,
+    precision: str = "fp32",
+    gradient_checkpointing: bool = False,
+    latent: int | None = None,
 ) -> dict[str, Any]:
     """Benchmark both candidates at each size.
 
     Args:
         sizes: keys of ``SIZES``.
         batch: images per step.
-        steps: timed steps per candidate (after one untimed warm-up step each); also the steps of the memory runs.
+        steps: timed rounds (one step of each candidate per round, after one untimed warm-up step each); also
+            the steps of the memory runs.
         device: ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
         memory: also measure peak memory (one subprocess per candidate and size).
+        precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast (``PRECISIONS``).
+        gradient_checkpointing: checkpoint the trunk and the UNet (both candidates).
+        latent: latent side for every size (default: each size's own, ``SIZES``).
 
     Returns:
         ``{"benchmark", "machine", "batch", "steps", "target_ratio", "cases": {size: {...}}}``; each case holds
@@ -248,15 +317,21 @@ def run(
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         raise ValueError(f"unknown sizes {unknown}; expected some of {list(SIZES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}")
     torch_device = torch.device(device)
     cases = {}
     for size in sizes:
-        case = time_steps(size, batch, steps, torch_device)
-        case["latent"] = SIZES[size]["latent"]
-        case["resolution_px"] = 8 * SIZES[size]["latent"]
+        side = latent or SIZES[size]["latent"]
+        case = time_steps(size, batch, steps, torch_device, precision, gradient_checkpointing, side)
+        case["latent"] = side
+        case["resolution_px"] = 8 * side
         if memory:
             bar = progress(CANDIDATES, desc=f"memory {size}", unit="process")
-            measured = {c: _memory_in_subprocess(c, size, batch, steps, device) for c in bar}
+            measured = {
+                c: _memory_in_subprocess(c, size, batch, steps, device, precision, gradient_checkpointing, side)
+                for c in bar
+            }
             for values in measured.values():
                 values["increase_mib"] = round(values["peak_mib"] - values["before_mib"], 1)
                 values["before_mib"], values["peak_mib"] = round(values["before_mib"], 1), round(values["peak_mib"], 1)
@@ -272,16 +347,23 @@ def run(
         "machine": describe_device(torch_device),
         "batch": batch,
         "steps": steps,
+        "precision": precision,
+        "gradient_checkpointing": gradient_checkpointing,
         "target_ratio": TARGET_RATIO,
         "cases": cases,
     }
 
 
 def _memory_main(argv: list[str]) -> int:
-    candidate, size, batch, steps, device = argv
+    candidate, size, batch, steps, device, precision, checkpointing, latent = argv
     if candidate not in CANDIDATES or size not in SIZES:
-        raise SystemExit(f"usage: --memory {{{','.join(CANDIDATES)}}} {{{','.join(SIZES)}}} BATCH STEPS DEVICE")
-    result = measure_memory(candidate, size, int(batch), int(steps), torch.device(device))
+        raise SystemExit(
+            f"usage: --memory {{{','.join(CANDIDATES)}}} {{{','.join(SIZES)}}} BATCH STEPS DEVICE PRECISION "
+            "CHECKPOINTING(0|1) LATENT"
+        )
+    result = measure_memory(
+        candidate, size, int(batch), int(steps), torch.device(device), precision, checkpointing == "1", int(latent)
+    )
     print(json.dumps(result))
     return 0
 

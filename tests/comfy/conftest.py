@@ -1,9 +1,9 @@
 """The real ComfyUI in library mode (comfyui-internals.md section 3), booted once per test session.
 
-The ``comfy`` fixture sets ComfyUI's arguments (CPU, a temporary base directory for models, input,
-output and user data), imports it, initialises the built-in nodes, loads this pack through ComfyUI's
-own ``nodes.load_custom_node`` (the same call ComfyUI makes at start-up) and runs API-format prompts
-with ``execution.PromptExecutor``.
+The ``comfy`` fixture sets ComfyUI's arguments (the CPU, or CUDA with ``--gpu`` on a CUDA machine; a
+temporary base directory for models, input, output and user data), imports it, initialises the built-in
+nodes, loads this pack through ComfyUI's own ``nodes.load_custom_node`` (the same call ComfyUI makes at
+start-up) and runs API-format prompts with ``execution.PromptExecutor``.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class Comfy:
         return str(err.value)
 
 
-def _boot(root: Path, base: Path) -> Comfy:
+def _boot(root: Path, base: Path, cuda: bool = False) -> Comfy:
     if str(root) in sys.path:
         sys.path.remove(str(root))
     sys.path.insert(0, str(root))
@@ -125,7 +125,7 @@ def _boot(root: Path, base: Path) -> Comfy:
         del sys.modules["nodes"]
     from comfy.cli_args import args
 
-    args.cpu = True
+    args.cpu = not cuda  # ComfyUI on CUDA with ``--gpu`` on a CUDA machine, else on the CPU
     args.base_directory = str(base)
     args.disable_api_nodes = True
     import utils.extra_config  # noqa: F401  (ComfyUI imports it first so `utils` is its package)
@@ -156,7 +156,8 @@ of its fixtures: a session fixture's own teardown runs while the last test's arg
 def comfy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Comfy:
     root = request.config.comfyui_dir  # type: ignore[attr-defined]
     assert root is not None, "the comfy tier runs only when ComfyUI is found"
-    booted = _boot(Path(root), tmp_path_factory.mktemp("comfy_base"))
+    cuda = request.config.spire_cuda  # type: ignore[attr-defined]
+    booted = _boot(Path(root), tmp_path_factory.mktemp("comfy_base"), cuda)
     _BOOTED.append(booted)
     return booted
 

@@ -416,3 +416,26 @@ def test_cancel_stops_between_tiles(setup):
         mm.interrupt_current_processing(False)
     # 16 tiles a step and 5 steps: one model call, then the next tile checks and stops
     assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["LOW_VRAM", "NO_VRAM"])
+def test_low_vram_restore_matches_normal_vram(setup, monkeypatch, mode):
+    """ComfyUI's low-VRAM modes (``--lowvram``; ``--novram`` streams every weight from the CPU per layer) restore
+    what normal VRAM restores: the adaptor is built with ``comfy.ops``, so partial loading and weight casting
+    reach it like any ControlNet. Runs with ``--gpu`` on CUDA (on the CPU there is nothing to offload)."""
+    import comfy.model_management as mm
+
+    image = photo(96, 128, seed=1)
+    mm.unload_all_models()
+    normal = restore(setup, image)
+    mm.unload_all_models()
+    monkeypatch.setattr(mm, "vram_state", getattr(mm.VRAMState, mode))
+    monkeypatch.setattr(mm, "lowvram_available", True)
+    low = restore(setup, image)
+    if mode == "NO_VRAM":  # the weights stayed on the CPU: the mode was in force (pins ComfyUI's attribute)
+        partial = [m for m in mm.loaded_models() if getattr(m.model, "model_lowvram", False)]
+        assert partial, "no model was loaded partially under NO_VRAM"
+    mm.unload_all_models()
+    assert low.shape == normal.shape
+    assert (low - normal).abs().max().item() <= 2e-3
