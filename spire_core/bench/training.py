@@ -44,6 +44,9 @@ TARGET_RATIO = 1.10
 
 CANDIDATES = ("spire", "controlnet")
 
+MEMORY_STEPS = 3
+"""Steps of each peak-memory run (the optimiser's state exists from the first step on; more add time only)."""
+
 SD15_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
     "in_channels": 4,
@@ -301,8 +304,8 @@ def run(
     Args:
         sizes: keys of ``SIZES``.
         batch: images per step.
-        steps: timed rounds (one step of each candidate per round, after one untimed warm-up step each); also
-            the steps of the memory runs.
+        steps: timed rounds (one step of each candidate per round, after one untimed warm-up step each); the
+            memory runs take ``min(steps, MEMORY_STEPS)`` steps.
         device: ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
         memory: also measure peak memory (one subprocess per candidate and size).
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast (``PRECISIONS``).
@@ -329,7 +332,9 @@ def run(
         if memory:
             bar = progress(CANDIDATES, desc=f"memory {size}", unit="process")
             measured = {
-                c: _memory_in_subprocess(c, size, batch, steps, device, precision, gradient_checkpointing, side)
+                c: _memory_in_subprocess(
+                    c, size, batch, min(steps, MEMORY_STEPS), device, precision, gradient_checkpointing, side
+                )
                 for c in bar
             }
             for values in measured.values():

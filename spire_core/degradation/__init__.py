@@ -6,8 +6,10 @@
     result.images, result.prompts()           # degraded batch, one restoration prompt per item
 
 ``sample_params`` is the only function that draws random numbers; ``degrade`` is a pure function of
-(images, params). ``degrade_graded`` makes training pairs for graded prompts (each named level removed down to
-its residual) and ``degrade_partial`` for partial ones (a subset of the degradations removed in full).
+(images, params) and its JPEG codec: libjpeg on the CPU, nvjpeg by default on CUDA where it works
+(``jpeg_codec_for``; ``degrade(..., jpeg_codec="libjpeg")`` gives libjpeg's bytes on any device).
+``degrade_graded`` makes training pairs for graded prompts (each named level removed down to its residual)
+and ``degrade_partial`` for partial ones (a subset of the degradations removed in full).
 """
 
 from .graded import (
@@ -19,8 +21,17 @@ from .graded import (
     graded_params,
     graded_request,
 )
+from .jpeg_codecs import JPEG_CODECS, jpeg_codec_for, torchvision_jpeg_problem
 from .kernels import kernel_sigma, kernel_size_for, make_kernel
-from .ops import apply_blur, apply_jpeg, apply_noise, apply_resize, jpeg_roundtrip_uint8, resize_matrix
+from .ops import (
+    apply_blur,
+    apply_jpeg,
+    apply_noise,
+    apply_resize,
+    jpeg_codec_distance,
+    jpeg_roundtrip_uint8,
+    resize_matrix,
+)
 from .params import (
     INTERPOLATIONS,
     KERNEL_TYPES,
@@ -62,6 +73,7 @@ __all__ = [
     "CLAUSE_KEYS",
     "DEFAULT_PRESET",
     "INTERPOLATIONS",
+    "JPEG_CODECS",
     "KERNEL_TYPES",
     "NOISE_TYPES",
     "OPERATIONS",
@@ -93,6 +105,8 @@ __all__ = [
     "gradable",
     "graded_params",
     "graded_request",
+    "jpeg_codec_distance",
+    "jpeg_codec_for",
     "jpeg_roundtrip_uint8",
     "kernel_sigma",
     "kernel_size_for",
@@ -105,5 +119,6 @@ __all__ = [
     "resize_matrix",
     "restrict",
     "sample_params",
+    "torchvision_jpeg_problem",
     "validate_images",
 ]

@@ -238,6 +238,8 @@ def degrade_graded(
     images: torch.Tensor,
     params: Sequence[DegradationParams],
     requests: Sequence[RestorationRequest] | RestorationRequest,
+    *,
+    jpeg_codec: str = "auto",
 ) -> GradedDegradation:
     """Degrade a batch fully and make targets that keep the residual of every named level.
 
@@ -245,6 +247,8 @@ def degrade_graded(
         images: (B, C, H, W) float in [0, 1], any device.
         params: one per item, as drawn.
         requests: one per item, or one for every item (levels to remove; see ``graded_params``).
+        jpeg_codec: the JPEG codec of both degradations (see ``degrade``; ``"auto"`` is nvjpeg on CUDA
+            where it works, libjpeg elsewhere).
 
     Returns:
         A ``GradedDegradation`` whose images have the input's shape, dtype and device.
@@ -263,8 +267,8 @@ def degrade_graded(
     present = tuple(p for p, _ in pairs)
     residual = tuple(r for _, r in pairs)
     return GradedDegradation(
-        degraded=degrade(images, present).images,
-        target=degrade(images, residual).images,
+        degraded=degrade(images, present, jpeg_codec=jpeg_codec).images,
+        target=degrade(images, residual, jpeg_codec=jpeg_codec).images,
         prompts=tuple(render(r) for r in quantized),
         requests=quantized,
         params=present,
@@ -333,6 +337,8 @@ def degrade_partial(
     images: torch.Tensor,
     params: Sequence[DegradationParams],
     named: Iterable[str] | Sequence[Iterable[str]],
+    *,
+    jpeg_codec: str = "auto",
 ) -> PartialDegradation:
     """Degrade a batch fully, and make targets that keep every degradation the prompt leaves unnamed.
 
@@ -341,6 +347,7 @@ def degrade_partial(
         params: one per item.
         named: clause keys (``"upsample"``, ``"deblur"``, ``"denoise"``, ``"dejpeg"``) to name in full, either
             one collection for every item or one per item.
+        jpeg_codec: the JPEG codec of both degradations (see ``degrade``).
 
     Raises:
         ValueError: an unknown clause key, or an item for which none of its named clauses is present
@@ -363,7 +370,7 @@ def degrade_partial(
                 f"(present: {list(effective_request(p).named())}); nothing to name"
             )
         requests.append(request)
-    pair = degrade_graded(images, params, requests)
+    pair = degrade_graded(images, params, requests, jpeg_codec=jpeg_codec)
     return PartialDegradation(
         degraded=pair.degraded,
         target=pair.target,

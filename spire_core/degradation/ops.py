@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .jpeg_codecs import jpeg_codec_for, jpeg_roundtrip_batched, resolve_jpeg_codec, to_uint8, torchvision_codec
 from .memo import byte_bounded
 from .params import JpegParams, NoiseParams
 
@@ -987,30 +988,95 @@ def _workers(n: int) -> int:
     return max(1, min(n, os.cpu_count() or 1, torch.get_num_threads()))
 
 
-def apply_jpeg(images: torch.Tensor, settings: Sequence[JpegParams | None]) -> torch.Tensor:
-    """JPEG-compress each item at its own quality through libjpeg (Pillow).
+def apply_jpeg(images: torch.Tensor, settings: Sequence[JpegParams | None], *, codec: str = "auto") -> torch.Tensor:
+    """JPEG-compress each item at its own quality.
 
     The image is rounded to 8 bits first (JPEG stores 8-bit samples; values are clipped to [0, 1]
-    there); the result is the decoded 8-bit image as float32 in [0, 1] on the input's device. Items
-    of a batch are coded in parallel threads (Pillow releases the GIL while coding).
+    there); the result is the decoded 8-bit image as float32 in [0, 1] on the input's device.
+
+    ``codec`` (see ``jpeg_codecs``): ``"libjpeg"`` codes through Pillow on the CPU, items in parallel
+    threads (Pillow releases the GIL while coding), the same bytes on every device; ``"torchvision"``
+    codes with torchvision.io on the images' own device (libjpeg on the CPU, nvjpeg on CUDA), one
+    encode call per distinct quality; ``"nvjpeg"`` is that with the images required on CUDA;
+    ``"auto"`` is nvjpeg for images on a CUDA device where it works, else libjpeg. On CUDA the
+    default therefore differs slightly from libjpeg (another DCT and rounding, 4:4:4 chroma instead of
+    4:2:0); pass ``"libjpeg"`` for the exact path.
+
+    Raises:
+        ValueError: a settings list of the wrong length, an unknown codec, or ``"nvjpeg"`` for images
+            that are not on a CUDA device.
+        RuntimeError: ``"nvjpeg"`` or ``"torchvision"`` where torchvision's JPEG codec does not work.
     """
     if len(settings) != images.shape[0]:
         raise ValueError(f"apply_jpeg: {len(settings)} settings for a batch of {images.shape[0]}")
+    path = resolve_jpeg_codec(codec, images.device)
     active = [i for i, s in enumerate(settings) if s is not None]
     if not active:
         return images
 
-    def one(i: int) -> torch.Tensor:
-        return _jpeg_roundtrip(images[i], settings[i].quality)
-
-    if len(active) == 1:
-        coded = [one(active[0])]
+    if path == "torchvision":
+        subset = images if len(active) == images.shape[0] else images[active]
+        batch = jpeg_roundtrip_batched(subset, [settings[i].quality for i in active], *torchvision_codec())
     else:
-        with ThreadPoolExecutor(max_workers=_workers(len(active))) as pool:
-            coded = list(pool.map(one, active))
-    batch = (coded[0].unsqueeze(0) if len(coded) == 1 else torch.stack(coded)).to(images.device)
+
+        def one(i: int) -> torch.Tensor:
+            return _jpeg_roundtrip(images[i], settings[i].quality)
+
+        if len(active) == 1:
+            coded = [one(active[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=_workers(len(active))) as pool:
+                coded = list(pool.map(one, active))
+        batch = (coded[0].unsqueeze(0) if len(coded) == 1 else torch.stack(coded)).to(images.device)
     if len(active) == images.shape[0]:
         return batch
     out = images.clone()
     out[active] = batch
     return out
+
+
+def _psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two [0, 1] tensors over all their values (inf when equal)."""
+    mse = float(torch.mean((a.double() - b.double()) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def jpeg_codec_distance(images: torch.Tensor, qualities: Sequence[int], codec: str = "auto") -> dict:
+    """How far ``codec``'s JPEG round trip is from libjpeg's, on the same 8-bit images.
+
+    Args:
+        images: (B, C, H, W) float in [0, 1] (C = 1 or 3) on the device ``codec`` runs on; they are
+            rounded to 8 bits first, as ``apply_jpeg`` does, and that 8-bit batch is "the input".
+        qualities: JPEG qualities (1..100) to compare at; every image is coded at each.
+        codec: any ``apply_jpeg`` codec (``"auto"`` resolves as ``jpeg_codec_for`` says).
+
+    Returns:
+        ``{"codec", "device", "images", "per_quality", "min_psnr_to_libjpeg_db"}``; ``per_quality``
+        maps each quality to ``psnr_to_libjpeg_db`` (codec's output against libjpeg's; inf when they
+        are equal), ``codec_psnr_to_input_db``, ``libjpeg_psnr_to_input_db``, ``max_abs_diff_8bit`` and
+        ``mean_abs_diff_8bit`` (codec against libjpeg, in 8-bit steps). PSNRs pool the squared errors of
+        the whole batch, for a peak of 1.
+    """
+    resolve_jpeg_codec(codec, images.device, where="jpeg_codec_distance")
+    quantised = to_uint8(images).to(torch.float32).div_(255)
+    per_quality: dict[int, dict[str, float]] = {}
+    for quality in qualities:
+        settings = [JpegParams(quality=int(quality))] * images.shape[0]
+        ours = apply_jpeg(quantised, settings, codec=codec)
+        libjpeg = apply_jpeg(quantised, settings, codec="libjpeg")
+        steps = (ours - libjpeg).abs().mul_(255).round_()
+        per_quality[int(quality)] = {
+            "psnr_to_libjpeg_db": _psnr_db(ours, libjpeg),
+            "codec_psnr_to_input_db": _psnr_db(ours, quantised),
+            "libjpeg_psnr_to_input_db": _psnr_db(libjpeg, quantised),
+            "max_abs_diff_8bit": int(steps.max()),
+            "mean_abs_diff_8bit": float(steps.mean()),
+        }
+    name = jpeg_codec_for(images.device) if codec == "auto" else codec
+    return {
+        "codec": name,
+        "device": str(images.device),
+        "images": int(images.shape[0]),
+        "per_quality": per_quality,
+        "min_psnr_to_libjpeg_db": min((q["psnr_to_libjpeg_db"] for q in per_quality.values()), default=math.inf),
+    }

@@ -159,7 +159,8 @@ class NoiseParams:
 
 @dataclass(frozen=True)
 class JpegParams:
-    """JPEG compression through libjpeg at ``quality`` (1..100), 4:2:0 chroma subsampling for colour."""
+    """JPEG compression at ``quality`` (1..100): libjpeg with 4:2:0 chroma subsampling for colour, unless
+    ``degrade`` is given another codec (``jpeg_codecs``; nvjpeg by default on CUDA)."""
 
     quality: int
 

@@ -20,6 +20,7 @@ import torch
 
 from ..prompt import BLIND_PROMPT, RestorationRequest, render
 from . import ops
+from .jpeg_codecs import resolve_jpeg_codec
 from .kernels import gaussian_1d, kernel_sigma, make_kernel
 from .memo import byte_bounded
 from .ops import (
@@ -114,7 +115,12 @@ class _Group:
         return [_Group([self.index[p] for p in pos], self.images[pos], owned=True) for pos in order.values()]
 
 
-def _run(images: torch.Tensor, params: Sequence[DegradationParams], out: torch.Tensor | None = None) -> torch.Tensor:
+def _run(
+    images: torch.Tensor,
+    params: Sequence[DegradationParams],
+    out: torch.Tensor | None = None,
+    jpeg_codec: str = "auto",
+) -> torch.Tensor:
     height, width = images.shape[-2:]
     groups = [_Group(list(range(images.shape[0])), images)]
     n_stages = max(len(p.stages) for p in params)
@@ -144,7 +150,7 @@ def _run(images: torch.Tensor, params: Sequence[DegradationParams], out: torch.T
             # 3. noise, each item from its own seed (added in place to a tensor of the pipeline's own)
             g.update(apply_noise(g.images, [None if x is None else x.noise for x in st], inplace=g.owned))
             # 4. JPEG, each item at its own quality
-            g.update(apply_jpeg(g.images, [None if x is None else x.jpeg for x in st]))
+            g.update(apply_jpeg(g.images, [None if x is None else x.jpeg for x in st], codec=jpeg_codec))
         groups = next_groups
     # 5. back to the input size, each item with its own final filter
     out = torch.empty_like(images) if out is None else out
@@ -219,7 +225,7 @@ def _item_cost(params: DegradationParams, height: int, width: int) -> float:
     return 3.0 * cost
 
 
-def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) -> torch.Tensor:
+def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams], jpeg_codec: str = "auto") -> torch.Tensor:
     """Degrade a CPU batch item by item, items spread over ``torch.get_num_threads()`` threads.
 
     Item by item is faster than batched on CPUs: per-image buffers (a few MB) are recycled, while
@@ -251,7 +257,7 @@ def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) ->
                 except IndexError:
                     return
                 try:
-                    _run(images[i : i + 1], params[i : i + 1], out=out[i : i + 1])
+                    _run(images[i : i + 1], params[i : i + 1], out=out[i : i + 1], jpeg_codec=jpeg_codec)
                 except BaseException:
                     pending.clear()  # the other lanes stop too
                     raise
@@ -266,22 +272,36 @@ def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams]) ->
     return out
 
 
-def degrade(images: torch.Tensor, params: Sequence[DegradationParams] | DegradationParams) -> DegradationResult:
+def degrade(
+    images: torch.Tensor,
+    params: Sequence[DegradationParams] | DegradationParams,
+    *,
+    jpeg_codec: str = "auto",
+) -> DegradationResult:
     """Degrade a batch deterministically.
 
     Args:
         images: (B, C, H, W) float in [0, 1], C = 1 (grey), 3 (RGB) or 4 (RGBA; alpha passes through
             unchanged), any device. Not modified.
         params: one ``DegradationParams`` per item, or a single one used for every item.
+        jpeg_codec: the JPEG steps' codec (``ops.apply_jpeg``): ``"auto"`` is libjpeg on the CPU (the
+            same bytes everywhere) and nvjpeg on a CUDA device where torchvision's CUDA JPEG codec
+            works (``jpeg_codec_for`` says which), whose output differs slightly from libjpeg's
+            (another DCT and rounding, 4:4:4 chroma instead of 4:2:0); ``"libjpeg"`` forces the exact
+            path on any device; ``"nvjpeg"`` requires it on CUDA; ``"torchvision"`` is torchvision.io
+            on the images' device (libjpeg on the CPU, nvjpeg on CUDA).
 
     Returns:
         A ``DegradationResult`` whose images have the input's shape, dtype and device.
 
     Raises:
-        TypeError, ValueError: a tensor that is not BCHW float in [0, 1] (NaN included), or a params
-            list of the wrong length.
+        TypeError, ValueError: a tensor that is not BCHW float in [0, 1] (NaN included), a params
+            list of the wrong length, or an unknown codec (or ``"nvjpeg"`` for images off CUDA).
+        RuntimeError: ``"nvjpeg"`` or ``"torchvision"`` where torchvision's JPEG codec does not work.
     """
     validate_images(images)
+    # checked here, before any work: the JPEG steps then take the path this names
+    jpeg_codec = resolve_jpeg_codec(jpeg_codec, images.device, where="degrade")
     if isinstance(params, DegradationParams):
         params = [params] * images.shape[0]
     params = tuple(params)
@@ -291,7 +311,10 @@ def degrade(images: torch.Tensor, params: Sequence[DegradationParams] | Degradat
         raise TypeError("degrade: params must be DegradationParams (see sample_params or manual_params)")
     x = images.to(torch.float32)
     colour = x[:, :3] if x.shape[1] == 4 else x
-    out = _run_items_cpu(colour, params) if ops._cpu_path(x.device) else _run(colour, params)
+    if ops._cpu_path(x.device):
+        out = _run_items_cpu(colour, params, jpeg_codec)
+    else:
+        out = _run(colour, params, jpeg_codec=jpeg_codec)
     if x.shape[1] == 4:
         out = torch.cat([out, x[:, 3:]], dim=1)
     return DegradationResult(images=out.to(images.dtype), params=params)

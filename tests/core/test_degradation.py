@@ -3,6 +3,8 @@ determinism, batching, odd inputs, the prompt each degradation implies, and part
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 
 from spire_core.degradation import (
+    JPEG_CODECS,
     KERNEL_TYPES,
     PRESETS,
     BlurParams,
@@ -20,10 +23,14 @@ from spire_core.degradation import (
     NoiseParams,
     ResizeParams,
     StageParams,
+    apply_jpeg,
     degrade,
     degrade_partial,
     effective_request,
     get_preset,
+    jpeg_codec_distance,
+    jpeg_codec_for,
+    jpeg_codecs,
     kernel_sigma,
     kernel_size_for,
     make_kernel,
@@ -32,11 +39,15 @@ from spire_core.degradation import (
     params_list_to_json,
     prompt_for,
     sample_params,
+    torchvision_jpeg_problem,
 )
+from spire_core.degradation import ops as degradation_ops
+from spire_core.degradation.jpeg_codecs import to_uint8
 from spire_core.degradation.ops import (
     POISSON_PEAK,
     apply_blur,
     apply_resize,
+    jpeg_encode,
     jpeg_roundtrip_uint8,
     resize_matrix,
     sample_poisson_counts,
@@ -253,6 +264,168 @@ def test_jpeg_quality_is_per_item(astronaut):
         np.clip(np.round(astronaut[0].permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8), 50
     )
     assert np.array_equal((out[1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), single)
+
+
+# --- JPEG codecs ------------------------------------------------------------------------------------
+# The "torchvision" codec runs the batched path (quantise, one encode per quality, one decode, reassemble)
+# that nvjpeg takes on CUDA. It is tested on the CPU through torchvision's own codec where its image
+# extension loads, and everywhere through libjpeg-by-Pillow behind the same interface (``stand_in``),
+# which must then give the libjpeg path's bytes exactly.
+
+
+def _pillow_encode(images: list[torch.Tensor], quality: int) -> list[torch.Tensor]:
+    return [
+        torch.frombuffer(bytearray(jpeg_encode(image.permute(1, 2, 0).cpu().numpy(), quality)), dtype=torch.uint8)
+        for image in images
+    ]
+
+
+def _pillow_decode(data: list[torch.Tensor], grey: bool, device: torch.device) -> list[torch.Tensor]:
+    out = []
+    for item in data:
+        with Image.open(io.BytesIO(item.numpy().tobytes())) as image:
+            if grey:
+                image.draft("L", image.size)  # libjpeg's luma plane, as torchvision's GRAY mode
+            pixels = np.array(image)
+        out.append(torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1)).permute(2, 0, 1).to(device))
+    return out
+
+
+@pytest.fixture(params=["stand_in", "torchvision"])
+def cpu_codec(request, monkeypatch) -> str:
+    """Which codec stands behind ``codec="torchvision"`` on the CPU for this test."""
+    if request.param == "torchvision":
+        problem = torchvision_jpeg_problem("cpu")
+        if problem is not None:
+            pytest.skip(f"torchvision's CPU JPEG codec is not usable here: {problem}")
+    else:
+        monkeypatch.setattr(jpeg_codecs, "_probe", lambda device: None)
+        monkeypatch.setattr(degradation_ops, "torchvision_codec", lambda: (_pillow_encode, _pillow_decode))
+    return request.param
+
+
+def _crops(photo: torch.Tensor) -> torch.Tensor:
+    """Four different 256 px crops of a 512 px photo, so that a mix-up of items shows."""
+    return torch.cat([photo[..., :256, :256], photo[..., 256:, 256:], photo[..., :256, 256:], photo[..., 256:, :256]])
+
+
+def test_quantisation_matches_the_libjpeg_path():
+    """The batched path rounds to 8 bits exactly as the Pillow path does: ties, overshoot and all."""
+    values = torch.rand(3, 64, 256, generator=gen(0)) * 1.2 - 0.1
+    values[:, 0] = torch.arange(256.0) / 255
+    values[:, 1] = (torch.arange(256.0) + 0.5) / 255
+    ours = to_uint8(values).permute(1, 2, 0).numpy()
+    assert np.array_equal(ours, np.asarray(degradation_ops._to_pil(values)))
+
+
+def test_torchvision_codec_keeps_order_and_quality_per_item(astronaut, cpu_codec):
+    crops = _crops(astronaut)
+    settings = [JpegParams(quality=30), JpegParams(quality=90), None, JpegParams(quality=30)]
+    out = apply_jpeg(crops, settings, codec="torchvision")
+    assert out.dtype == torch.float32 and out.shape == crops.shape
+    assert torch.equal(out[2], crops[2])  # no setting: untouched
+    for i in (0, 1, 3):
+        assert torch.equal(out[i], apply_jpeg(crops[i : i + 1], [settings[i]], codec="torchvision")[0])
+    libjpeg = apply_jpeg(crops, settings, codec="libjpeg")
+    for i in (0, 1, 3):
+        assert psnr(out[i : i + 1], libjpeg[i : i + 1]) > 40
+    assert psnr(out[1:2], crops[1:2]) > psnr(apply_jpeg(crops[1:2], [settings[0]], codec="torchvision"), crops[1:2])
+    assert psnr(out[0:1], crops[0:1]) < psnr(apply_jpeg(crops[0:1], [settings[1]], codec="torchvision"), crops[0:1])
+    if cpu_codec == "stand_in":
+        assert torch.equal(out, libjpeg)
+
+
+def test_torchvision_path_encodes_once_per_quality_and_decodes_once(astronaut, monkeypatch):
+    calls = []
+
+    def encode(images, quality):
+        calls.append(("encode", quality, len(images)))
+        return _pillow_encode(images, quality)
+
+    def decode(data, grey, device):
+        calls.append(("decode", grey, len(data)))
+        return _pillow_decode(data, grey, device)
+
+    monkeypatch.setattr(jpeg_codecs, "_probe", lambda device: None)
+    monkeypatch.setattr(degradation_ops, "torchvision_codec", lambda: (encode, decode))
+    crops = _crops(astronaut)
+    settings = [JpegParams(quality=30), JpegParams(quality=90), None, JpegParams(quality=30)]
+    out = apply_jpeg(crops, settings, codec="torchvision")
+    assert calls == [("encode", 30, 2), ("encode", 90, 1), ("decode", False, 3)]
+    assert torch.equal(out, apply_jpeg(crops, settings, codec="libjpeg"))
+
+
+@pytest.mark.parametrize("quality", [10, 50, 95])
+def test_torchvision_codec_matches_libjpeg_on_photos(quality, astronaut, camera, cpu_codec):
+    out = apply_jpeg(astronaut, [JpegParams(quality=quality)], codec="torchvision")
+    libjpeg = apply_jpeg(astronaut, [JpegParams(quality=quality)], codec="libjpeg")
+    assert psnr(out, libjpeg) > 40
+    assert abs(psnr(out, astronaut) - psnr(libjpeg, astronaut)) < 0.5
+    grey = apply_jpeg(camera, [JpegParams(quality=quality)], codec="torchvision")
+    assert grey.shape == camera.shape
+    assert psnr(grey, apply_jpeg(camera, [JpegParams(quality=quality)], codec="libjpeg")) > 40
+    if cpu_codec == "stand_in":  # grey coded as three equal channels, read back as luma: libjpeg's grey bytes
+        assert torch.equal(out, libjpeg)
+        assert torch.equal(grey, apply_jpeg(camera, [JpegParams(quality=quality)], codec="libjpeg"))
+
+
+def test_jpeg_codec_choice_and_errors(astronaut, monkeypatch):
+    assert JPEG_CODECS == ("auto", "libjpeg", "torchvision", "nvjpeg")
+    assert jpeg_codec_for(torch.device("cpu")) == "libjpeg" and jpeg_codec_for("cpu") == "libjpeg"
+    if not torch.cuda.is_available():
+        assert jpeg_codec_for("cuda") == "libjpeg"
+    settings = [JpegParams(quality=40)]
+    assert torch.equal(apply_jpeg(astronaut, settings), apply_jpeg(astronaut, settings, codec="libjpeg"))
+    params = manual_params(jpeg_quality=40)
+    assert torch.equal(degrade(astronaut, params).images, degrade(astronaut, params, jpeg_codec="libjpeg").images)
+    with pytest.raises(ValueError, match="'nvjpeg' needs the images on a CUDA device, but they are on cpu"):
+        apply_jpeg(astronaut, settings, codec="nvjpeg")
+    with pytest.raises(ValueError, match="'nvjpeg' needs the images on a CUDA device"):
+        degrade(astronaut, params, jpeg_codec="nvjpeg")
+    with pytest.raises(ValueError, match="unknown JPEG codec 'mozjpeg'; expected one of 'auto', 'libjpeg'"):
+        apply_jpeg(astronaut, settings, codec="mozjpeg")
+    with pytest.raises(ValueError, match="degrade: unknown JPEG codec"):
+        degrade(astronaut, params, jpeg_codec="mozjpeg")
+    with pytest.raises(ValueError, match="unknown JPEG codec"):  # checked even when no item is coded
+        apply_jpeg(astronaut, [None], codec="mozjpeg")
+    monkeypatch.setattr(jpeg_codecs, "_probe", lambda device: "its image extension did not load")
+    with pytest.raises(RuntimeError, match="'torchvision' cannot run on cpu: its image extension did not load"):
+        apply_jpeg(astronaut, settings, codec="torchvision")
+    assert jpeg_codec_for("cpu") == "libjpeg"
+
+
+def test_degrade_with_the_torchvision_codec_differs_only_in_the_jpeg_step(astronaut, cpu_codec):
+    crops = _crops(astronaut)[:2]
+    params = [manual_params(blur_sigma=1.5, noise_sigma=0.05, jpeg_quality=q, seed=i) for i, q in enumerate((35, 80))]
+    without = [dataclasses.replace(p, stages=(dataclasses.replace(p.stages[0], jpeg=None),)) for p in params]
+    before = degrade(crops, without).images
+    assert torch.equal(degrade(crops, without, jpeg_codec="torchvision").images, before)
+    ours = degrade(crops, params, jpeg_codec="torchvision").images
+    jpegs = [p.stages[0].jpeg for p in params]
+    assert torch.equal(ours, apply_jpeg(before, jpegs, codec="torchvision"))
+    default = degrade(crops, params).images
+    assert torch.equal(default, apply_jpeg(before, jpegs, codec="libjpeg"))
+    assert psnr(ours, default) > 40
+    part = degrade_partial(crops, params, ["denoise"], jpeg_codec="torchvision")
+    assert torch.equal(part.degraded, ours)
+
+
+def test_jpeg_codec_distance(astronaut, cpu_codec):
+    crops = _crops(astronaut)[:2]
+    report = jpeg_codec_distance(crops, (20, 80), "torchvision")
+    assert report["codec"] == "torchvision" and report["images"] == 2 and report["device"] == "cpu"
+    assert set(report["per_quality"]) == {20, 80}
+    for entry in report["per_quality"].values():
+        assert entry["psnr_to_libjpeg_db"] > 40 and entry["max_abs_diff_8bit"] <= 16
+        assert 20 < entry["codec_psnr_to_input_db"] < 60 and 20 < entry["libjpeg_psnr_to_input_db"] < 60
+    low, high = report["per_quality"][20], report["per_quality"][80]
+    assert low["libjpeg_psnr_to_input_db"] < high["libjpeg_psnr_to_input_db"]
+    assert low["codec_psnr_to_input_db"] < high["codec_psnr_to_input_db"]
+    assert report["min_psnr_to_libjpeg_db"] == min(low["psnr_to_libjpeg_db"], high["psnr_to_libjpeg_db"])
+    same = jpeg_codec_distance(crops, [50], "libjpeg")["per_quality"][50]
+    assert same["psnr_to_libjpeg_db"] == math.inf and same["max_abs_diff_8bit"] == 0
+    assert math.isfinite(same["codec_psnr_to_input_db"])
+    assert jpeg_codec_distance(crops, [50])["codec"] == "libjpeg"  # "auto" on the CPU
 
 
 # --- determinism, batching, presets ----------------------------------------------------------------
@@ -501,11 +674,46 @@ def test_cuda_matches_cpu_except_noise(astronaut):
     cuda = torch.device("cuda")
     params = [manual_params(blur_sigma=2.0, downscale=2.0, jpeg_quality=60)]
     cpu_out = degrade(astronaut, params).images
-    gpu_out = degrade(astronaut.to(cuda), params).images
+    # libjpeg forced: the CUDA default codec (nvjpeg) differs from it by design (test_nvjpeg_on_cuda)
+    gpu_out = degrade(astronaut.to(cuda), params, jpeg_codec="libjpeg").images
     assert gpu_out.device.type == "cuda"
     assert psnr(gpu_out.cpu(), cpu_out) > 45
+    assert psnr(degrade(astronaut.to(cuda), params).images.cpu(), cpu_out) > 30
     noisy = degrade(astronaut.to(cuda), manual_params(noise_sigma=0.1, seed=3)).images
     assert torch.equal(noisy, degrade(astronaut.to(cuda), manual_params(noise_sigma=0.1, seed=3)).images)
+
+
+@pytest.mark.gpu
+def test_nvjpeg_on_cuda(astronaut, camera):
+    """nvjpeg is the CUDA default and codes each item at its own quality, near libjpeg. It keeps full
+    chroma (4:4:4) where libjpeg subsamples (4:2:0), which alone puts these crops 31.8-39 dB from libjpeg's
+    output at qualities 30-90 (measured with libjpeg 4:4:4 against 4:2:0); the bounds leave room."""
+    cuda = torch.device("cuda")
+    assert jpeg_codec_for(cuda) == "nvjpeg", torchvision_jpeg_problem(cuda)
+    crops = _crops(astronaut).to(cuda)
+    settings = [JpegParams(quality=30), JpegParams(quality=90), None, JpegParams(quality=30)]
+    out = apply_jpeg(crops, settings)
+    assert out.device == crops.device and out.dtype == torch.float32
+    assert torch.equal(out[2], crops[2])
+    libjpeg = apply_jpeg(crops, settings, codec="libjpeg").cpu()
+    for i in (0, 1, 3):
+        alone = apply_jpeg(crops[i : i + 1], [settings[i]], codec="nvjpeg")[0]
+        assert (alone - out[i]).abs().max() <= 1.5 / 255  # the same item whatever the batch
+        assert psnr(out[i : i + 1].cpu(), libjpeg[i : i + 1]) > 26
+        gain = psnr(out[i : i + 1].cpu(), crops[i : i + 1].cpu()) - psnr(libjpeg[i : i + 1], crops[i : i + 1].cpu())
+        assert -3 < gain < 5  # a JPEG of about libjpeg's strength (full chroma: +0.6 to +2.3 dB in libjpeg)
+    assert psnr(out[1:2], crops[1:2]) > psnr(apply_jpeg(crops[1:2], [settings[0]], codec="nvjpeg"), crops[1:2])
+    grey = camera.to(cuda)
+    coded = apply_jpeg(grey, [JpegParams(quality=50)], codec="nvjpeg")
+    assert coded.shape == grey.shape
+    assert psnr(coded.cpu(), apply_jpeg(camera, [JpegParams(quality=50)], codec="libjpeg")) > 35
+    report = jpeg_codec_distance(crops, (30, 60, 90), "nvjpeg")
+    assert report["codec"] == "nvjpeg" and 26 < report["min_psnr_to_libjpeg_db"] < math.inf
+    for entry in report["per_quality"].values():
+        assert -3 < entry["codec_psnr_to_input_db"] - entry["libjpeg_psnr_to_input_db"] < 5
+    if torchvision_jpeg_problem("cpu") is None:  # torchvision's CPU codec, where its extension loads
+        cpu_crops = crops.cpu()
+        assert psnr(apply_jpeg(cpu_crops, settings, codec="torchvision"), libjpeg) > 40
 
 
 def test_pipeline_equals_the_per_image_reference():

@@ -212,9 +212,9 @@ def test_longest_items_start_first(monkeypatch):
     started = []
     run = pipeline._run
 
-    def recording(images, item_params, out=None):  # noqa: ANN001, ANN202
+    def recording(images, item_params, out=None, **options):  # noqa: ANN001, ANN202, ANN003
         started.append(params.index(item_params[0]))
-        return run(images, item_params, out=out)
+        return run(images, item_params, out=out, **options)
 
     monkeypatch.setattr(pipeline, "_run", recording)
     threads = torch.get_num_threads()
@@ -254,10 +254,10 @@ def test_an_error_in_one_item_reaches_the_caller_and_the_workers_carry_on(monkey
     expected = degrade(images, params).images
     run = pipeline._run
 
-    def failing(batch, item_params, out=None):  # noqa: ANN001, ANN202
+    def failing(batch, item_params, out=None, **options):  # noqa: ANN001, ANN202, ANN003
         if item_params[0] == params[2]:
             raise RuntimeError("item 2 failed")
-        return run(batch, item_params, out=out)
+        return run(batch, item_params, out=out, **options)
 
     monkeypatch.setattr(pipeline, "_run", failing)
     with pytest.raises(RuntimeError, match="item 2 failed"):
