@@ -6,7 +6,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..spire_core.prompt import BLIND_PROMPT, RestorationPromptError, canonicalize, restoration_features
+from ..spire_core.prompt import BLIND_PROMPT, restoration_batch
 from .adaptor_model import load_spire_adaptor
 from .convert import require_finite
 from .paths import MODEL_FOLDER
@@ -16,31 +16,6 @@ PROMPT_TOOLTIP = (
     "What to restore, in SPIRE's grammar: e.g. 'Deblur with sigma 1.5; Denoise with sigma 0.08', or "
     f"'{BLIND_PROMPT}'. Several lines give one prompt per image of the batch."
 )
-
-
-def restoration_prompts(text: str, batch: int | None = None) -> list[str]:
-    """Canonical prompts from a node's text: one per non-empty line (one line serves the whole batch).
-
-    Raises:
-        ValueError: naming the line whose prompt the grammar rejects (with the parser's message), an empty
-            text, or a line count that is neither 1 nor the batch size.
-    """
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"restoration_prompt is empty; write what to restore, or '{BLIND_PROMPT}'")
-    prompts = []
-    for number, line in enumerate(lines, 1):
-        try:
-            prompts.append(canonicalize(line))
-        except RestorationPromptError as error:
-            where = f"restoration_prompt line {number}" if len(lines) > 1 else "restoration_prompt"
-            raise ValueError(f"{where} ({line!r}): {error}") from None
-    if batch is not None and len(prompts) not in (1, batch):
-        raise ValueError(
-            f"restoration_prompt has {len(prompts)} lines but the image batch has {batch} images: give one line "
-            "for the whole batch or one line per image (join clauses of one prompt with ';', not new lines)"
-        )
-    return prompts
 
 
 def encode_restoration(clip, prompts: list[str], layer: str | None = None) -> torch.Tensor:
@@ -188,11 +163,11 @@ class ApplyAdaptor(io.ComfyNode):
             raise ValueError("image is an empty batch; connect the degraded image")
         if start_percent > end_percent:
             raise ValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent})")
-        prompts = restoration_prompts(restoration_prompt, image.shape[0])
-        embedding = encode_restoration(clip, prompts, control_net.info.get("text_encoder_layer"))
+        prompts = restoration_batch(restoration_prompt, image.shape[0])
+        embedding = encode_restoration(clip, prompts.texts, control_net.info.get("text_encoder_layer"))
         control = control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
         control.restoration_embedding = embedding
-        control.restoration_features = restoration_features(prompts)
+        control.restoration_features = prompts.features()
         cache: dict = {}
         return io.NodeOutput(attach(positive, control, embedding, cache), attach(negative, control, embedding, cache))
 
@@ -230,7 +205,7 @@ class EncodeRestorationPrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, conditioning, restoration_prompt) -> io.NodeOutput:
-        prompts = restoration_prompts(restoration_prompt)
+        prompts = restoration_batch(restoration_prompt).texts
         embedding = encode_restoration(clip, prompts, None)
         out = []
         for emb, options in conditioning:

@@ -1,14 +1,15 @@
 """SPIRE guidance: separate semantic and restoration scales, and tiled (overlap-blended) model calls.
 
 Each model call gives up to three predictions (semantic + restoration prompt, empty + restoration prompt, empty
-+ null restoration prompt "Remove all degradation") combined by ``spire_core.restoration.combine_guidance``
++ null restoration prompt "Remove all degradation") combined by ``spire_core.restoration.guidance.combine_guidance``
 (the formula, once). With w_r = 1 it is ordinary classifier-free guidance over c_s with the adaptor on both
 branches, and the guider then runs exactly ComfyUI's own CFG (same code path, two predictions per step); with
 w_r != 1 its semantic part still goes through ComfyUI's ``cfg_function``, so other nodes' CFG patches apply.
 
-Tiling (MultiDiffusion-style): each model call is made per overlapping latent tile, with the degraded image
-cropped to the tile, and the tiles' predictions are blended with weights that ramp linearly across the
-overlap, so no tile border shows. Memory of a model call is bounded by the tile size, not the image size.
+Tiling (MultiDiffusion-style, ``spire_core.restoration.tiles``, shared with ``SpirePipeline``): each model call
+is made per overlapping latent tile, with the degraded image cropped to the tile (``TILE_KEY``), and the tiles'
+predictions are blended with weights that ramp linearly across the overlap, so no tile border shows. Memory of a
+model call is bounded by the tile size, not the image size.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import comfy.samplers
 import torch
 
 from ..spire_core.prompt import BLIND_PROMPT, restoration_features
-from ..spire_core.restoration import combine_guidance
+from ..spire_core.restoration.guidance import combine_guidance
+from ..spire_core.restoration.tiles import tiled_predict
 from .spire_control import SpireControl
 
 TILE_KEY = "spire_tile"
@@ -80,29 +82,6 @@ def _first_spire(control):
     return None
 
 
-def tile_windows(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of ``tile`` covering ``size`` with at least ``overlap`` between neighbours."""
-    if tile >= size:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride)) + [size - tile]
-    return sorted(set(starts))
-
-
-def ramp(length: int, start: int, tile: int, size: int, overlap: int, device, dtype) -> torch.Tensor:
-    """1-D blend weights of a tile: rising linearly over ``overlap`` cells at edges that face another tile."""
-    weights = torch.ones(length, device=device, dtype=dtype)
-    if overlap <= 0:
-        return weights
-    steps = torch.arange(1, overlap + 1, device=device, dtype=dtype) / (overlap + 1)
-    n = min(overlap, length)
-    if start > 0:
-        weights[:n] = torch.minimum(weights[:n], steps[:n])
-    if start + tile < size:
-        weights[-n:] = torch.minimum(weights[-n:], steps[:n].flip(0))
-    return weights
-
-
 class SpireGuider(comfy.samplers.CFGGuider):
     """CFGGuider with a restoration scale and optional tiling (see the module docstring)."""
 
@@ -142,27 +121,17 @@ class SpireGuider(comfy.samplers.CFGGuider):
         return combine_guidance(positive, negative, null, self.cfg, self.restoration_scale, cfg)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006  (ComfyUI's signature)
-        height, width = x.shape[-2:]
-        if self.tile <= 0 or (self.tile >= height and self.tile >= width):
-            return self._predict(x, timestep, model_options, seed)
-        out = torch.zeros_like(x)
-        total = torch.zeros((1, 1, height, width), device=x.device, dtype=x.dtype)
-        tile_h, tile_w = min(self.tile, height), min(self.tile, width)
-        for top in tile_windows(height, tile_h, self.overlap):
-            for left in tile_windows(width, tile_w, self.overlap):
-                comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel stops between tiles
-                options = dict(model_options)
-                transformer = dict(options.get("transformer_options", {}))
-                transformer[TILE_KEY] = (top, left, tile_h, tile_w, height, width)
-                options["transformer_options"] = transformer
-                window = (..., slice(top, top + tile_h), slice(left, left + tile_w))
-                prediction = self._predict(x[window], timestep, options, seed)
-                wy = ramp(tile_h, top, tile_h, height, self.overlap, x.device, x.dtype)
-                wx = ramp(tile_w, left, tile_w, width, self.overlap, x.device, x.dtype)
-                weight = (wy[:, None] * wx[None, :])[None, None]
-                out[window] += prediction * weight
-                total[window] += weight
-        return out / total
+        def one(latent: torch.Tensor, window) -> torch.Tensor:  # noqa: ANN001 - a tiles.Window or None
+            if window is None:
+                return self._predict(latent, timestep, model_options, seed)
+            comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel stops between tiles
+            options = dict(model_options)
+            transformer = dict(options.get("transformer_options", {}))
+            transformer[TILE_KEY] = window
+            options["transformer_options"] = transformer
+            return self._predict(latent, timestep, options, seed)
+
+        return tiled_predict(one, x, self.tile, self.overlap)
 
 
 def encode_null(clip, control: SpireControl, prompt: str = BLIND_PROMPT) -> torch.Tensor:

@@ -10,7 +10,6 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..spire_core.color import adain_color_fix, wavelet_color_fix
 from ..spire_core.eval.metrics import (
     LPIPS_FILENAME,
     image_metrics,
@@ -19,6 +18,7 @@ from ..spire_core.eval.metrics import (
     save_report,
     validate_report,
 )
+from ..spire_core.restoration.color import adain_color_fix, wavelet_color_fix
 from .convert import bchw_to_image, image_to_bchw, require_finite
 from .paths import MODEL_FOLDER
 

@@ -10,9 +10,16 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..spire_core.prompt import BLIND_PROMPT, restoration_features
-from ..spire_core.restoration import COLOR_FIXES, MIN_LATENT_SIDE, apply_color_fix, output_size, pad_to_multiple
-from .adaptor import PROMPT_TOOLTIP, attach, encode_restoration, restoration_prompts
+from ..spire_core.prompt import BLIND_PROMPT, restoration_batch
+from ..spire_core.restoration.plan import (
+    COLOR_FIXES,
+    MIN_LATENT_SIDE,
+    RestoreSettings,
+    apply_color_fix,
+    output_size,
+    pad_to_multiple,
+)
+from .adaptor import PROMPT_TOOLTIP, attach, encode_restoration
 from .convert import require_finite
 from .guidance import make_guider
 from .spire_control import SpireControl
@@ -97,29 +104,25 @@ def restore(
 
     ``denoise`` below 1 starts from the degraded image's latent noised to that level (KSampler's denoise: the
     last ``steps`` of ``int(steps / denoise)``) instead of from pure noise."""
-    require_finite(
-        semantic_scale=semantic_scale, restoration_scale=restoration_scale, strength=strength, denoise=denoise
-    )
-    if not 0.0 < denoise <= 1.0:
-        raise ValueError(f"denoise must be in (0, 1] (1: start from pure noise, the paper), got {denoise}")
     if not isinstance(control_net, SpireControl):
         raise ValueError("control_net must be a SPIRE adaptor from 'Load Adaptor (SPIRE)'")
     if image.shape[0] == 0:
         raise ValueError("image is an empty batch; connect the degraded image")
     ratio = vae.spacial_compression_decode()
-    if tile_size < 0 or tile_overlap < 0:
-        raise ValueError(f"tile_size ({tile_size}) and tile_overlap ({tile_overlap}) must not be negative")
-    if tile_size and tile_size < MIN_LATENT_SIDE * ratio:
-        raise ValueError(
-            f"tile_size ({tile_size}) must be 0 (the whole image at once) or at least {MIN_LATENT_SIDE * ratio} pixels "
-            f"({MIN_LATENT_SIDE} latent cells of this VAE); e.g. tile_size 512 with tile_overlap 64"
-        )
-    if tile_size and tile_overlap * 2 >= tile_size:
-        raise ValueError(
-            f"tile_overlap ({tile_overlap}) must be less than half of tile_size ({tile_size}); e.g. tile_size 512 "
-            "with tile_overlap 64"
-        )
-    prompts = restoration_prompts(restoration_prompt, image.shape[0])
+    settings = RestoreSettings(
+        steps=steps,
+        semantic_scale=semantic_scale,
+        restoration_scale=restoration_scale,
+        seed=seed,
+        strength=strength,
+        sampler=sampler_name,
+        color_fix=color_fix_method,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        upsample=upsample,
+        denoise=denoise,
+    ).validate(ratio)
+    prompts = restoration_batch(restoration_prompt, image.shape[0])
     height, width, _ = output_size(image.shape[1], image.shape[2], prompts)
     if not upsample:  # the image is already at its final size (e.g. a synthetic degradation resized back)
         height, width = image.shape[1], image.shape[2]
@@ -136,24 +139,15 @@ def restore(
         cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
         return [[cond, {"pooled_output": pooled}]]
 
-    embedding = encode_restoration(clip, prompts, control_net.info.get("text_encoder_layer"))
+    embedding = encode_restoration(clip, prompts.texts, control_net.info.get("text_encoder_layer"))
     control = control_net.copy().set_cond_hint(padded, strength, (0.0, 1.0))
     control.restoration_embedding = embedding
-    control.restoration_features = restoration_features(prompts)
+    control.restoration_features = prompts.features()
     cache: dict = {}
     positive = attach(encode(semantic_prompt), control, embedding, cache)
     negative = attach(encode(""), control, embedding, cache)
-    tile = tile_size // ratio if tile_size else 0
-    guider = make_guider(
-        model,
-        positive,
-        negative,
-        clip,
-        semantic_scale,
-        restoration_scale,
-        tile,
-        tile_overlap // ratio if tile_size else 0,
-    )
+    tile, tile_cells_overlap = settings.latent_tiles(ratio)
+    guider = make_guider(model, positive, negative, clip, semantic_scale, restoration_scale, tile, tile_cells_overlap)
     sampler = comfy.samplers.sampler_object(sampler_name)
     total = steps if denoise >= 1.0 else max(steps, int(steps / denoise))  # as KSampler counts denoise
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()

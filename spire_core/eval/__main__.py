@@ -37,8 +37,8 @@ SCHEDULES = {
     "linspace": {"timestep_spacing": "linspace"},
 }
 """``--schedule`` -> ``scheduler_options`` of ``SpirePipeline.restore``; ``comfyui-simple`` equals
-``spire_core.pipeline.COMFY_SIMPLE_SCHEDULE`` (not imported here: loading the pipeline is slow, build and score
-do not need it; a test keeps them equal)."""
+``spire_core.restoration.pipeline.COMFY_SIMPLE_SCHEDULE`` (not imported here: loading the pipeline is slow,
+build and score do not need it; a test keeps them equal)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,7 +173,7 @@ def _build(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     import torch
 
-    from ..pipeline import SpirePipeline
+    from ..restoration.pipeline import SpirePipeline
 
     pipe = SpirePipeline.load(
         args.base, args.adaptor, args.components, device=args.device, dtype=getattr(torch, args.dtype)
@@ -241,7 +241,7 @@ def _control(args: argparse.Namespace) -> int:
     else:
         if not args.base or not args.adaptor:
             raise ValueError("--restorer adaptor needs --base and --adaptor (and --components for a single file)")
-        from ..pipeline import SpirePipeline
+        from ..restoration.pipeline import SpirePipeline
 
         pipe = SpirePipeline.load(args.base, args.adaptor, args.components, device=args.device)
 

@@ -318,7 +318,7 @@ def restore_benchmark(
     skip_existing: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Restore every degraded image of a benchmark with ``pipeline`` (a ``spire_core.pipeline.SpirePipeline``).
+    """Restore every degraded image of a benchmark with ``pipeline`` (a ``spire_core.restoration.SpirePipeline``).
 
     Each image is restored alone with noise from ``seed`` (so an image's result does not depend on the others),
     at the degraded image's own size (``upsample=False``: the benchmark's degraded images are already at the

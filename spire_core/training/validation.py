@@ -1,27 +1,23 @@
 """Validation restorations: a fixed set of degraded images restored with a short DDIM run and saved as a grid.
 
 The set is fixed for a run (centre crops, degradations drawn from ``validation.seed``, full restoration
-prompts, captions as semantic prompts), so grids from different steps are comparable. Sampling is DDIM
-(eta 0) from pure Gaussian noise (paper #16) with classifier-free guidance over the semantic prompt only
-(paper #17): ``eps = eps(z, y, c_r, "") + w * (eps(z, y, c_r, c_s) - eps(z, y, c_r, ""))``.
+prompts, captions as semantic prompts), so grids from different steps are comparable. Restoration goes through
+``SpirePipeline`` (``spire_core.restoration``): DDIM (eta 0) from pure Gaussian noise (paper #16) with
+classifier-free guidance over the semantic prompt only (paper #17).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..degradation import DegradationSpec, degrade, prompt_for, sample_params
 from ..imageio import save_image
-from ..models import SpireAdaptor, predict_noise
-from ..models.components import FrozenComponents, encode_prompts
-from ..prompt import restoration_features
-from ..restoration import combine_guidance
+from ..models import SpireAdaptor
+from ..models.components import FrozenComponents
 from .config import DataConfig
 from .data import ImageRecord, choose_caption, decode_crop
 from .seeds import generator_for
@@ -82,74 +78,50 @@ def restore(
     autocast: torch.autocast | None = None,
     denoise: float = 1.0,
 ) -> torch.Tensor:
-    """Restore a batch with the adaptor: DDIM sampling, then VAE decoding.
+    """Restore a batch with the adaptor through ``SpirePipeline`` (DDIM, the paper's sampler; no second sampler):
+    the pipeline over the training run's own models, left as they are (no freezing, no moving).
 
     Args:
         components: frozen UNet, VAE, text encoder and noise-schedule config (on their devices).
         adaptor: the adaptor (eval weights in place).
-        degraded: (N, 3, H, W) in [0, 1], H and W multiples of the VAE downscale.
+        degraded: (N, 3, H, W) in [0, 1], already at their final size ("Upsample by Nx" does not enlarge them).
         restoration_prompts, semantic_prompts: N each.
         steps: DDIM steps.
         guidance_scale: CFG over the semantic prompt; 1 disables it.
-        seed: initial noise.
+        seed: the initial noise's stream (``seeds.generator_for(seed, "validation-noise")``).
         autocast: an autocast context for mixed precision (``None``: run in the models' dtypes).
-        denoise: 1 starts from pure noise; below 1 from the degraded images' latents noised to the level of
-            the last ``steps`` of ``int(steps / denoise)`` timesteps (as ``SpirePipeline.restore``).
+        denoise: 1 starts from pure noise; below 1 from the degraded images' latents noised to that level
+            (``SpirePipeline.restore``).
 
     Returns:
         (N, 3, H, W) float32 in [0, 1] on ``degraded``'s device.
     """
     from contextlib import nullcontext
 
-    from diffusers import DDIMScheduler
+    from ..restoration.pipeline import SpirePipeline
 
-    unet: nn.Module = components.unet
-    device = next(unet.parameters()).device
-    scheduler = DDIMScheduler.from_config({**components.scheduler_config, "clip_sample": False})
-    if not 0.0 < denoise <= 1.0:
-        raise ValueError(f"denoise must be in (0, 1], got {denoise}")
-    total = steps if denoise >= 1.0 else max(steps, int(steps / denoise))
-    scheduler.set_timesteps(total, device=device)
-    timesteps = scheduler.timesteps[total - steps :]
+    pipe = SpirePipeline(components, adaptor, freeze=False)
     n, _, height, width = degraded.shape
-    factor = components.vae_downscale
-    shape = (n, components.latent_channels, height // factor, width // factor)
-    noise = torch.randn(shape, generator=generator_for(seed, "validation-noise")).to(device)
-    hint = degraded.to(device)
-    if total > steps:
-        encoded = components.vae.encode(hint * 2 - 1).latent_dist.mean.float() * components.scaling_factor
-        latents = scheduler.add_noise(encoded, noise, timesteps[:1])
-    else:
-        latents = noise * scheduler.init_noise_sigma
-    layer = adaptor.config.text_encoder_layer
-    restoration = encode_prompts(components, restoration_prompts, layer, device)
-    features = restoration_features(restoration_prompts).to(device)
-    semantic = encode_prompts(components, semantic_prompts, "family", device)
-    guided = guidance_scale != 1.0
-    if guided:
-        empty = encode_prompts(components, [""] * n, "family", device)
-        semantic = torch.cat([empty, semantic])
-        restoration, hint = torch.cat([restoration, restoration]), torch.cat([hint, hint])
-        features = torch.cat([features, features])
+    noise = torch.randn(pipe.noise_shape(n, height, width), generator=generator_for(seed, "validation-noise"))
     with autocast or nullcontext():
-        for t in timesteps:
-            model_in = scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
-            out = predict_noise(
-                unet, adaptor, model_in, t, semantic, restoration, hint, restoration_features=features
-            ).float()
-            if guided:
-                uncond, cond = out.chunk(2)
-                out = combine_guidance(cond, uncond, None, guidance_scale, 1.0)
-            latents = scheduler.step(out, t, latents).prev_sample
-    vae = components.vae
-    images = vae.decode(latents.float() / components.scaling_factor).sample
-    return ((images.float() + 1) / 2).clamp(0, 1).to(degraded.device)
+        return pipe.restore(
+            degraded,
+            semantic_prompt=list(semantic_prompts),
+            restoration_prompt=list(restoration_prompts),
+            steps=steps,
+            semantic_scale=guidance_scale,
+            noise=noise,
+            upsample=False,
+            denoise=denoise,
+        )
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    """Per-image PSNR in dB of two (N, C, H, W) batches in [0, 1]."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
-    return [round(10 * math.log10(1 / max(float(m), 1e-12)), 3) for m in mse]
+    """Per-image PSNR in dB of two (N, C, H, W) batches in [0, 1] (``eval.metrics.psnr_per_image``, rounded),
+    capped at 120 dB so that identical pairs stay plain JSON numbers."""
+    from ..eval.metrics import psnr_per_image
+
+    return [round(min(float(v), 120.0), 3) for v in psnr_per_image(a.float(), b.float())]
 
 
 def save_grid(rows: list[torch.Tensor], path: str | Path) -> Path:

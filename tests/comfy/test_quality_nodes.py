@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from spire_core.color import adain_color_fix, wavelet_color_fix
 from spire_core.eval.metrics import LPIPS_CHANNELS, LPIPS_FILENAME, load_lpips, psnr_per_image, ssim
+from spire_core.restoration.color import adain_color_fix, wavelet_color_fix
 
 PACK_NODES = Path(__file__).resolve().parents[2] / "nodes"
 NODE_IDS = ("SPIRE_ColorFix", "SPIRE_ImageMetrics", "SPIRE_SaveMetrics")

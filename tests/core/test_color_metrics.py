@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from skimage.metrics import structural_similarity
 
-from spire_core.color import adain_color_fix, match_reference, wavelet_color_fix, wavelet_decompose
 from spire_core.eval.metrics import (
     LPIPS_CHANNELS,
     LPIPS_CONVERSION,
@@ -29,6 +28,7 @@ from spire_core.eval.metrics import (
     ssim,
     validate_report,
 )
+from spire_core.restoration.color import adain_color_fix, match_reference, wavelet_color_fix, wavelet_decompose
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

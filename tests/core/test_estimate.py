@@ -212,7 +212,7 @@ def test_jpeg_pixels_after_a_crop(astronaut):
 def test_restore_cli_auto_reads_the_file(tmp_path, capsys, monkeypatch, astronaut):
     """``--restoration auto``: the suggestion, with the JPEG quality read exactly from the file's tables, is
     printed before the models are looked for (missing here: exit 2 with what goes where)."""
-    from spire_core.restore import auto_restoration, main
+    from spire_core.restoration.__main__ import auto_restoration, main
 
     for name in ("SPIRE_BASE", "SPIRE_COMPONENTS", "SPIRE_ADAPTOR"):
         monkeypatch.delenv(name, raising=False)

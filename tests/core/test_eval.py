@@ -308,7 +308,7 @@ def test_restore_benchmark_end_to_end_with_the_pipeline(bench, tiny_models, tmp_
     settings = json.loads((out / "restore.json").read_text())
     assert settings["steps"] == 2 and settings["setting"] == "full" and settings["sampler"] == "ddim"
     from spire_core.eval.__main__ import SCHEDULES
-    from spire_core.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
+    from spire_core.restoration.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
 
     assert SCHEDULES["comfyui-simple"] == COMFY_SIMPLE_SCHEDULE
 
@@ -327,7 +327,7 @@ def test_restore_benchmark_end_to_end_with_the_pipeline(bench, tiny_models, tmp_
 
 
 def test_pipeline_sizes_noise_and_samplers(tiny_models, coffee):
-    from spire_core.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
+    from spire_core.restoration.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
 
     base, fresh, random = tiny_models
     pipe = SpirePipeline.load(base, random)
@@ -368,9 +368,60 @@ def test_pipeline_sizes_noise_and_samplers(tiny_models, coffee):
         pipe.restore(image, steps=1, noise=torch.zeros(1, 4, 3, 3))
 
 
+def test_pipeline_tiles_like_the_node(tiny_models, coffee):
+    """``tile_size`` cuts every model call into overlapping latent tiles with the degraded image cropped to each
+    (``spire_core.restoration.tiles``, the node's own helper); a tile as large as the image changes nothing."""
+    from spire_core.restoration.pipeline import SpirePipeline
+
+    base, _, random = tiny_models
+    pipe = SpirePipeline.load(base, random)
+    image = torch.nn.functional.interpolate(coffee, size=(96, 128), mode="area")
+    kwargs = {"steps": 2, "seed": 5, "semantic_scale": 2.0}
+    whole = pipe.restore(image, "a photo", "Deblur with sigma 1.0", **kwargs)
+    assert torch.equal(
+        pipe.restore(image, "a photo", "Deblur with sigma 1.0", tile_size=128, tile_overlap=16, **kwargs), whole
+    )
+    calls = []
+    predict = pipe._predict
+
+    def recording(latents, t, scheduler, conditions, hint, *rest):  # noqa: ANN001, ANN002
+        calls.append((tuple(latents.shape[-2:]), tuple(hint.shape[-2:])))
+        return predict(latents, t, scheduler, conditions, hint, *rest)
+
+    pipe._predict = recording
+    tiled = pipe.restore(image, "a photo", "Deblur with sigma 1.0", tile_size=64, tile_overlap=16, **kwargs)
+    assert tiled.shape == whole.shape and bool(torch.isfinite(tiled).all())
+    # a 12 x 16 latent in tiles of 8 cells overlapping by 2: 2 x 3 tiles per step, each with its 64 px hint
+    assert calls == [((8, 8), (64, 64))] * (2 * 6)
+    assert float((tiled - whole).abs().mean()) > 0  # the tiles saw less context than the whole image
+    with pytest.raises(ValueError, match="tile_overlap"):
+        pipe.restore(image, steps=1, tile_size=64, tile_overlap=32)
+
+
+def test_training_validation_restores_through_the_pipeline(tiny_models, coffee):
+    """Validation has no sampler of its own: it is ``SpirePipeline.restore`` with the validation noise stream."""
+    from spire_core.models import load_adaptor
+    from spire_core.models.components import load_components
+    from spire_core.restoration.pipeline import SpirePipeline
+    from spire_core.training.seeds import generator_for
+    from spire_core.training.validation import restore
+
+    base, _, random = tiny_models
+    components, adaptor = load_components(base), load_adaptor(random)
+    image = torch.nn.functional.interpolate(coffee, size=(32, 48), mode="area").repeat(2, 1, 1, 1)
+    prompts, semantic = ["Deblur with sigma 1.0", "Upsample by 2.0x"], ["a photo", ""]
+    adaptor.train()
+    out = restore(components, adaptor, image, prompts, semantic, steps=2, guidance_scale=3.0, seed=7)
+    assert adaptor.training and all(p.requires_grad for p in adaptor.parameters())  # the run's adaptor untouched
+    pipe = SpirePipeline(components, adaptor)
+    noise = torch.randn(pipe.noise_shape(2, 32, 48), generator=generator_for(7, "validation-noise"))
+    direct = pipe.restore(image, semantic, prompts, steps=2, semantic_scale=3.0, noise=noise, upsample=False)
+    assert torch.equal(out, direct) and out.shape == image.shape
+
+
 def test_pipeline_load_errors_teach(tiny_models, tmp_path):
     from spire_core.models import BaseModelFileError
-    from spire_core.pipeline import SpirePipeline
+    from spire_core.restoration.pipeline import SpirePipeline
 
     base, fresh, _ = tiny_models
     with pytest.raises(BaseModelFileError, match="does not exist"):
@@ -385,7 +436,7 @@ def test_pipeline_load_errors_teach(tiny_models, tmp_path):
 
 def test_pipeline_with_a_v_prediction_base(tmp_path):
     from spire_core.models import SpireAdaptor, load_base_unet
-    from spire_core.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
+    from spire_core.restoration.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
     from spire_core.training import write_tiny_base
 
     base = write_tiny_base(tmp_path / "sd2v", family="sd2", prediction_type="v_prediction")

@@ -71,8 +71,11 @@ LIGHT_MODULES = (
     "spire_core.prompt",
     "spire_core.degradation",
     "spire_core.restoration",
+    "spire_core.restoration.plan",
+    "spire_core.restoration.guidance",
+    "spire_core.restoration.tiles",
     "spire_core.eval.metrics",
-    "spire_core.color",
+    "spire_core.restoration.color",
 )
 """What the ComfyUI nodes import: none may bring in diffusers (ComfyUI does not ship it)."""
 
@@ -113,7 +116,8 @@ def test_restoration_evaluation_and_models_never_import_training():
     reach into the training package."""
     probe = (
         "import sys\n"
-        "import spire_core.pipeline, spire_core.restore, spire_core.eval.benchmark, spire_core.eval.control\n"
+        "import spire_core.restoration.pipeline, spire_core.restoration.__main__, spire_core.eval.benchmark\n"
+        "import spire_core.eval.control\n"
         "import spire_core.models.components, spire_core.models.checkpoint\n"
         "print(sorted(m for m in sys.modules if m.startswith('spire_core.training')))\n"
     )

@@ -11,7 +11,7 @@ from spire_test_support.adaptors import randomize_heads
 
 from spire_core.imageio import load_image
 from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
-from spire_core.restore import WHAT_GOES_WHERE, main
+from spire_core.restoration.__main__ import WHAT_GOES_WHERE, main
 from spire_core.training import write_tiny_base
 
 SAMPLE = "docs/samples/astronaut.png"

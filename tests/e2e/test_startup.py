@@ -13,7 +13,13 @@ import pytest
 
 from .conftest import PACK_DIR, PACK_NAME
 
-HEAVY = ("diffusers", "accelerate", "spire_core.models.adaptor", "spire_core.training", "spire_core.pipeline")
+HEAVY = (
+    "diffusers",
+    "accelerate",
+    "spire_core.models.adaptor",
+    "spire_core.training",
+    "spire_core.restoration.pipeline",
+)
 
 
 def start_comfyui_and_list_modules(root, base) -> dict:  # noqa: ANN001 - paths

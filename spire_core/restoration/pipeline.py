@@ -8,7 +8,7 @@ for "Upsample by Nx" (the input is then the low-resolution photo; the degraded i
 size with bicubic interpolation before it reaches the adaptor). Inside, the image is padded at the bottom and
 right by reflection to a multiple of the VAE's downscale and the output cropped back, as the node does.
 
-Guidance: ``spire_core.restoration.combine_guidance`` (the formula, shared with the ComfyUI guider) over the
+Guidance: ``spire_core.restoration.guidance.combine_guidance`` (the formula, shared with the ComfyUI guider) over the
 predictions for (c_s, c_r), ("", c_r) and ("", c_r0), with c_s the semantic prompt, c_r the restoration prompt
 and c_r0 = "Remove all degradation" the null restoration prompt.
 With ``restoration_scale`` w_r = 1 this is ordinary classifier-free guidance over c_s (two predictions per
@@ -42,23 +42,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .models import (
+from ..models import (
     BaseModelFileError,
     SpireAdaptor,
     check_fits_unet,
     load_adaptor,
     predict_noise,
 )
-from .models.components import FrozenComponents, encode_prompts, load_components
-from .prompt import BLIND_PROMPT, RestorationPromptError, canonicalize, restoration_features
-from .restoration import (
-    COLOR_FIXES,
-    MIN_LATENT_SIDE,
-    apply_color_fix,
-    combine_guidance,
-    output_size,
-    pad_to_multiple,
-)
+from ..models.components import FrozenComponents, encode_prompts, load_components
+from ..prompt import BLIND_PROMPT, restoration_batch, restoration_features
+from .guidance import combine_guidance
+from .plan import HINT_RESIZE, MIN_LATENT_SIDE, RestoreSettings, apply_color_fix, output_size, pad_to_multiple
+from .tiles import tiled_predict
 
 SAMPLERS = ("ddim", "euler")
 """Samplers of ``SpirePipeline.restore``: DDIM (eta 0) and Euler, both deterministic."""
@@ -67,44 +62,12 @@ SAMPLERS = ("ddim", "euler")
 NULL_RESTORATION_PROMPT = BLIND_PROMPT
 """The restoration prompt the restoration scale measures against ("Remove all degradation")."""
 
-HINT_RESIZE = "bicubic"
-"""How the degraded image is resized to the output size for "Upsample by Nx" (as the ComfyUI node)."""
-
 COMFY_SIMPLE_SCHEDULE: dict[str, Any] = {"timestep_spacing": "trailing", "set_alpha_to_one": True}
 """``scheduler_options`` under which both samplers visit exactly the timesteps of ComfyUI's "simple" scheduler
 (999, 999 - 1000/steps, ..., then the clean latent), so ``sampler="ddim"`` or ``"euler"`` here reproduces the
 ComfyUI node with sampler "ddim" or "euler" and scheduler "simple"."""
 
 _DIFFUSERS_SAMPLERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler"}
-
-
-def restoration_prompts(prompts: str | Sequence[str], batch: int) -> list[str]:
-    """Canonical restoration prompts: one per image, or one for the whole batch.
-
-    Args:
-        prompts: a string (each non-empty line is one prompt, as in the ComfyUI node) or a sequence of strings.
-        batch: number of images.
-
-    Raises:
-        ValueError: a prompt the grammar rejects (naming it, with the parser's message), no prompt, or a count
-            that is neither 1 nor ``batch``.
-    """
-    lines = [line.strip() for line in prompts.splitlines()] if isinstance(prompts, str) else [str(p) for p in prompts]
-    lines = [line for line in lines if line]
-    if not lines:
-        raise ValueError(f"restoration_prompt is empty; write what to restore, or '{BLIND_PROMPT}'")
-    canonical = []
-    for number, line in enumerate(lines, 1):
-        try:
-            canonical.append(canonicalize(line))
-        except RestorationPromptError as error:
-            where = f"restoration prompt {number}" if len(lines) > 1 else "restoration_prompt"
-            raise ValueError(f"{where} ({line!r}): {error}") from None
-    if len(canonical) not in (1, batch):
-        raise ValueError(
-            f"{len(canonical)} restoration prompts for {batch} images: give one for the whole batch or one per image"
-        )
-    return canonical
 
 
 class SpirePipeline:
@@ -118,7 +81,9 @@ class SpirePipeline:
         adaptor: the ``SpireAdaptor``.
     """
 
-    def __init__(self, components: FrozenComponents, adaptor: SpireAdaptor) -> None:
+    def __init__(self, components: FrozenComponents, adaptor: SpireAdaptor, freeze: bool = True) -> None:
+        """``freeze``: put the adaptor in eval mode without gradients (False: use it as it is, e.g. a training
+        run's adaptor restoring its validation set between steps)."""
         info = components.info
         check_fits_unet(adaptor.config, info.unet_config)
         if adaptor.config.prediction_type != info.prediction_type:
@@ -127,7 +92,7 @@ class SpirePipeline:
                 f"{info.prediction_type}; use the base model the adaptor was trained from"
             )
         self.components = components
-        self.adaptor = adaptor.eval().requires_grad_(False)
+        self.adaptor = adaptor.eval().requires_grad_(False) if freeze else adaptor
 
     @classmethod
     def load(
@@ -263,6 +228,9 @@ class SpirePipeline:
         scheduler_options: Mapping[str, Any] | None = None,
         upsample: bool = True,
         denoise: float = 1.0,
+        tile_size: int = 0,
+        tile_overlap: int = 64,
+        settings: RestoreSettings | None = None,
     ) -> torch.Tensor:
         """Restore a batch of degraded images.
 
@@ -287,6 +255,12 @@ class SpirePipeline:
             denoise: in (0, 1]. 1 starts from pure noise (the paper). Below 1, restoration starts from the
                 degraded image's latent noised to that level: the last ``steps`` of ``int(steps / denoise)``
                 timesteps, as ComfyUI's KSampler counts its ``denoise``; fewer model calls, closer to the input.
+            tile_size: pixels per tile side for large photos (0: the whole image at once): each model call is made
+                per overlapping tile with the degraded image cropped to it and the predictions blended
+                (``spire_core.restoration.tiles``, as the ComfyUI node); memory follows the tile.
+            tile_overlap: pixels neighbouring tiles share, less than half of ``tile_size``.
+            settings: a ``RestoreSettings`` holding all of the above (steps ... tile_overlap); when given, it
+                replaces those keywords.
 
         Returns:
             (B, 3, H', W') float32 in [0, 1] on ``image``'s device: H' x W' is H x W, or N times that.
@@ -300,14 +274,27 @@ class SpirePipeline:
             raise ValueError(f"image must be a (B, 3, H, W) float tensor in [0, 1], got {shape}")
         if image.shape[0] == 0:
             raise ValueError("image is an empty batch; give at least one degraded image")
-        if color_fix not in COLOR_FIXES:
-            raise ValueError(f"color_fix {color_fix!r} is unknown; expected one of {COLOR_FIXES}")
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        if not 0.0 < denoise <= 1.0:  # NaN fails this too
-            raise ValueError(f"denoise must be in (0, 1] (1: start from pure noise, the paper), got {denoise}")
+        if settings is None:
+            settings = RestoreSettings(
+                steps=steps,
+                semantic_scale=semantic_scale,
+                restoration_scale=restoration_scale,
+                seed=seed,
+                strength=strength,
+                sampler=sampler,
+                color_fix=color_fix,
+                tile_size=tile_size,
+                tile_overlap=tile_overlap,
+                upsample=upsample,
+                denoise=denoise,
+            )
+        ratio = self.components.vae_downscale
+        settings.validate(ratio)
+        steps, seed, strength, sampler = settings.steps, settings.seed, settings.strength, settings.sampler
+        semantic_scale, restoration_scale = settings.semantic_scale, settings.restoration_scale
+        color_fix, upsample, denoise = settings.color_fix, settings.upsample, settings.denoise
         batch = image.shape[0]
-        prompts = restoration_prompts(restoration_prompt, batch)
+        prompts = restoration_batch(restoration_prompt, batch)
         semantic_prompts = [semantic_prompt] if isinstance(semantic_prompt, str) else list(semantic_prompt)
         if len(semantic_prompts) not in (1, batch):
             raise ValueError(f"{len(semantic_prompts)} semantic prompts for {batch} images; give 1 or {batch}")
@@ -319,7 +306,6 @@ class SpirePipeline:
         hint = degraded
         if (height, width) != tuple(degraded.shape[-2:]):
             hint = F.interpolate(degraded, size=(height, width), mode=HINT_RESIZE, align_corners=False).clamp(0, 1)
-        ratio = self.components.vae_downscale
         padded = pad_to_multiple(hint, ratio, MIN_LATENT_SIDE * ratio)  # tiny photos padded up, cropped back
         shape = self.noise_shape(batch, padded.shape[-2], padded.shape[-1])
         if noise is None:
@@ -331,8 +317,8 @@ class SpirePipeline:
             return embedding.expand(batch, *embedding.shape[1:]) if embedding.shape[0] == 1 else embedding
 
         layer = self.adaptor.config.text_encoder_layer
-        restoration = repeat(self.encode_prompts(prompts, layer))
-        features = repeat(restoration_features(prompts).to(device))
+        restoration = repeat(self.encode_prompts(prompts.texts, layer))
+        features = repeat(prompts.features().to(device))
         semantic = repeat(self.encode_prompts(semantic_prompts))
         # Branches, batched into one model call: ("", c_r), (c_s, c_r) and, for w_r != 1, ("", c_r0).
         if restoration_scale != 1.0:
@@ -363,8 +349,17 @@ class SpirePipeline:
         else:
             latents = noise * float(scheduler.init_noise_sigma)
         hint_in, scales = padded.to(self.dtype), (semantic_scale, restoration_scale)
+        tile, overlap = settings.latent_tiles(ratio)
         for t in timesteps:
-            out = self._predict(latents, t, scheduler, conditions, hint_in, scales, strength)
+
+            def predict(latent: torch.Tensor, window: tuple[int, ...] | None, t: torch.Tensor = t) -> torch.Tensor:
+                hint_tile = hint_in
+                if window is not None:  # the degraded image cropped to the tile
+                    top, left, h, w = (ratio * v for v in window[:4])
+                    hint_tile = hint_in[..., top : top + h, left : left + w]
+                return self._predict(latent, t, scheduler, conditions, hint_tile, scales, strength)
+
+            out = tiled_predict(predict, latents, tile, overlap)
             latents = scheduler.step(out, t, latents).prev_sample
         vae = self.components.vae
         pixels = vae.decode(latents.float() / self.components.scaling_factor).sample

@@ -1,6 +1,6 @@
 """The main job from a terminal: restore a photo with a base Stable Diffusion model and a SPIRE adaptor.
 
-    python -m spire_core.restore --image docs/samples/astronaut.png --out restored.png \\
+    python -m spire_core.restoration --image docs/samples/astronaut.png --out restored.png \\
         --base ../../models/checkpoints/v1-5-pruned-emaonly-fp16.safetensors \\
         --components ../../models/diffusers/stable-diffusion-v1-5 \\
         --adaptor ../../models/spire/spire_sd15.safetensors \\
@@ -34,7 +34,7 @@ The same can be given as SPIRE_BASE, SPIRE_COMPONENTS and SPIRE_ADAPTOR in the e
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spire_core.restore", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m spire_core.restoration", description=__doc__.splitlines()[0])
     parser.add_argument("--image", required=True, help="the degraded photo (PNG/JPEG/...)")
     parser.add_argument("--out", required=True, help="where to write the restored PNG")
     parser.add_argument("--base", default=os.environ.get("SPIRE_BASE"), help="base model file or diffusers folder")
@@ -66,8 +66,8 @@ AUTO_RESTORATION = "auto"
 
 def auto_restoration(image: str) -> str:
     """The restoration prompt suggested for the photo at ``image`` (blind when it reads as clean), printed."""
-    from .estimate import suggest_for_file
-    from .prompt import BLIND_PROMPT
+    from ..estimate import suggest_for_file
+    from ..prompt import BLIND_PROMPT
 
     prompt, estimates = suggest_for_file(image)
     print(f"suggested restoration prompt: {prompt or BLIND_PROMPT + ' (nothing confidently degraded)'}")
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("cannot restore yet: " + "; ".join(problems) + ".\n\n" + WHAT_GOES_WHERE, file=sys.stderr)
         return 2
-    from .imageio import load_image, save_image
-    from .models import ModelFileError, read_safetensors_header
-    from .models.checkpoint import untrained_reason
+    from ..imageio import load_image, save_image
+    from ..models import ModelFileError, read_safetensors_header
+    from ..models.checkpoint import untrained_reason
     from .pipeline import SpirePipeline
 
     try:
