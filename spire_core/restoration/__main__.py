@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+from .plan import RestoreSettings
+
 WHAT_GOES_WHERE = """\
 To restore, SPIRE needs two things on disk (nothing is downloaded):
   1. the base Stable Diffusion 1.x/2.x model the adaptor was trained from:
@@ -56,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strength", type=float, default=1.0)
     parser.add_argument("--color-fix", choices=("none", "wavelet", "adain"), default="none")
+    parser.add_argument("--sampler", choices=("ddim", "euler"), default="ddim")
+    parser.add_argument("--denoise", type=float, default=1.0, help="1: pure noise (the paper)")
+    parser.add_argument("--tile-size", type=int, default=0, help="pixels per tile for large photos (0: whole image)")
+    parser.add_argument("--tile-overlap", type=int, default=64, help="pixels neighbouring tiles share, blended")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     return parser
 
@@ -107,6 +113,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.restoration.strip().lower() == AUTO_RESTORATION:
         args.restoration = auto_restoration(args.image)
+    settings = RestoreSettings(
+        steps=args.steps,
+        semantic_scale=args.semantic_scale,
+        restoration_scale=args.restoration_scale,
+        seed=args.seed,
+        strength=args.strength,
+        sampler=args.sampler,
+        color_fix=args.color_fix,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
+        denoise=args.denoise,
+    )
+    try:
+        settings.validate()  # before any model loads (the pipeline checks again against its VAE)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     problems = missing_inputs(args.base, args.components, args.adaptor)
     if problems:
         print("cannot restore yet: " + "; ".join(problems) + ".\n\n" + WHAT_GOES_WHERE, file=sys.stderr)
@@ -123,17 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if untrained:
             print(f"warning: {args.adaptor} is {untrained}", file=sys.stderr)
-        restored = pipe.restore(
-            load_image(args.image),
-            semantic_prompt=args.semantic,
-            restoration_prompt=args.restoration,
-            steps=args.steps,
-            semantic_scale=args.semantic_scale,
-            restoration_scale=args.restoration_scale,
-            seed=args.seed,
-            strength=args.strength,
-            color_fix=args.color_fix,
-        )
+        restored = pipe.restore(load_image(args.image), args.semantic, args.restoration, settings=settings)
     except (ModelFileError, ValueError, OSError) as error:
         print(f"error: {error}\n\n{WHAT_GOES_WHERE}", file=sys.stderr)
         return 2

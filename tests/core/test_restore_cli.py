@@ -42,6 +42,14 @@ def test_missing_files_say_what_goes_where(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_bad_settings_fail_before_any_model_loads(tmp_path, capsys):
+    args = ["--image", SAMPLE, "--out", str(tmp_path / "x.png"), "--base", "missing", "--adaptor", "missing"]
+    assert main([*args, "--tile-size", "64", "--tile-overlap", "32"]) == 2
+    assert "tile_overlap (32) must be less than half of tile_size (64)" in capsys.readouterr().err
+    assert main([*args, "--denoise", "0"]) == 2
+    assert "denoise must be in (0, 1]" in capsys.readouterr().err
+
+
 def test_restores_the_bundled_sample_end_to_end(models, tmp_path, capsys):
     base, adaptor, folder = models
     small = folder / "astronaut_small.png"

@@ -1,0 +1,56 @@
+"""The README's benchmark table quotes the committed result files (``results/``), number for number."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PACK_DIR = Path(__file__).resolve().parents[2]
+README = (PACK_DIR / "README.md").read_text(encoding="utf-8")
+RESULTS = PACK_DIR / "results"
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def _interval(ratio: dict) -> str:
+    low, high = ratio["ci95"]
+    return f"95 % CI {low:.2f}-{high:.2f}"
+
+
+def test_sampling_row_quotes_results_sampling_cpu():
+    result = _load("sampling-cpu.json")
+    batch = result["time"]["batches"]["1"]
+    spire_cn, spire_bare = batch["spire_over_controlnet"], batch["spire_over_bare"]
+    memory = result["memory"]["1"]["spire_over_controlnet"]
+    quoted = [
+        f"{result['time']['latent']}² latent",
+        f"SPIRE / ControlNet time **{spire_cn['median']:.2f}** ({_interval(spire_cn)}, {spire_cn['rounds']} rounds; "
+        f"FLOP ratio {spire_cn['flop_ratio']:.2f}); peak memory {memory:.2f}",
+        f"SPIRE / bare UNet time {spire_bare['median']:.2f} ({_interval(spire_bare)}) beside the FLOP ratio "
+        f"{spire_bare['flop_ratio']:.2f}",
+    ]
+    for text in quoted:
+        assert text in README, text
+    assert spire_cn["within_bound"] and spire_bare["within_bound"]  # the quoted spreads are within +-10 %
+
+
+def test_training_row_quotes_results_training_cpu():
+    result = _load("training-cpu.json")
+    for size, case in result["cases"].items():
+        ratio = case["ratio"]
+        text = (
+            f"SPIRE / plain diffusers ControlNet time **{ratio['median']:.2f}** ({_interval(ratio)}, "
+            f"{ratio['rounds']} rounds); peak-memory increase {case['memory']['memory_ratio']:.2f}"
+        )
+        assert text in README, (size, text)
+        assert f"{case['resolution_px']}², batch {result['batch']}" in README
+
+
+def test_gpu_figures_appear_only_with_a_gpu_result():
+    runs = sorted(RESULTS.glob("gpu-*.json"))
+    if not runs:
+        assert "No GPU run has happened yet" in README
+    for path in runs:
+        assert _load(path.name)["device"] in README, path.name
