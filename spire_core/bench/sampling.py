@@ -4,7 +4,7 @@ ControlNet of the same trunk, and the UNet with the SPIRE adaptor (real SD1.5 ar
 
 The measurement needs ComfyUI, which ``spire_core`` never imports: this module finds a ComfyUI checkout
 (``COMFYUI_DIR``, the ComfyUI containing the pack, or ``~/comfy/ComfyUI``) and runs the pack's worker
-(``nodes/benchmark.py``) in child processes: one that times the three variants interleaved, and one per
+(``nodes/bench/worker.py``) in child processes: one that times the three variants interleaved, and one per
 variant and batch size for peak memory, so that no variant inherits another's high-water mark.
 """
 
@@ -25,7 +25,7 @@ from .common import describe_device
 PACK_DIR = Path(__file__).resolve().parents[2]
 VARIANTS = ("bare", "controlnet", "spire")
 
-BOOT_SCRIPT = PACK_DIR / "nodes" / "bench_boot.py"
+BOOT_SCRIPT = PACK_DIR / "nodes" / "bench" / "boot.py"
 """The ComfyUI-side starter of the worker (the only part of the benchmark that imports ComfyUI)."""
 
 

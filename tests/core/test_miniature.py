@@ -11,8 +11,8 @@ import torch
 
 from spire_core.degradation import degrade, manual_params
 from spire_core.eval.estimators import residual_blur_sigma, residual_noise
-from spire_core.training.miniature import ARMS, PhotoCrops, main
-from spire_core.training.minicodec import LappedGrainCodec, PatchPCACodec
+from spire_core.experiments.miniature import ARMS, PhotoCrops, main
+from spire_core.experiments.minicodec import LappedGrainCodec, PatchPCACodec
 
 
 def _numbers(value):
@@ -31,7 +31,7 @@ def _numbers(value):
 @pytest.fixture(scope="module")
 def photo_crops():
     """(training crops in [-1, 1], held-out crops in [0, 1]) of the bundled photos."""
-    from spire_core.training.miniature import MiniatureConfig
+    from spire_core.experiments.miniature import MiniatureConfig
 
     config = MiniatureConfig()
     crops = PhotoCrops(config.images, 64, 128, seed=0)

@@ -1,6 +1,6 @@
 """The miniature control check: does the restoration prompt steer what is removed and how much, on a CPU?
 
-    python -m spire_core.training.miniature --out runs/miniature [--budget-minutes 30] [--seed 0]
+    python -m spire_core.experiments.miniature --out runs/miniature [--budget-minutes 30] [--seed 0]
 
 The whole SPIRE recipe at toy scale, in one process on the two bundled sample photos (``docs/samples``):
 
@@ -66,12 +66,12 @@ from ..eval.metrics import psnr_per_image
 from ..models import NUMERIC_TOKENS_DEFAULT, SpireAdaptor
 from ..models.components import FrozenComponents, encode_prompts, make_noise_scheduler
 from ..progress import progress
-from .config import PromptConfig
-from .ema import EMA
-from .loss import diffusion_loss, make_training_batch
+from ..training.config import PromptConfig
+from ..training.ema import EMA
+from ..training.loss import diffusion_loss, make_training_batch
+from ..training.seeds import generator_for, seed_for
+from ..training.validation import restore, save_grid
 from .minicodec import LappedGrainCodec, PatchPCACodec
-from .seeds import generator_for, seed_for
-from .validation import restore, save_grid
 
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "docs" / "samples"
 SAMPLE_PHOTOS = ("astronaut.png", "coffee.png")
@@ -581,7 +581,7 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
     Returns:
         The result dict written to ``miniature.json``.
     """
-    from .tiny import build_tiny_components
+    from ..training.tiny import build_tiny_components
 
     config = config or MiniatureConfig()
     out = Path(out)
@@ -618,7 +618,7 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
     result = {
         "what": "SPIRE miniature control check: three adaptor arms, equal budgets, tiny latent-diffusion stack on CPU",
         "command": command
-        or f"python -m spire_core.training.miniature --out {out} --budget-minutes {config.budget_minutes:g} "
+        or f"python -m spire_core.experiments.miniature --out {out} --budget-minutes {config.budget_minutes:g} "
         f"--seed {config.seed}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(device),
@@ -692,7 +692,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m spire_core.training.miniature",
+        prog="python -m spire_core.experiments.miniature",
         description="Miniature SPIRE control check on the CPU: tiny backbone, three adaptor arms, control benchmark.",
     )
     parser.add_argument("--out", required=True, help="output folder (miniature.json, miniature.md, control report)")
@@ -732,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.images:
         config = replace(config, images=tuple(args.images))
-    command = "python -m spire_core.training.miniature " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m spire_core.experiments.miniature " + " ".join(sys.argv[1:] if argv is None else argv)
     result = run_miniature(args.out, config, command=command)
     print(markdown(result))
     print(f"wrote {Path(args.out) / 'miniature.json'}")

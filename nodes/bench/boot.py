@@ -1,6 +1,6 @@
 """Start the sampling benchmark worker inside ComfyUI (run as a script by ``spire_core.bench.sampling``).
 
-    python nodes/bench_boot.py COMFYUI_DIR PACK_DIR DEVICE [worker arguments]
+    python nodes/bench/boot.py COMFYUI_DIR PACK_DIR DEVICE [worker arguments]
 
 Kept here, in the ComfyUI adapter, because ``spire_core`` never imports ComfyUI. ComfyUI itself does not
 load this file (``nodes/__init__.py`` imports only the node modules).
@@ -23,9 +23,9 @@ def main() -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules["spire_pack"] = module
     spec.loader.exec_module(module)
-    from spire_pack.nodes import benchmark
+    from spire_pack.nodes.bench import worker
 
-    benchmark.main(sys.argv[4:])
+    worker.main(sys.argv[4:])
 
 
 if __name__ == "__main__":

@@ -121,10 +121,10 @@ def build(device: torch.device, dtype: torch.dtype, size: str = "sd15", variants
     import comfy.ops
     import comfy.supported_models
 
-    from ..spire_core.models.comfy_layout import cldm_kwargs
-    from ..spire_core.models.config import AdaptorConfig, controlnet_config_from_unet
-    from .adaptor_model import ComfyAdaptor
-    from .spire_control import SpireControl
+    from ...spire_core.models.comfy_layout import cldm_kwargs
+    from ...spire_core.models.config import AdaptorConfig, controlnet_config_from_unet
+    from ..adaptor_model import ComfyAdaptor
+    from ..spire_control import SpireControl
 
     unet_config, diffusers_config = SIZES[size]
     cfg = comfy.supported_models.SD15(dict(unet_config))
@@ -220,7 +220,7 @@ def run_time(
 ) -> dict:
     """``repeats`` rounds per batch size; each round times ``inner`` consecutive steps of each variant in turn,
     so the per-round ratios divide times taken side by side (``common.ratio_report``)."""
-    from ..spire_core.bench.common import ratio_report
+    from ...spire_core.bench.common import ratio_report
 
     model, controls, _ = build(device, dtype, size)
     counted = flops(model, controls, device, dtype, latent)
