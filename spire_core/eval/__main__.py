@@ -174,6 +174,7 @@ def _restore(args: argparse.Namespace) -> int:
     import torch
 
     from ..restoration.pipeline import SpirePipeline
+    from ..restoration.plan import RestoreSettings
 
     pipe = SpirePipeline.load(
         args.base, args.adaptor, args.components, device=args.device, dtype=getattr(torch, args.dtype)
@@ -184,13 +185,15 @@ def _restore(args: argparse.Namespace) -> int:
         args.bench,
         args.out,
         setting=args.setting,
-        steps=args.steps,
-        semantic_scale=args.semantic_scale,
-        restoration_scale=args.restoration_scale,
-        seed=args.seed,
-        strength=args.strength,
-        sampler=args.sampler,
-        color_fix=args.color_fix,
+        settings=RestoreSettings(
+            steps=args.steps,
+            semantic_scale=args.semantic_scale,
+            restoration_scale=args.restoration_scale,
+            seed=args.seed,
+            strength=args.strength,
+            sampler=args.sampler,
+            color_fix=args.color_fix,
+        ),
         scheduler_options=options,
         skip_existing=args.skip_existing,
         log=echo,

@@ -21,7 +21,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from PIL import Image
 
 from ..captions import read_coco_captions as _read_coco
 from ..progress import progress
+from ..restoration.plan import RestoreSettings
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "spire-benchmark/1"
@@ -307,22 +308,19 @@ def restore_benchmark(
     bench: str | os.PathLike,
     out: str | os.PathLike,
     setting: str = "full",
-    steps: int = 50,
-    semantic_scale: float = 5.0,
-    restoration_scale: float = 1.0,
-    seed: int = 0,
-    strength: float = 1.0,
-    sampler: str = "ddim",
-    color_fix: str = "none",
+    settings: RestoreSettings | None = None,
     scheduler_options: dict[str, Any] | None = None,
     skip_existing: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Restore every degraded image of a benchmark with ``pipeline`` (a ``spire_core.restoration.SpirePipeline``).
 
-    Each image is restored alone with noise from ``seed`` (so an image's result does not depend on the others),
-    at the degraded image's own size (``upsample=False``: the benchmark's degraded images are already at the
-    clean size). Writes ``out/NAME.png`` and ``out/restore.json`` (the settings).
+    Each image is restored alone with noise from ``settings.seed`` (so an image's result does not depend on the
+    others), at the degraded image's own size (``upsample`` off: the benchmark's degraded images are already at
+    the clean size). Writes ``out/NAME.png`` and ``out/restore.json`` (the settings).
+
+    Args:
+        settings: how to restore (``RestoreSettings``; default: its defaults, the paper's).
 
     Returns:
         The written (or, with ``skip_existing``, kept) image paths in manifest order.
@@ -332,19 +330,14 @@ def restore_benchmark(
     manifest = load_manifest(bench)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {
+    settings = replace(settings or RestoreSettings(), upsample=False).validate()
+    record = {
         "bench": str(manifest.root),
         "setting": setting,
-        "steps": steps,
-        "semantic_scale": semantic_scale,
-        "restoration_scale": restoration_scale,
-        "seed": seed,
-        "strength": strength,
-        "sampler": sampler,
-        "color_fix": color_fix,
+        **{k: v for k, v in asdict(settings).items() if k != "upsample"},
         "scheduler_options": dict(scheduler_options or {}),
     }
-    (out / RESTORE_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    (out / RESTORE_SETTINGS).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     written = []
     for image in progress(manifest.images, desc="restore", unit="image"):
         target = out / f"{image.name}.png"
@@ -354,18 +347,7 @@ def restore_benchmark(
         restoration, semantic = prompts_for(image, setting)
         degraded = load_image(manifest.root / image.degraded)
         restored = pipeline.restore(
-            degraded,
-            semantic_prompt=semantic,
-            restoration_prompt=restoration,
-            steps=steps,
-            semantic_scale=semantic_scale,
-            restoration_scale=restoration_scale,
-            seed=seed,
-            strength=strength,
-            sampler=sampler,
-            color_fix=color_fix,
-            scheduler_options=scheduler_options,
-            upsample=False,
+            degraded, semantic, restoration, scheduler_options=scheduler_options, settings=settings
         )
         save_image(restored[0], target)
         if log:
