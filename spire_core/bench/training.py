@@ -23,6 +23,7 @@ config with random weights, built in code, latent 64x64 = 512 px).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -136,10 +137,18 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _autocast(device: torch.device, precision: str):  # noqa: ANN202 - a context manager
-    dtype = PRECISIONS[precision]
-    if dtype is None:
+    """The autocast context of ``train.mixed_precision``: accelerate's, as the trainer uses it (one accelerator
+    state per process; the benchmark's processes each run one precision)."""
+    if PRECISIONS[precision] is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return _accelerator(device.type, precision).autocast()
+
+
+@functools.cache
+def _accelerator(device_type: str, precision: str):  # noqa: ANN202 - an accelerate.Accelerator
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=precision, cpu=device_type == "cpu")
 
 
 def _checkpointing(unet: nn.Module, model: nn.Module, enabled: bool) -> None:
