@@ -153,9 +153,13 @@ def prepare_environment(wheels: str | None, work: Path) -> tuple[dict[str, Any],
             site = work / "site"
             command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
             command += ["--target", str(site), *map(str, missing)]
-            subprocess.run(command, check=True, capture_output=True, text=True)
-            paths.append(str(site))
-            report["installed_from_wheels"] = [w.name for w in missing]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode == 0:
+                paths.append(str(site))
+                report["installed_from_wheels"] = [w.name for w in missing]
+            else:  # the sections that need them fail and say so; the others still run
+                lines = (done.stderr or done.stdout).strip().splitlines()
+                report["wheel_install_failed"] = lines[-1] if lines else f"pip exited {done.returncode}"
     if importlib.util.find_spec("av") is None:
         stub = work / "stubs" / "av"
         stub.mkdir(parents=True, exist_ok=True)

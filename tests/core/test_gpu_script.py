@@ -104,3 +104,36 @@ def test_tiny_mode_runs_every_section_and_writes_the_report(tmp_path):
         assert timing["flop_ratio_unet_plus_trunk_over_unet"] > 1.0
         assert report["summary"]["sampling_b1_spire_over_controlnet"] == entry["median"]
     assert report["summary"]["training_run_finite"] is True
+
+
+def test_wheels_install_only_what_is_missing_and_a_broken_one_is_reported(tmp_path):
+    from spire_core.bench.gpu import prepare_environment
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-0.0.1-py3-none-any.whl").write_bytes(b"installed already: never touched")
+    report, paths = prepare_environment(str(wheels), tmp_path / "work")
+    assert report["installed_from_wheels"] == [] and paths == []
+    (wheels / "spire_absent_package-0.1-py3-none-any.whl").write_bytes(b"not a zip")
+    report, paths = prepare_environment(str(wheels), tmp_path / "work")
+    assert "wheel_install_failed" in report and paths == []
+    with pytest.raises(SystemExit, match="no such folder"):
+        prepare_environment(str(tmp_path / "missing"), tmp_path / "work")
+
+
+def test_the_pyav_stub_lets_comfyui_s_imports_through_and_refuses_use(tmp_path):
+    from spire_core.bench.gpu import AV_STUB
+
+    (tmp_path / "av").mkdir()
+    (tmp_path / "av" / "__init__.py").write_text(AV_STUB)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import av\n"
+        "from av.container import InputContainer\n"
+        "from av.subtitles.stream import SubtitleStream\n"
+        "assert av.__file__.startswith(sys.argv[1])\n"
+        "try:\n    av.open('x.mp4')\nexcept RuntimeError as e:\n    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "PyAV is not installed" in done.stdout
