@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from ...spire_core.bench.common import SD15_DIFFUSERS_UNET
+
 SD15_UNET = {
     "use_checkpoint": False,
     "image_size": 32,
@@ -44,32 +46,7 @@ SD15_UNET = {
 }
 """ComfyUI's UNet config of Stable Diffusion 1.5 (as its model detection produces it)."""
 
-SD15_DIFFUSERS = {
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [320, 640, 1280, 1280],
-    "layers_per_block": 2,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-    "use_linear_projection": False,
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "downsample_padding": 1,
-    "mid_block_scale_factor": 1,
-    "act_fn": "silu",
-    "only_cross_attention": False,
-    "upcast_attention": False,
-    "resnet_time_scale_shift": "default",
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "class_embed_type": None,
-    "num_class_embeds": None,
-    "projection_class_embeddings_input_dim": None,
-    "num_attention_heads": None,
-}
+SD15_DIFFUSERS = SD15_DIFFUSERS_UNET
 """The same UNet in diffusers terms (for the adaptor's config)."""
 
 TINY_UNET = {

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..models import SpireAdaptor, predict_noise, tiny_unet_config
 from ..progress import progress
-from .common import describe_device, interleaved, ratio_report, summarize
+from .common import SD15_DIFFUSERS_UNET, describe_device, interleaved, ratio_report, summarize
 
 TARGET_RATIO = 1.10
 """SPIRE's training step may cost at most 10% more time than plain ControlNet's on the same trunk."""
@@ -48,19 +48,7 @@ CANDIDATES = ("spire", "controlnet")
 MEMORY_STEPS = 3
 """Steps of each peak-memory run (the optimiser's state exists from the first step on; more add time only)."""
 
-SD15_UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [320, 640, 1280, 1280],
-    "layers_per_block": 2,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-    "use_linear_projection": False,
-}
+SD15_UNET_CONFIG: dict[str, Any] = {**SD15_DIFFUSERS_UNET, "sample_size": 64}
 """The Stable Diffusion 1.5 UNet (diffusers ``unet/config.json`` of SD 1.5, structural fields)."""
 
 SIZES: dict[str, dict[str, Any]] = {

@@ -113,18 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.restoration.strip().lower() == AUTO_RESTORATION:
         args.restoration = auto_restoration(args.image)
-    settings = RestoreSettings(
-        steps=args.steps,
-        semantic_scale=args.semantic_scale,
-        restoration_scale=args.restoration_scale,
-        seed=args.seed,
-        strength=args.strength,
-        sampler=args.sampler,
-        color_fix=args.color_fix,
-        tile_size=args.tile_size,
-        tile_overlap=args.tile_overlap,
-        denoise=args.denoise,
-    )
+    settings = RestoreSettings.from_options(args)
     try:
         settings.validate()  # before any model loads (the pipeline checks again against its VAE)
     except ValueError as error:

@@ -6,8 +6,11 @@ Kept light (torch and the prompt grammar only) so the ComfyUI adapter can import
 
 from __future__ import annotations
 
+import argparse
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +99,13 @@ class RestoreSettings:
     tile_overlap: int = 64
     upsample: bool = True
     denoise: float = 1.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | argparse.Namespace) -> RestoreSettings:
+        """The settings named in ``options`` (a mapping or parsed command-line arguments with the fields' names;
+        other entries are ignored, missing fields keep their defaults)."""
+        values = options if isinstance(options, Mapping) else vars(options)
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     def validate(self, downscale: int = 8) -> RestoreSettings:
         """Raise ``ValueError`` saying what is wrong and what would do (before any model runs); returns ``self``.
