@@ -46,8 +46,6 @@ SD15_UNET = {
 }
 """ComfyUI's UNet config of Stable Diffusion 1.5 (as its model detection produces it)."""
 
-SD15_DIFFUSERS = SD15_DIFFUSERS_UNET
-"""The same UNet in diffusers terms (for the adaptor's config)."""
 
 TINY_UNET = {
     **SD15_UNET,
@@ -61,7 +59,7 @@ TINY_UNET = {
 """A toy UNet of SD1.5's structure (two levels, attention at the first): checks the harness in seconds."""
 
 TINY_DIFFUSERS = {
-    **SD15_DIFFUSERS,
+    **SD15_DIFFUSERS_UNET,
     "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
     "block_out_channels": [32, 64],
@@ -70,7 +68,7 @@ TINY_DIFFUSERS = {
 }
 """The same toy UNet in diffusers terms."""
 
-SIZES = {"sd15": (SD15_UNET, SD15_DIFFUSERS), "tiny": (TINY_UNET, TINY_DIFFUSERS)}
+SIZES = {"sd15": (SD15_UNET, SD15_DIFFUSERS_UNET), "tiny": (TINY_UNET, TINY_DIFFUSERS)}
 """Benchmark sizes: (ComfyUI UNet config, diffusers config)."""
 
 VARIANTS = ("bare", "controlnet", "spire")
