@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..degradation import degrade, get_preset, ops, sample_params
+from ..degradation import degrade, get_preset, sample_params
+from ..degradation import noise as noise_ops
 from ..eval.metrics import psnr
 from ..imageio import load_image
 from .common import describe_device, interleaved, summarize
@@ -58,18 +59,18 @@ def _recorded_noise_fields() -> Iterator[dict[int, np.ndarray]]:
     """While active, every noise field the library adds is kept (HWC float32, keyed by its seed), so
     the reference can add exactly the same random numbers."""
     fields: dict[int, np.ndarray] = {}
-    original = ops._unit_noise
+    original = noise_ops._unit_noise
 
     def recording(params, image: torch.Tensor, **options):  # noqa: ANN001, ANN003, ANN202
         field, multiplier = original(params, image, **options)
         fields[params.seed] = (field * multiplier).permute(1, 2, 0).numpy().copy()
         return field, multiplier
 
-    ops._unit_noise = recording
+    noise_ops._unit_noise = recording
     try:
         yield fields
     finally:
-        ops._unit_noise = original
+        noise_ops._unit_noise = original
 
 
 def _replay(fields: dict[int, np.ndarray]):  # noqa: ANN202

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 
 from ..degradation.kernels import make_kernel
-from ..degradation.ops import LUMA_WEIGHTS, PIL_FILTERS, POISSON_PEAK, resized_size
+from ..degradation.noise import LUMA_WEIGHTS, POISSON_PEAK
 from ..degradation.params import DegradationParams, NoiseParams
+from ..degradation.resize import PIL_FILTERS, resized_size
 
 NoiseFn = Callable[[NoiseParams, np.ndarray], np.ndarray]
 """(params, HWC float32 image) -> additive noise broadcastable to the image."""

@@ -10,8 +10,15 @@
 (``jpeg_codec_for``; ``degrade(..., jpeg_codec="libjpeg")`` gives libjpeg's bytes on any device).
 ``degrade_graded`` makes training pairs for graded prompts (each named level removed down to its residual)
 and ``degrade_partial`` for partial ones (a subset of the degradations removed in full).
+
+Modules: ``spec``/``sample``/``params`` (what to draw, drawing it, the drawn values), ``pipeline`` (``degrade``),
+one module per operation (``blur``, ``resize``, ``noise``, ``jpeg`` with ``jpeg_codecs``; ``kernels`` makes the blur
+kernels), ``implied`` (the restoration prompt a degradation implies), ``graded`` (training targets of graded and
+partial prompts), and the CPU machinery the operations share (``scratch`` memory, ``workers`` threads, ``memo``
+byte-bounded caches).
 """
 
+from .blur import apply_blur
 from .graded import (
     GradedDegradation,
     PartialDegradation,
@@ -21,17 +28,11 @@ from .graded import (
     graded_params,
     graded_request,
 )
+from .implied import CLAUSE_KEYS, effective_request, noise_sigma, prompt_for, restrict
+from .jpeg import apply_jpeg, jpeg_codec_distance, jpeg_roundtrip_uint8
 from .jpeg_codecs import JPEG_CODECS, jpeg_codec_for, torchvision_jpeg_problem
 from .kernels import kernel_sigma, kernel_size_for, make_kernel
-from .ops import (
-    apply_blur,
-    apply_jpeg,
-    apply_noise,
-    apply_resize,
-    jpeg_codec_distance,
-    jpeg_roundtrip_uint8,
-    resize_matrix,
-)
+from .noise import apply_noise
 from .params import (
     INTERPOLATIONS,
     KERNEL_TYPES,
@@ -46,16 +47,8 @@ from .params import (
     params_list_from_json,
     params_list_to_json,
 )
-from .pipeline import (
-    CLAUSE_KEYS,
-    DegradationResult,
-    degrade,
-    effective_request,
-    noise_sigma,
-    prompt_for,
-    restrict,
-    validate_images,
-)
+from .pipeline import DegradationResult, degrade, validate_images
+from .resize import apply_resize, resize_matrix
 from .sample import manual_params, sample_params
 from .spec import (
     DEFAULT_PRESET,

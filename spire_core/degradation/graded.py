@@ -45,9 +45,10 @@ import torch
 
 from ..prompt import RestorationRequest, quantize, render
 from ..prompt.grammar import CLAUSE_BY_KEY
+from .implied import CLAUSE_KEYS, effective_request, restrict
 from .kernels import kernel_size_for
 from .params import GAUSSIAN_KERNELS, BlurParams, DegradationParams, NoiseParams, StageParams
-from .pipeline import CLAUSE_KEYS, degrade, effective_request, restrict
+from .pipeline import degrade
 
 _SEED_MASK = 2**53 - 1
 

@@ -1,6 +1,6 @@
 """Which JPEG codec ``apply_jpeg`` uses, and the batched torchvision codec (nvjpeg on CUDA).
 
-``apply_jpeg`` (ops.py) takes ``codec``:
+``apply_jpeg`` (jpeg.py) takes ``codec``:
 
 - ``"libjpeg"``: libjpeg through Pillow on the CPU, one image at a time; the same bytes on every
   device and machine. Images on a GPU make a round trip through host memory.
@@ -13,7 +13,7 @@
 
 nvjpeg's output differs slightly from libjpeg's at the same quality: a different DCT and rounding,
 and torchvision's nvjpeg encoder keeps full-resolution chroma (4:4:4) where libjpeg here subsamples
-it (4:2:0), so colour edges survive better. ``jpeg_codec_distance`` (ops.py) measures the gap.
+it (4:2:0), so colour edges survive better. ``jpeg_codec_distance`` (jpeg.py) measures the gap.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ luma planes when ``grey``, on ``device``."""
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] -> uint8 as the libjpeg path quantises them (``ops._to_pil``): times 255
+    """Float images in [0, 1] -> uint8 as the libjpeg path quantises them (``jpeg._to_pil``): times 255
     in the input's dtype, rounded half to even, clipped to [0, 255]."""
     return torch.mul(images, 255).round_().clamp_(0, 255).to(torch.uint8)
 

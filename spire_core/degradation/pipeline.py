@@ -1,5 +1,5 @@
-"""``degrade``: the deterministic multi-stage pipeline, the prompt each degradation implies, and
-partial requests for training.
+"""``degrade``: the deterministic multi-stage pipeline over the operations (``blur``, ``resize``, ``noise``,
+``jpeg``); the prompt a degradation implies is ``implied.prompt_for``.
 
 Images are BCHW float tensors in [0, 1] on any device (design.md section 4.1). Items of a batch
 carry their own params; items that share a size are processed together, and a batch splits into
@@ -9,37 +9,23 @@ size groups where resizes send items to different sizes.
 from __future__ import annotations
 
 import math
-import os
-import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ..prompt import BLIND_PROMPT, RestorationRequest, render
-from . import ops
+from .blur import apply_blur, cpu_blur_method
+from .implied import prompt_for
+from .jpeg import apply_jpeg
 from .jpeg_codecs import resolve_jpeg_codec
-from .kernels import gaussian_1d, kernel_sigma, make_kernel
+from .kernels import gaussian_1d, make_kernel
 from .memo import byte_bounded
-from .ops import (
-    POISSON_PEAK,
-    advise_huge_pages,
-    apply_blur,
-    apply_jpeg,
-    apply_noise,
-    apply_resize,
-    cpu_blur_method,
-    enable_scratch,
-    release_free_heap,
-    resized_size,
-    trim_scratch,
-)
-from .params import OPERATION_OF_CLAUSE, BlurParams, DegradationParams, NoiseParams
-
-CLAUSE_KEYS = tuple(OPERATION_OF_CLAUSE)
-"""Restoration-prompt clause keys a partial request may name: upsample, deblur, denoise, dejpeg."""
+from .noise import apply_noise
+from .params import BlurParams, DegradationParams
+from .resize import apply_resize, resized_size
+from .scratch import advise_huge_pages, release_free_heap, trim_scratch
+from .workers import cpu_path, start_lanes
 
 
 def validate_images(images: torch.Tensor, name: str = "images") -> None:
@@ -164,39 +150,6 @@ def _run(
     return out
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
-_POOL_LOCK = threading.Lock()
-
-
-def _forget_pool() -> None:
-    """In a forked child the parent's worker threads do not exist: start afresh."""
-    global _POOL, _POOL_SIZE, _POOL_LOCK
-    _POOL, _POOL_SIZE, _POOL_LOCK = None, 0, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _start_lanes(workers: int, lane: Callable[[], None]) -> list[Future]:
-    """Run ``lane`` ``workers`` times side by side on the long-lived CPU worker threads: a pool of at
-    least ``workers`` threads, created on first use and replaced by a larger one when a call wants
-    more (work already given to a replaced pool still runs; its threads end after it, and their
-    scratch memory with them). The threads keep their scratch memory from call to call
-    (``ops.enable_scratch``)."""
-    global _POOL, _POOL_SIZE
-    with _POOL_LOCK:  # held while submitting: no other call can shut this pool down in between
-        if _POOL is None or _POOL_SIZE < workers:
-            if _POOL is not None:
-                _POOL.shutdown(wait=False)
-            _POOL = ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix="spire-degrade", initializer=enable_scratch
-            )
-            _POOL_SIZE = workers
-        return [_POOL.submit(lane) for _ in range(workers)]
-
-
 def _item_cost(params: DegradationParams, height: int, width: int) -> float:
     """Rough single-thread CPU time of one three-channel item (about nanoseconds, from per-operation
     timings on a 2-core x86 machine), to start the longest items first: the last item to finish then
@@ -263,7 +216,7 @@ def _run_items_cpu(images: torch.Tensor, params: Sequence[DegradationParams], jp
                     raise
 
     try:
-        for lane_done in _start_lanes(workers, lane):
+        for lane_done in start_lanes(workers, lane):
             lane_done.result()
     finally:
         torch.set_num_threads(threads)
@@ -284,7 +237,7 @@ def degrade(
         images: (B, C, H, W) float in [0, 1], C = 1 (grey), 3 (RGB) or 4 (RGBA; alpha passes through
             unchanged), any device. Not modified.
         params: one ``DegradationParams`` per item, or a single one used for every item.
-        jpeg_codec: the JPEG steps' codec (``ops.apply_jpeg``): ``"auto"`` is libjpeg on the CPU (the
+        jpeg_codec: the JPEG steps' codec (``jpeg.apply_jpeg``): ``"auto"`` is libjpeg on the CPU (the
             same bytes everywhere) and nvjpeg on a CUDA device where torchvision's CUDA JPEG codec
             works (``jpeg_codec_for`` says which), whose output differs slightly from libjpeg's
             (another DCT and rounding, 4:4:4 chroma instead of 4:2:0); ``"libjpeg"`` forces the exact
@@ -311,74 +264,10 @@ def degrade(
         raise TypeError("degrade: params must be DegradationParams (see sample_params or manual_params)")
     x = images.to(torch.float32)
     colour = x[:, :3] if x.shape[1] == 4 else x
-    if ops._cpu_path(x.device):
+    if cpu_path(x.device):
         out = _run_items_cpu(colour, params, jpeg_codec)
     else:
         out = _run(colour, params, jpeg_codec=jpeg_codec)
     if x.shape[1] == 4:
         out = torch.cat([out, x[:, 3:]], dim=1)
     return DegradationResult(images=out.to(images.dtype), params=params)
-
-
-def noise_sigma(params: NoiseParams) -> float:
-    """Standard deviation of a noise setting on the [0, 1] scale; for Poisson noise, at mid-grey (0.5). A noise
-    with a named part (graded requests) counts both parts: their variances add up."""
-    if params.kind == "gaussian":
-        return math.hypot(params.sigma, params.named_sigma)
-    return math.hypot(params.scale, params.named_scale) * math.sqrt(0.5 / POISSON_PEAK)
-
-
-def effective_request(params: DegradationParams) -> RestorationRequest:
-    """Collapse all stages into one clause per degradation type: the numbers the prompt carries.
-
-    The collapsing rule, in one place:
-    - upsample: the product of all resize scales, inverted (total shrink factor). Named when it
-      prints above 1.0.
-    - deblur: ``sqrt(sum_k (sigma_k / s_k)^2)`` where ``sigma_k`` is stage k's effective kernel sigma
-      (``kernel_sigma``) and ``s_k`` the product of the resize scales before stage k, so every blur
-      is measured in pixels of the input (Gaussian blurs compose by adding variances).
-    - denoise: ``sqrt(sum_k sigma_k^2)`` of the stages' noise sigmas (``noise_sigma``), in [0, 1] units,
-      ignoring the attenuation later stages apply.
-    - dejpeg: the lowest (worst) quality of all JPEG steps.
-    Clauses whose printed number would be 0 (or 1.0x) are omitted: "leave alone".
-    """
-    scale = 1.0
-    blur_var = 0.0
-    noise_var = 0.0
-    quality: int | None = None
-    for stage in params.stages:
-        if stage.blur is not None:
-            blur_var += (kernel_sigma(stage.blur) / scale) ** 2
-        if stage.resize is not None:
-            scale *= stage.resize.scale
-        if stage.noise is not None:
-            noise_var += noise_sigma(stage.noise) ** 2
-        if stage.jpeg is not None:
-            quality = stage.jpeg.quality if quality is None else min(quality, stage.jpeg.quality)
-    upsample = 1.0 / scale
-    deblur = math.sqrt(blur_var)
-    denoise = math.sqrt(noise_var)
-    return RestorationRequest(
-        upsample=upsample if round(upsample, 1) > 1.0 else None,
-        deblur=deblur if round(deblur, 1) > 0.0 else None,
-        denoise=denoise if round(denoise, 2) > 0.0 else None,
-        dejpeg=quality,
-    )
-
-
-def restrict(request: RestorationRequest, named: Iterable[str]) -> RestorationRequest:
-    """The request with only the ``named`` clauses kept (keys from ``CLAUSE_KEYS``)."""
-    named = set(named)
-    unknown = named - set(CLAUSE_KEYS)
-    if unknown:
-        raise ValueError(f"unknown clause names {sorted(unknown)}; expected some of {CLAUSE_KEYS}")
-    return RestorationRequest(**{k: getattr(request, k) if k in named else None for k in CLAUSE_KEYS})
-
-
-def prompt_for(params: DegradationParams) -> str:
-    """The canonical restoration prompt naming every degradation in ``params``; the blind prompt
-    ``"Remove all degradation"`` when they degrade nothing that a prompt can name (the one decision for a
-    degradation that changes nothing: what training pairs such an image with, and what validation, the
-    benchmarks and the Degrade Image node say)."""
-    request = effective_request(params)
-    return BLIND_PROMPT if request.is_empty() else render(request)

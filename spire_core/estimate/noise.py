@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..degradation.ops import jpeg_roundtrip_uint8
+from ..degradation.jpeg import jpeg_roundtrip_uint8
 from .common import Estimate
 
 NOISE_BLOCK = 16

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..degradation.ops import apply_resize, resized_size
+from ..degradation.resize import apply_resize, resized_size
 from ..prompt import RestorationRequest, quantize, render
 from .blur import EDGE_QUANTILE, edge_sigmas, estimate_blur
 from .common import Estimate, check_image

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..degradation import degrade, effective_request, get_preset, manual_params, sample_params
-from ..degradation.ops import jpeg_encode
+from ..degradation.jpeg import jpeg_encode
 from ..estimate import estimate_one, quality_from_tables
 
 REPORT_FORMAT = "spire-estimate-accuracy/1"

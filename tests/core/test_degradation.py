@@ -41,17 +41,12 @@ from spire_core.degradation import (
     sample_params,
     torchvision_jpeg_problem,
 )
-from spire_core.degradation import ops as degradation_ops
+from spire_core.degradation import jpeg as jpeg_ops
+from spire_core.degradation.blur import apply_blur
+from spire_core.degradation.jpeg import jpeg_encode, jpeg_roundtrip_uint8
 from spire_core.degradation.jpeg_codecs import to_uint8
-from spire_core.degradation.ops import (
-    POISSON_PEAK,
-    apply_blur,
-    apply_resize,
-    jpeg_encode,
-    jpeg_roundtrip_uint8,
-    resize_matrix,
-    sample_poisson_counts,
-)
+from spire_core.degradation.noise import POISSON_PEAK, sample_poisson_counts
+from spire_core.degradation.resize import apply_resize, resize_matrix
 from spire_core.eval.metrics import psnr
 
 
@@ -300,7 +295,7 @@ def cpu_codec(request, monkeypatch) -> str:
             pytest.skip(f"torchvision's CPU JPEG codec is not usable here: {problem}")
     else:
         monkeypatch.setattr(jpeg_codecs, "_probe", lambda device: None)
-        monkeypatch.setattr(degradation_ops, "torchvision_codec", lambda: (_pillow_encode, _pillow_decode))
+        monkeypatch.setattr(jpeg_ops, "torchvision_codec", lambda: (_pillow_encode, _pillow_decode))
     return request.param
 
 
@@ -315,7 +310,7 @@ def test_quantisation_matches_the_libjpeg_path():
     values[:, 0] = torch.arange(256.0) / 255
     values[:, 1] = (torch.arange(256.0) + 0.5) / 255
     ours = to_uint8(values).permute(1, 2, 0).numpy()
-    assert np.array_equal(ours, np.asarray(degradation_ops._to_pil(values)))
+    assert np.array_equal(ours, np.asarray(jpeg_ops._to_pil(values)))
 
 
 def test_torchvision_codec_keeps_order_and_quality_per_item(astronaut, cpu_codec):
@@ -347,7 +342,7 @@ def test_torchvision_path_encodes_once_per_quality_and_decodes_once(astronaut, m
         return _pillow_decode(data, grey, device)
 
     monkeypatch.setattr(jpeg_codecs, "_probe", lambda device: None)
-    monkeypatch.setattr(degradation_ops, "torchvision_codec", lambda: (encode, decode))
+    monkeypatch.setattr(jpeg_ops, "torchvision_codec", lambda: (encode, decode))
     crops = _crops(astronaut)
     settings = [JpegParams(quality=30), JpegParams(quality=90), None, JpegParams(quality=30)]
     out = apply_jpeg(crops, settings, codec="torchvision")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import io
 import multiprocessing
+import sys
 import threading
 import weakref
 from pathlib import Path
@@ -15,7 +16,19 @@ import pytest
 import torch
 from PIL import Image
 
-from spire_core.degradation import PRESETS, BlurParams, degrade, get_preset, make_kernel, ops, pipeline, sample_params
+from spire_core.degradation import (
+    PRESETS,
+    BlurParams,
+    degrade,
+    get_preset,
+    make_kernel,
+    pipeline,
+    sample_params,
+)
+from spire_core.degradation import blur as blur_ops
+from spire_core.degradation import jpeg as jpeg_ops
+from spire_core.degradation import scratch as scratch_ops
+from spire_core.degradation import workers as workers_ops
 from spire_core.eval.metrics import psnr
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
@@ -27,9 +40,17 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def fresh_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every scratch request a new tensor, as without scratch memory."""
-    monkeypatch.setattr(
-        ops, "_scratch", lambda name, shape, dtype, device: torch.empty(shape, dtype=dtype, device=device)
-    )
+
+    def fresh(name, shape, dtype, device):  # noqa: ANN001, ANN202
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    takers = [m for name, m in list(sys.modules.items()) if name.startswith("spire_core.degradation.")]
+    takers = [
+        m for m in takers if m is not scratch_ops and getattr(m, "scratch_tensor", None) is scratch_ops.scratch_tensor
+    ]
+    assert {m.__name__.rsplit(".", 1)[1] for m in takers} >= {"blur", "jpeg", "noise"}
+    for module in takers:  # every module that takes scratch tensors, by its own binding
+        monkeypatch.setattr(module, "scratch_tensor", fresh)
 
 
 def test_scratch_memory_changes_no_bit_and_results_own_their_memory(astronaut, monkeypatch):
@@ -48,7 +69,7 @@ def test_inference_mode_and_normal_calls_share_the_workers(astronaut):
     """ComfyUI runs nodes under inference_mode, training does not: the workers' buffers serve both."""
     crops = torch.cat([astronaut[..., :128, :128], astronaut[..., 128:256, :128]])
     params = sample_params(PRESETS["paper"], gen(31), 2)
-    ops.trim_scratch(keep_bytes=0)  # the buffers are made afresh, under inference_mode
+    scratch_ops.trim_scratch(keep_bytes=0)  # the buffers are made afresh, under inference_mode
     with torch.inference_mode():
         inside = degrade(crops, params).images
     outside = degrade(crops, params).images
@@ -62,24 +83,26 @@ def test_scratch_views_and_trim():
     seen = {}
 
     def worker() -> None:
-        ops.enable_scratch()
+        scratch_ops.enable_scratch()
         cpu = torch.device("cpu")
-        a = ops._scratch("t", (4, 5), torch.float32, cpu)
-        b = ops._scratch("t", (4, 5), torch.float32, cpu)
-        c = ops._scratch("t", (2, 3), torch.float32, cpu)
+        a = scratch_ops.scratch_tensor("t", (4, 5), torch.float32, cpu)
+        b = scratch_ops.scratch_tensor("t", (4, 5), torch.float32, cpu)
+        c = scratch_ops.scratch_tensor("t", (2, 3), torch.float32, cpu)
         seen["same view"] = a is b
         seen["same memory"] = c.data_ptr() == a.data_ptr()
-        big = ops._scratch("t", (1000, 1000), torch.float32, cpu)  # grows: a new buffer
+        big = scratch_ops.scratch_tensor("t", (1000, 1000), torch.float32, cpu)  # grows: a new buffer
         seen["grown"] = big.numel() == 10**6 and big.data_ptr() != a.data_ptr()
-        seen["old views dropped"] = ops._scratch("t", (4, 5), torch.float32, cpu).data_ptr() == big.data_ptr()
+        seen["old views dropped"] = (
+            scratch_ops.scratch_tensor("t", (4, 5), torch.float32, cpu).data_ptr() == big.data_ptr()
+        )
         big.fill_(2.0)
-        ops.trim_scratch(keep_bytes=10**6)  # this thread holds 4 MB: dropped
-        seen["trimmed"] = len(ops._SCRATCH.buffers) == 0
+        scratch_ops.trim_scratch(keep_bytes=10**6)  # this thread holds 4 MB: dropped
+        seen["trimmed"] = len(scratch_ops._SCRATCH.buffers) == 0
         seen["a live view outlives the trim"] = float(big.sum()) == 2.0e6
-        ops._scratch("u", (10,), torch.float32, cpu)  # 40 bytes: below the limit
-        ops.trim_scratch(keep_bytes=10**6)
-        seen["small scratch kept"] = len(ops._SCRATCH.buffers) > 0
-        mine.append(weakref.ref(ops._SCRATCH.buffers))
+        scratch_ops.scratch_tensor("u", (10,), torch.float32, cpu)  # 40 bytes: below the limit
+        scratch_ops.trim_scratch(keep_bytes=10**6)
+        seen["small scratch kept"] = len(scratch_ops._SCRATCH.buffers) > 0
+        mine.append(weakref.ref(scratch_ops._SCRATCH.buffers))
 
     mine = []
     thread = threading.Thread(target=worker)
@@ -92,8 +115,8 @@ def test_scratch_views_and_trim():
 
 def test_outside_the_workers_scratch_requests_are_new_tensors():
     cpu = torch.device("cpu")
-    a = ops._scratch("t", (8,), torch.float32, cpu)
-    b = ops._scratch("t", (8,), torch.float32, cpu)
+    a = scratch_ops.scratch_tensor("t", (8,), torch.float32, cpu)
+    b = scratch_ops.scratch_tensor("t", (8,), torch.float32, cpu)
     assert a.data_ptr() != b.data_ptr()
 
 
@@ -101,23 +124,23 @@ def test_reflect_pad_into_a_buffer_equals_torch_reflect():
     x = torch.rand(2, 3, 9, 13)
     for pad in (0, 1, 4, 8):
         out = torch.full((2, 3, 9 + 2 * pad, 13 + 2 * pad), float("nan"))
-        ops.reflect101_pad(x, pad, out=out)
+        blur_ops.reflect101_pad(x, pad, out=out)
         expected = torch.nn.functional.pad(x, (pad,) * 4, mode="reflect") if pad else x
         assert torch.equal(out, expected), pad
     out = torch.empty(2, 3, 9 + 24, 13 + 24)  # wider than the image: keeps reflecting
-    assert torch.equal(ops.reflect101_pad(x, 12, out=out), ops.reflect101_pad(x, 12))
+    assert torch.equal(blur_ops.reflect101_pad(x, 12, out=out), blur_ops.reflect101_pad(x, 12))
 
 
 @pytest.mark.parametrize("n", [1, 7, 37, 361, 538, 549, 1000])
 def test_fft_sizes_are_multiples_of_4_with_small_factors(n):
-    m = ops._fft_size(n)
+    m = blur_ops._fft_size(n)
     assert m >= n and m % 4 == 0
     r = m
     for p in (2, 3, 5):
         while r % p == 0:
             r //= p
     assert r == 1
-    assert all(ops._fft_size(k) == m for k in range(n, m + 1)), "the smallest such size"
+    assert all(blur_ops._fft_size(k) == m for k in range(n, m + 1)), "the smallest such size"
 
 
 def kernel_plane(kernel: torch.Tensor, fh: int, fw: int) -> torch.Tensor:
@@ -145,7 +168,7 @@ def test_kernel_response_is_the_conjugate_spectrum_of_the_kernel(blur):
     asymmetric[0, 1] += 0.01  # not point-symmetric: a complex response
     for k in (kernel, asymmetric):
         expected = torch.conj(torch.fft.rfft2(kernel_plane(k, 60, 44)))
-        got = ops._kernel_response(k.float(), 60, 44)
+        got = blur_ops._kernel_response(k.float(), 60, 44)
         assert got.is_complex() == (k is asymmetric)
         assert (got.to(torch.complex128) - expected).abs().max() < 2e-6
 
@@ -156,13 +179,13 @@ def test_pocketfft_blur_equals_direct_correlation_and_its_fallback(coffee, monke
     image = coffee[..., :150, :201].contiguous()
     blur = BlurParams(kernel="generalized_aniso", size=25, sigma_x=3.5, sigma_y=1.2, angle=100.0, beta=2.5)
     kernel = make_kernel(blur).float()
-    out = ops.apply_blur(image, [kernel])
+    out = blur_ops.apply_blur(image, [kernel])
     hwc = image[0].permute(1, 2, 0).numpy()
     reference = cv2.filter2D(hwc, -1, kernel.numpy(), borderType=cv2.BORDER_REFLECT_101)
     assert np.abs(out[0].permute(1, 2, 0).numpy() - reference).max() < 2e-6
-    fft, _ = ops._pocketfft_modules()
-    monkeypatch.setattr(ops, "_pocketfft_modules", lambda: (fft, None))  # scipy's public functions instead
-    assert (ops.apply_blur(image, [kernel]) - out).abs().max() < 1e-6
+    fft, _ = blur_ops._pocketfft_modules()
+    monkeypatch.setattr(blur_ops, "_pocketfft_modules", lambda: (fft, None))  # scipy's public functions instead
+    assert (blur_ops.apply_blur(image, [kernel]) - out).abs().max() < 1e-6
 
 
 def _encode_in_memory(image: Image.Image, quality: int) -> bytes:
@@ -174,14 +197,19 @@ def _encode_in_memory(image: Image.Image, quality: int) -> bytes:
 def test_jpeg_encoded_through_a_file_has_the_bytes_of_an_in_memory_encode(astronaut):
     image = astronaut[0, :, :200, :300].contiguous()
     grey = image[:1].contiguous()
-    plain = {q: (_encode_in_memory(ops._to_pil(image), q), _encode_in_memory(ops._to_pil(grey), q)) for q in (30, 90)}
+    plain = {
+        q: (_encode_in_memory(jpeg_ops._to_pil(image), q), _encode_in_memory(jpeg_ops._to_pil(grey), q))
+        for q in (30, 90)
+    }
     seen = {}
 
     def worker() -> None:
-        ops.enable_scratch()
+        scratch_ops.enable_scratch()
         for q in (30, 90, 30):
-            seen.setdefault(q, []).append((ops._encode(ops._to_pil(image), q), ops._encode(ops._to_pil(grey), q)))
-        seen["file"] = ops._jpeg_file() is not None or not hasattr(__import__("os"), "memfd_create")
+            seen.setdefault(q, []).append(
+                (jpeg_ops._encode(jpeg_ops._to_pil(image), q), jpeg_ops._encode(jpeg_ops._to_pil(grey), q))
+            )
+        seen["file"] = jpeg_ops._jpeg_file() is not None or not hasattr(__import__("os"), "memfd_create")
 
     thread = threading.Thread(target=worker)
     thread.start()
@@ -195,11 +223,11 @@ def test_jpeg_encoded_through_a_file_has_the_bytes_of_an_in_memory_encode(astron
 
 def test_huge_page_advice_keeps_values_and_ignores_what_it_cannot_advise():
     big = torch.empty(3 * 2**20)
-    ops.advise_huge_pages(big)
+    scratch_ops.advise_huge_pages(big)
     big.fill_(0.25)
     assert float(big.sum()) == 0.25 * big.numel()
-    ops.advise_huge_pages(torch.zeros(10))  # smaller than a huge page
-    ops.advise_huge_pages(torch.zeros(2048, 2048)[:, ::2])  # not contiguous
+    scratch_ops.advise_huge_pages(torch.zeros(10))  # smaller than a huge page
+    scratch_ops.advise_huge_pages(torch.zeros(2048, 2048)[:, ::2])  # not contiguous
 
 
 def test_longest_items_start_first(monkeypatch):
@@ -278,7 +306,7 @@ def test_the_device_algorithms_agree_with_the_cpu_ones(astronaut, coffee, monkey
     quiet = [p.without({"noise", "jpeg"}) for p in params]
     cpu_quiet = degrade(images, quiet).images
     cpu_noisy = degrade(images, params).images
-    monkeypatch.setattr(ops, "_cpu_path", lambda device: False)
+    monkeypatch.setattr(workers_ops, "cpu_path", lambda device: False)
     device_quiet = degrade(images, quiet).images
     assert (device_quiet - cpu_quiet).abs().max() < 1e-5
     device_noisy = degrade(images, params).images
@@ -305,7 +333,7 @@ def test_concurrent_calls_share_the_workers_safely(astronaut, coffee):
     jobs = [(images, sample_params(PRESETS["paper"], gen(seed), images.shape[0])) for images, seed in batches]
     expected = [degrade(images, params).images for images, params in jobs]
     results: dict[int, torch.Tensor] = {}
-    pipeline._forget_pool()  # as if new: the first call makes a one-thread pool, a batch grows it
+    workers_ops._forget_pool()  # as if new: the first call makes a one-thread pool, a batch grows it
 
     def call(k: int) -> None:
         for _ in range(3):
@@ -346,9 +374,9 @@ def test_without_the_linux_speed_paths_degradation_gives_the_same_bits(astronaut
     images = astronaut[..., :160, :200].repeat(2, 1, 1, 1).contiguous()
     linux = degrade(images, params).images
     monkeypatch.delattr(os, "memfd_create", raising=False)
-    monkeypatch.setattr(ops, "_madvise", lambda: None)
-    monkeypatch.setattr(ops, "_glibc_heap", lambda: None)
-    assert ops._jpeg_file() is None
+    monkeypatch.setattr(scratch_ops, "_madvise", lambda: None)
+    monkeypatch.setattr(scratch_ops, "_glibc_heap", lambda: None)
+    assert jpeg_ops._jpeg_file() is None
     assert torch.equal(degrade(images, params).images, linux)
     # and the module itself imports where os has no register_at_fork
     code = (

@@ -11,14 +11,19 @@ import sys
 import pytest
 import torch
 
-from spire_core.degradation import PRESETS, degrade, get_preset, ops, pipeline, sample_params
+from spire_core.degradation import PRESETS, degrade, get_preset, pipeline, sample_params
+from spire_core.degradation import blur as blur_ops
+from spire_core.degradation import resize as resize_ops
+from spire_core.degradation import scratch as scratch_ops
+from spire_core.degradation import workers as workers_ops
 from spire_core.degradation.memo import byte_bounded, tensor_bytes
-from spire_core.degradation.ops import SCRATCH_KEEP_BYTES, apply_resize, release_free_heap, resize_matrix
+from spire_core.degradation.resize import apply_resize, resize_matrix
+from spire_core.degradation.scratch import SCRATCH_KEEP_BYTES, release_free_heap
 
 BYTE_BOUNDED_CACHES = {
-    "ops._banded": ops._banded,
-    "ops._dft_matrices": ops._dft_matrices,
-    "ops._reflect101_index_cpu": ops._reflect101_index_cpu,
+    "resize_ops._banded": resize_ops._banded,
+    "blur_ops._dft_matrices": blur_ops._dft_matrices,
+    "blur_ops._reflect101_index_cpu": blur_ops._reflect101_index_cpu,
     "pipeline._kernel": pipeline._kernel,
 }
 
@@ -53,7 +58,7 @@ def test_a_byte_bounded_cache_keeps_the_most_recent_entries_under_its_bound():
 @pytest.mark.parametrize("mode", ["area", "bilinear", "bicubic"])
 def test_resampling_taps_are_the_matrix_rows_without_building_the_matrix(mode, monkeypatch):
     pairs = [(1, 1), (1, 7), (7, 1), (21, 20), (20, 21), (61, 20), (47, 150), (300, 37), (2048, 2047), (999, 3000)]
-    taps = {pair: ops._banded(*pair, mode) for pair in pairs}
+    taps = {pair: resize_ops._banded(*pair, mode) for pair in pairs}
     for (n_in, n_out), pair_taps in taps.items():
         dense = torch.zeros(n_out, n_in, dtype=torch.float32)
         for index, weight in pair_taps:
@@ -62,14 +67,14 @@ def test_resampling_taps_are_the_matrix_rows_without_building_the_matrix(mode, m
         # a few values per output pixel: the table is tiny next to the dense (n_out, n_in) matrix
         width = max(1.0, n_in / n_out) * {"area": 1, "bilinear": 2, "bicubic": 4}[mode] + 2
         assert tensor_bytes(pair_taps) <= 12 * n_out * width
-    ops._banded.cache_clear()
-    ops._is_nearest_exact.cache_clear()
+    resize_ops._banded.cache_clear()
+    resize_ops._is_nearest_exact.cache_clear()
 
     def dense_matrix(*args):
         raise AssertionError("a dense resampling matrix was built")
 
-    monkeypatch.setattr(ops, "resize_matrix", dense_matrix)
-    monkeypatch.setattr(ops, "_cpu_path", lambda device: False)  # the device algorithms take taps
+    monkeypatch.setattr(resize_ops, "resize_matrix", dense_matrix)
+    monkeypatch.setattr(workers_ops, "cpu_path", lambda device: False)  # the device algorithms take taps
     x = torch.rand(1, 2, 61, 47, generator=torch.Generator().manual_seed(0))
     for size in [(20, 31), (122, 94), (183, 47)]:
         assert apply_resize(x, size, mode).shape == (1, 2, *size)
@@ -78,18 +83,22 @@ def test_resampling_taps_are_the_matrix_rows_without_building_the_matrix(mode, m
 def test_nearest_exact_is_decided_on_the_taps_as_before():
     # enlarging by whole and fractional factors is a single unit tap; shrinking is not, except where
     # float rounding drops the second pixel of a window (21 -> 20, kept as the dense matrix had it)
-    assert ops._is_nearest_exact(10, 30) and ops._is_nearest_exact(7, 10) and ops._is_nearest_exact(5, 5)
-    assert not ops._is_nearest_exact(30, 10) and not ops._is_nearest_exact(61, 20)
-    assert ops._is_nearest_exact(21, 20)
+    assert (
+        resize_ops._is_nearest_exact(10, 30)
+        and resize_ops._is_nearest_exact(7, 10)
+        and resize_ops._is_nearest_exact(5, 5)
+    )
+    assert not resize_ops._is_nearest_exact(30, 10) and not resize_ops._is_nearest_exact(61, 20)
+    assert resize_ops._is_nearest_exact(21, 20)
 
 
 def test_freed_heap_memory_is_handed_back_and_nothing_is_done_where_that_cannot_be(monkeypatch):
-    if sys.platform.startswith("linux") and ops._glibc_heap() is not None:
+    if sys.platform.startswith("linux") and scratch_ops._glibc_heap() is not None:
         held = [torch.ones(300_000) for _ in range(200)]  # about 240 MB in blocks under the mmap threshold
         del held
         free = release_free_heap(keep_bytes=0)
         assert free > 0
-    monkeypatch.setattr(ops, "_glibc_heap", lambda: None)  # macOS, Windows, musl
+    monkeypatch.setattr(scratch_ops, "_glibc_heap", lambda: None)  # macOS, Windows, musl
     assert release_free_heap(keep_bytes=0) == 0
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     out = degrade(x, sample_params(get_preset("paper"), torch.Generator().manual_seed(0), 1)).images
@@ -127,6 +136,6 @@ def test_two_hundred_calls_of_random_sizes_keep_resident_memory_flat():
         info = cache.cache_info()
         assert info.bytes <= info.max_bytes, name
     assert sum(info.max_bytes for info in (c.cache_info() for c in BYTE_BOUNDED_CACHES.values())) <= 64 * 2**20
-    for buffers in list(ops._SCRATCH_DICTS):
+    for buffers in list(scratch_ops._SCRATCH_DICTS):
         held = sum(t.numel() * t.element_size() for key, t in list(buffers.items()) if len(key) == 1)
         assert held <= SCRATCH_KEEP_BYTES

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from spire_core.degradation import degrade, manual_params
-from spire_core.degradation.ops import apply_resize, jpeg_encode
+from spire_core.degradation.jpeg import jpeg_encode
+from spire_core.degradation.resize import apply_resize
 from spire_core.estimate import (
     Estimate,
     estimate_blur,

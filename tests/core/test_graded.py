@@ -24,7 +24,7 @@ from spire_core.degradation import (
     manual_params,
     sample_params,
 )
-from spire_core.degradation.ops import noise_field
+from spire_core.degradation.noise import noise_field
 from spire_core.prompt import BLIND_REQUEST, RestorationRequest, parse, render
 
 
