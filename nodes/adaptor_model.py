@@ -21,8 +21,8 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequenti
 from ..spire_core.models.checkpoint import read_adaptor_file, untrained_reason
 from ..spire_core.models.comfy_layout import ComfyLayoutError, cldm_kwargs, level_heads, to_cldm_state_dict
 from ..spire_core.models.config import HEAD_NAMES, AdaptorConfig
-from ..spire_core.models.files import AdaptorFileError, read_safetensors_header
 from ..spire_core.models.numeric import NumericTokens, numeric_context
+from ..spire_core.models.safetensors_header import AdaptorFileError, read_safetensors_header
 from .spire_control import SpireControl
 
 

@@ -256,7 +256,7 @@ def section_training_run(device: str, tiny: bool, work: Path) -> dict[str, Any]:
     import torch
 
     from ..imageio import load_image, save_image
-    from ..training import Trainer, TrainingConfig, latest_checkpoint, write_tiny_base
+    from ..training import Trainer, TrainingConfig, config_from_dict, latest_checkpoint, write_tiny_base
 
     steps, at = (4, 2) if tiny else (RUN_STEPS, RUN_CHECKPOINT)
     base = write_tiny_base(work / "base")
@@ -290,7 +290,7 @@ def section_training_run(device: str, tiny: bool, work: Path) -> dict[str, Any]:
             "validation": {"every": 0},
             "logging": {"every": 1, "tensorboard": "off"},
         }
-        return TrainingConfig.from_dict(raw)
+        return config_from_dict(raw)
 
     start = time.perf_counter()
     whole = [r["loss"] for r in Trainer(config(work / "run")).train()]

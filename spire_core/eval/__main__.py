@@ -26,7 +26,7 @@ import json
 import sys
 
 from ..progress import echo
-from .benchmark import SETTINGS, BenchmarkError, build_benchmark, restore_benchmark
+from .benchmark_set import SETTINGS, BenchmarkError, build_benchmark, restore_benchmark
 
 _DTYPES = ("float32", "float16", "bfloat16")
 SCHEDULES = {

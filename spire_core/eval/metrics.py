@@ -308,7 +308,7 @@ def load_lpips(
             "in spire_core.eval.metrics.LPIPS_CONVERSION (torchvision's AlexNet features + the official LPIPS v0.1 "
             "alex.pth linear layers, saved as safetensors by lpips_state_dict_from_official)"
         )
-    from ..models.files import identify, read_safetensors_header  # header only: nothing is loaded yet
+    from ..models.safetensors_header import identify, read_safetensors_header  # header only: nothing is loaded yet
 
     header = read_safetensors_header(path)  # pickles, zips, truncated or foreign files: said plainly
     shapes = header.shapes()

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..progress import progress
-from .benchmark import PROMPTED_KEYS, BenchmarkError, Manifest, load_manifest, match_outputs
+from .benchmark_set import PROMPTED_KEYS, BenchmarkError, Manifest, load_manifest, match_outputs
 from .metrics import LPIPS_FILENAME, load_lpips, psnr_per_image, ssim
 
 SCORES_FORMAT = "spire-benchmark-scores/1"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Light imports only at the top: `--help` answers without torch or diffusers; each command imports its own.
 from .config import BASE_FAMILIES, FUSIONS, NUMERIC_TOKENS_DEFAULT, PREDICTION_TYPES, TEXT_ENCODER_LAYERS
-from .files import ModelFileError
+from .safetensors_header import ModelFileError
 
 
 def _numeric_text(config) -> str:  # noqa: ANN001 - AdaptorConfig
@@ -31,7 +31,7 @@ def _numeric_text(config) -> str:  # noqa: ANN001 - AdaptorConfig
 
 def _init(args: argparse.Namespace) -> int:
     from .adaptor import SpireAdaptor
-    from .base import load_base_unet
+    from .base_unet import load_base_unet
     from .checkpoint import save_adaptor
 
     out = Path(args.out)
@@ -66,8 +66,15 @@ def _init(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from .checkpoint import TRAINING_STEP_KEY, adaptor_parameter_counts, read_adaptor_file, untrained_reason
-    from .files import SD_CHECKPOINT, SPIRE_ADAPTOR, WHERE_FILES_GO, AdaptorFileError, identify, read_safetensors_header
     from .ldm import LDM_UNET_PREFIX
+    from .safetensors_header import (
+        SD_CHECKPOINT,
+        SPIRE_ADAPTOR,
+        WHERE_FILES_GO,
+        AdaptorFileError,
+        identify,
+        read_safetensors_header,
+    )
 
     header = read_safetensors_header(args.file, error=AdaptorFileError)
     kind, description = identify(header)

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import HEAD_PREFIX, NUMERIC_NAME, AdaptorConfig
 from .file_layout import adaptor_file_shapes
-from .files import (
+from .safetensors_header import (
     FLOAT_DTYPES,
     SD_CHECKPOINT,
     SPIRE_ADAPTOR,

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import BaseModelInfo, load_base_unet
+from .base_unet import BaseModelInfo, load_base_unet
 from .config import DEFAULT_TEXT_ENCODER_LAYER
-from .files import BaseModelFileError
+from .safetensors_header import BaseModelFileError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ prompts into the fixed numeric features an adaptor's numeric side channel reads 
 from .batch import PromptBatch, restoration_batch
 from .grammar import BLIND_PROMPT, CLAUSES, GRAMMAR_VERSION, accepted_forms
 from .numeric import NUMERIC_FEATURES, NUMERIC_FEATURES_VERSION, parse_or_none, restoration_features
-from .text import (
+from .request_text import (
     BLIND_REQUEST,
     RestorationPromptError,
     RestorationRequest,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .grammar import BLIND_PROMPT
-from .text import RestorationPromptError, RestorationRequest, parse, quantize, render
+from .request_text import RestorationPromptError, RestorationRequest, parse, quantize, render
 
 if TYPE_CHECKING:
     import torch

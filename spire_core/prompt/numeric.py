@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .grammar import CLAUSES
-from .text import RestorationPromptError, RestorationRequest, parse
+from .request_text import RestorationPromptError, RestorationRequest, parse
 
 if TYPE_CHECKING:
     import torch

@@ -37,7 +37,7 @@ from .config import (
     TrainingConfig,
     ValidationConfig,
 )
-from .configfile import load_config
+from .configfile import config_from_dict, load_config
 from .data import BAD_REASONS, CropStream, DataError, ImageRecord, ScanReport, load_coco_captions, scan_folder
 from .ema import EMA
 from .logs import RunLog, read_log
@@ -77,6 +77,7 @@ __all__ = [
     "ValidationConfig",
     "adaptor_from_checkpoint",
     "build_tiny_components",
+    "config_from_dict",
     "controlled_prediction",
     "diffusion_loss",
     "draw_sample",

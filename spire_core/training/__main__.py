@@ -81,11 +81,12 @@ def _show_config(argv: list[str]) -> int:
     parser.add_argument("--config", default=None)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    from .config import SECTIONS, TrainingConfig
+    from .config import SECTIONS
+    from .configfile import config_from_dict
 
     if args.config is None:
         # Defaults only: show them even though model.base and data.folder are still empty.
-        data = TrainingConfig.from_dict({}, validate=False).to_dict()
+        data = config_from_dict({}, validate=False).to_dict()
         print(json.dumps({name: data[name] for name in SECTIONS}, indent=2))
         return 0
     print(json.dumps(load_config(args.config, args.overrides).to_dict(), indent=2))

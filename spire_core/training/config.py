@@ -1,7 +1,8 @@
 """Training configuration: one dataclass per section, every field named and defaulted.
 
 A config file is JSON or TOML with one table per section (``[model]``, ``[data]``, ...), read by
-``configfile.load_config`` together with command-line overrides ``section.field=value``.
+``configfile.load_config`` together with command-line overrides ``section.field=value`` (``configfile`` also
+checks each value's type and builds these dataclasses from the nested dicts: ``config_from_dict``).
 
 Defaults marked "paper #n" come from ``reference/spire-paper.md`` section 10 (the project's decisions where
 the paper is silent); the rest are ordinary diffusers/ControlNet training practice. Relative paths in a
@@ -12,11 +13,8 @@ working directory.
 from __future__ import annotations
 
 import json
-import types
-import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..degradation import DEFAULT_PRESET, PRESETS, DegradationSpec
@@ -426,39 +424,6 @@ class TrainingConfig:
         """A JSON-serialisable dict with one entry per section."""
         return json.loads(json.dumps(asdict(self)))
 
-    @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], base_dir: str | Path | None = None, validate: bool = True
-    ) -> TrainingConfig:
-        """Build (and validate) from nested dicts (as read from JSON/TOML).
-
-        Args:
-            data: ``{"model": {...}, "train": {...}, ...}``; missing sections and fields take their defaults.
-            base_dir: relative paths are resolved against it (``None``: left as given).
-            validate: run ``check`` (off while overrides are still to come).
-
-        Raises:
-            ConfigError: an unknown section or field, or a value of the wrong type.
-        """
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a training config must be a table/object of sections; got {type(data).__name__}")
-        unknown = sorted(set(data) - set(SECTIONS))
-        if unknown:
-            raise ConfigError(f"unknown config sections {unknown}; expected some of {list(SECTIONS)}")
-        sections = {}
-        for name, section_cls in SECTIONS.items():
-            raw = data.get(name, {})
-            if not isinstance(raw, Mapping):
-                raise ConfigError(f"config section [{name}] must be a table/object; got {type(raw).__name__}")
-            sections[name] = _build_section(name, section_cls, raw)
-        config = cls(**sections)
-        if base_dir is not None:
-            for dotted in PATH_FIELDS:
-                _resolve_path(config, dotted, Path(base_dir))
-            if config.train.resume not in (None, "latest"):
-                config.train.resume = str(Path(base_dir) / Path(config.train.resume).expanduser())
-        return config.check() if validate else config
-
 
 def _choose(name: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
@@ -468,59 +433,3 @@ def _choose(name: str, value: Any, allowed: Sequence[str]) -> None:
 def _at_least(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
-def _resolve_path(config: TrainingConfig, dotted: str, base_dir: Path) -> None:
-    section, name = dotted.split(".")
-    value = getattr(getattr(config, section), name)
-    if value:
-        setattr(getattr(config, section), name, str(base_dir / Path(value).expanduser()))
-
-
-def _coerce(where: str, annotation: Any, value: Any) -> Any:
-    """Check ``value`` against a field's type annotation (ints widen to floats); raise ``ConfigError``."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(where, option, value)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {annotation}")
-    if origin is dict or annotation is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where} must be a table/object; got {value!r}")
-        return dict(value)
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false; got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer; got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number; got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string; got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported field type {annotation}")  # pragma: no cover
-
-
-def _build_section(name: str, section_cls: type, raw: Mapping[str, Any]) -> Any:
-    hints = typing.get_type_hints(section_cls)
-    known = [f.name for f in fields(section_cls)]
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown fields {unknown} in [{name}]; accepted: {known}")
-    values = {key: _coerce(f"{name}.{key}", hints[key], value) for key, value in raw.items()}
-    return section_cls(**values)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from spire_test_support.adaptors import randomize_heads
 
 from spire_core.eval.__main__ import main
-from spire_core.eval.benchmark import (
+from spire_core.eval.benchmark_set import (
     MANIFEST,
     BenchmarkError,
     build_benchmark,

@@ -61,7 +61,7 @@ def test_pack_import_outside_comfyui_exports_nothing():
 
 
 LIGHT_MODULES = (
-    "spire_core.models.files",
+    "spire_core.models.safetensors_header",
     "spire_core.models.config",
     "spire_core.models.checkpoint",
     "spire_core.models.comfy_layout",
@@ -116,7 +116,7 @@ def test_restoration_evaluation_and_models_never_import_training():
     reach into the training package."""
     probe = (
         "import sys\n"
-        "import spire_core.restoration.pipeline, spire_core.restoration.__main__, spire_core.eval.benchmark\n"
+        "import spire_core.restoration.pipeline, spire_core.restoration.__main__, spire_core.eval.benchmark_set\n"
         "import spire_core.eval.control\n"
         "import spire_core.models.components, spire_core.models.checkpoint\n"
         "print(sorted(m for m in sys.modules if m.startswith('spire_core.training')))\n"

@@ -41,10 +41,10 @@ from spire_core.models import (
     save_adaptor,
     tiny_unet_config,
 )
-from spire_core.models import files as model_files
 from spire_core.models.__main__ import main as cli_main
 from spire_core.models.checkpoint import TRAINING_STEP_KEY, untrained_reason
 from spire_core.models.comfy_layout import ComfyLayoutError, cldm_kwargs, level_heads, to_cldm_state_dict
+from spire_core.models.safetensors_header import MAX_HEADER_BYTES
 from spire_core.prompt import GRAMMAR_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -575,7 +575,7 @@ def test_malformed_headers(tmp_path):
     assert "__metadata__ must map strings to strings" in adaptor_error(path)
     # the header's own length field past the 100 MB safetensors limit
     huge = tmp_path / "huge.safetensors"
-    huge.write_bytes(struct.pack("<Q", model_files.MAX_HEADER_BYTES + 1) + b"{}")
+    huge.write_bytes(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{}")
     assert "is not a safetensors file" in adaptor_error(huge)
 
 

@@ -27,6 +27,7 @@ from spire_core.training import (
     DataError,
     Trainer,
     TrainingConfig,
+    config_from_dict,
     controlled_prediction,
     draw_sample,
     export_checkpoint,
@@ -123,7 +124,7 @@ def tiny_config(base: Path, images: Path, out: Path, **sections) -> TrainingConf
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
-    return TrainingConfig.from_dict(raw)
+    return config_from_dict(raw)
 
 
 def fixed_inputs(trainer: Trainer, seed: int = 3):

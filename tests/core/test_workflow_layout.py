@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from spire_test_support.build_workflows import GAP, GRAPHS, TITLE_HEIGHT, VIEW, boxes, settle
 from spire_test_support.workflows import API_DIR, WORKFLOW_DIR
+
+from tools.build_workflows import GAP, GRAPHS, TITLE_HEIGHT, VIEW, boxes, settle
 
 
 @pytest.mark.parametrize("make", GRAPHS, ids=lambda make: make.__name__)
@@ -39,7 +40,7 @@ def test_no_node_covers_another_and_the_view_shows_them_all(make):
 
 
 def test_stacking_pushes_a_covering_node_below_the_one_it_covered():
-    from spire_test_support.build_workflows import Node
+    from tools.build_workflows import Node
 
     nodes = [Node(1, "A", (40, 80), (320, 100)), Node(2, "B", (40, 170), (320, 80)), Node(3, "C", (400, 80))]
     placed = settle(nodes)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
-from spire_test_support.build_workflows import ADAPTOR, CHECKPOINT
 from spire_test_support.workflows import WIDGET_TYPES, load, shipped_workflows
 
 from spire_core.models import LDM_UNET_PREFIX, SpireAdaptor, diffusers_to_ldm_unet, save_adaptor, tiny_unet_config
+from tools.build_workflows import ADAPTOR, CHECKPOINT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"

@@ -16,7 +16,8 @@ import torch
 from safetensors import safe_open
 
 from .config import PREDICTION_TYPES, infer_base_family
-from .files import (
+from .ldm import LDM_UNET_PREFIX, LdmLayoutError, ldm_to_diffusers_unet, unet_config_from_ldm
+from .safetensors_header import (
     DIFFUSERS_UNET,
     SD_CHECKPOINT,
     SPIRE_ADAPTOR,
@@ -25,7 +26,6 @@ from .files import (
     identify,
     read_safetensors_header,
 )
-from .ldm import LDM_UNET_PREFIX, LdmLayoutError, ldm_to_diffusers_unet, unet_config_from_ldm
 
 _PREDICTION_ALIASES = {
     "epsilon": "epsilon",

@@ -1,18 +1,23 @@
 """Write the shipped workflows (UI format, ``example_workflows/``) and their API twins (``tests/workflows_api/``)
-from one compact description each, so the two can never disagree.
+from one compact description each, so the two can never disagree. From the pack's folder:
 
-    PYTHONPATH=tests/support python -m spire_test_support.build_workflows
+    python -m tools.build_workflows        (or: python tools/build_workflows.py)
 
-Thumbnails (same-name .jpg) are made by ``spire_test_support.thumbnails`` from real runs.
+Thumbnails (same-name .jpg) are made by ``tools.thumbnails`` from real runs.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .workflows import API_DIR, WORKFLOW_DIR
+PACK_DIR = Path(__file__).resolve().parents[1]
+WORKFLOW_DIR = PACK_DIR / "example_workflows"
+"""The shipped UI-format workflows (ComfyUI's workflow templates folder of a custom node pack)."""
+API_DIR = PACK_DIR / "tests" / "workflows_api"
+"""Their API-format twins, which the tests run."""
 
 SAMPLE_IMAGE = "example.png"
 """ComfyUI ships input/example.png, so the workflows open ready to run in a fresh install."""

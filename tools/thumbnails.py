@@ -1,6 +1,6 @@
 """Thumbnails (same-name .jpg) for the shipped workflows, made from real runs of the library.
 
-PYTHONPATH=.:tests/support python -m spire_test_support.thumbnails [COMFYUI_DIR]
+python -m tools.thumbnails [COMFYUI_DIR]     (from the pack's folder)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from spire_core.degradation import PRESETS, degrade, sample_params
 from spire_core.imageio import load_image, to_pil
 
-from .workflows import PACK_DIR, WORKFLOW_DIR
+from .build_workflows import PACK_DIR, WORKFLOW_DIR
 
 
 def caption(image: Image.Image, text: str, width: int) -> Image.Image:
