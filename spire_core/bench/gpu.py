@@ -38,11 +38,7 @@ to check the script itself.
 
 from __future__ import annotations
 
-import argparse
-import importlib.metadata
-import importlib.util
 import json
-import math
 import os
 import re
 import signal
@@ -54,7 +50,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-PACK_DIR = Path(__file__).resolve().parents[2]
+from .gpu_env import PACK_DIR, device_slug, prepare_environment, versions
 
 SECTIONS: dict[str, float] = {
     "tests_gpu": 60.0,
@@ -67,289 +63,6 @@ SECTIONS: dict[str, float] = {
 """Sections in the order they run, with their planned seconds (``tests_comfy`` gets what is left)."""
 
 TINY_SECTIONS: dict[str, float] = {name: 120.0 for name in SECTIONS}
-
-TARGETS = {
-    "degradation_images_per_s_min": 1000.0,
-    "sampling_spire_over_controlnet_max": 1.05,
-    "sampling_spire_over_bare_within_flop_ratio": 0.10,
-    "training_spire_over_controlnet_max": 1.10,
-}
-
-RUN_STEPS, RUN_CHECKPOINT = 50, 25
-"""The training run's steps and the step it checkpoints at and resumes from."""
-
-PROJECTION_FIXED_GB, PROJECTION_PER_IMAGE_GB = 9.8, 1.8
-"""``docs/training.md``'s memory projection at 512 px (fp32, no checkpointing, an upper estimate for bf16):
-fixed part plus activations per image."""
-
-AV_STUB = '''"""Import stub for PyAV, written by python -m spire_core.bench gpu where PyAV is not installed:
-ComfyUI imports av at start for its video types; nothing here can decode or encode video."""
-import importlib.abc
-import importlib.machinery
-import sys
-import types
-
-
-class _Missing:
-    def __init__(self, *args, **kwargs):
-        raise RuntimeError("PyAV is not installed on this machine (an import stub stands in)")
-
-
-def __getattr__(name):
-    return _Missing
-
-
-class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path, target=None):
-        if fullname.startswith("av."):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = types.ModuleType(spec.name)
-        module.__path__ = []
-        module.__getattr__ = __getattr__
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
-sys.meta_path.append(_Finder())
-'''
-
-
-# ------------------------------------------------------------------------------------------------ environment
-
-
-def device_slug(name: str) -> str:
-    """``"NVIDIA H200"`` -> ``"nvidia-h200"`` (the result files' names)."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
-
-
-def _distribution(wheel: Path) -> str:
-    return wheel.name.split("-")[0].replace("_", "-").lower()
-
-
-def _installed(distribution: str) -> bool:
-    try:
-        importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def prepare_environment(wheels: str | None, work: Path) -> tuple[dict[str, Any], list[str]]:
-    """Install missing distributions from ``wheels`` and stub PyAV where missing; returns (report, extra
-    ``PYTHONPATH`` entries for the sections' processes)."""
-    report: dict[str, Any] = {"installed_from_wheels": [], "stubbed": []}
-    paths: list[str] = []
-    if wheels:
-        folder = Path(wheels)
-        if not folder.is_dir():
-            raise SystemExit(f"--wheels {folder}: no such folder (expected a folder of .whl files)")
-        missing = [w for w in sorted(folder.glob("*.whl")) if not _installed(_distribution(w))]
-        if missing:
-            site = work / "site"
-            command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
-            command += ["--target", str(site), *map(str, missing)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode == 0:
-                paths.append(str(site))
-                report["installed_from_wheels"] = [w.name for w in missing]
-            else:  # the sections that need them fail and say so; the others still run
-                lines = (done.stderr or done.stdout).strip().splitlines()
-                report["wheel_install_failed"] = lines[-1] if lines else f"pip exited {done.returncode}"
-    if importlib.util.find_spec("av") is None:
-        stub = work / "stubs" / "av"
-        stub.mkdir(parents=True, exist_ok=True)
-        (stub / "__init__.py").write_text(AV_STUB, encoding="utf-8")
-        paths.append(str(stub.parent))
-        report["stubbed"].append("av (PyAV is not installed; ComfyUI's video types are unusable, and unused here)")
-    return report, paths
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in ("torch", "torchvision", "diffusers", "transformers", "accelerate", "safetensors", "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ the sections
-
-
-def section_degradation(device: str, tiny: bool) -> dict[str, Any]:
-    import torch
-
-    from ..degradation import degrade, get_preset, jpeg_codec_distance, jpeg_codec_for, sample_params
-    from .common import describe_device, interleaved, summarize
-    from .degradation import benchmark_images
-
-    batch, size, repeats = (4, 64, 2) if tiny else (64, 512, 5)
-    dev = torch.device(device)
-    generator = torch.Generator().manual_seed(0)
-    images = benchmark_images(batch, size, generator)
-    params = sample_params(get_preset("paper"), generator, batch)
-    resident = images.to(dev)  # the batch already on the device, as a GPU data pipeline hands it over
-    codec = jpeg_codec_for(dev)
-    candidates = {
-        f"paper_{codec}": lambda: degrade(resident, params),
-        "paper_libjpeg": lambda: degrade(resident, params, jpeg_codec="libjpeg"),
-    }
-    times = interleaved(candidates, dev, repeats, warmup=1, desc="degradation")
-    throughput = {name: summarize(t, batch) for name, t in times.items()}
-    best = throughput[f"paper_{codec}"]["items_per_s"]
-    qualities = (10, 30, 50, 70, 90)
-    distance = jpeg_codec_distance(resident[: min(8, batch)], qualities, codec) if codec != "libjpeg" else None
-    return {
-        "machine": describe_device(dev),
-        "config": {"batch": batch, "size": size, "preset": "paper", "repeats": repeats, "images_on_device": True},
-        "jpeg_codec": codec,
-        "throughput": throughput,
-        "images_per_s": best,
-        "jpeg_codec_distance_from_libjpeg": distance,
-        "target_images_per_s": TARGETS["degradation_images_per_s_min"],
-        "target_met": best >= TARGETS["degradation_images_per_s_min"],
-    }
-
-
-def section_sampling(device: str, tiny: bool) -> dict[str, Any]:
-    from .sampling import find_comfyui, run
-
-    if find_comfyui() is None:
-        return {"status": "skipped", "reason": "no ComfyUI (set COMFYUI_DIR or pass --comfyui)"}
-    if tiny:
-        return run(device=device, batches=(1,), repeats=3, dtype="float32", latent=8, size="tiny", memory=False)
-    dtype = "float16" if device.startswith("cuda") else "float32"
-    return run(device=device, batches=(1, 2), repeats=20, dtype=dtype, latent=64, inner=5, memory_batches=(1,))
-
-
-def section_training_step(device: str, tiny: bool) -> dict[str, Any]:
-    from .training import run
-
-    precision = "bf16"
-    if tiny:
-        result = run(sizes=("tiny",), batch=2, steps=2, device=device, precision=precision, gradient_checkpointing=True)
-    else:
-        result = run(sizes=("sd15",), batch=4, steps=8, device=device, precision=precision, gradient_checkpointing=True)
-    case = next(iter(result["cases"].values()))
-    if tiny:  # the projection is of the SD 1.5 size
-        return result
-    projection_gb = PROJECTION_FIXED_GB + result["batch"] * PROJECTION_PER_IMAGE_GB * (case["resolution_px"] / 512) ** 2
-    measured = {c: case["memory"][c]["peak_mib"] * 2**20 / 1e9 for c in ("spire", "controlnet")}
-    result["memory_against_projection"] = {
-        "projection_gb": round(projection_gb, 2),
-        "projection": "docs/training.md: fixed 9.8 GB + 1.8 GB per 512 px image (fp32, no checkpointing; upper "
-        "estimate); the measurement holds the UNet, the adaptor, its gradients and AdamW moments and the step's "
-        "activations, not the VAE and text encoder",
-        "measured_peak_gb": {c: round(v, 2) for c, v in measured.items()},
-        "measured_over_projection": round(measured["spire"] / projection_gb, 3),
-    }
-    return result
-
-
-def section_training_run(device: str, tiny: bool, work: Path) -> dict[str, Any]:
-    import torch
-
-    from ..imageio import load_image, save_image
-    from ..training import Trainer, TrainingConfig, config_from_dict, latest_checkpoint, write_tiny_base
-
-    steps, at = (4, 2) if tiny else (RUN_STEPS, RUN_CHECKPOINT)
-    base = write_tiny_base(work / "base")
-    photos = work / "photos"
-    photos.mkdir(parents=True, exist_ok=True)
-    for i, path in enumerate(sorted((PACK_DIR / "docs" / "samples").glob("*.png"))):
-        image = load_image(path)
-        for j in range(2):
-            crop = image[..., 64 * j : 64 * j + 192, 64 * j : 64 * j + 192]
-            save_image(crop, photos / f"photo{i}{j}.png")
-            (photos / f"photo{i}{j}.txt").write_text("a photo\n", encoding="utf-8")
-    precision = "bf16" if device.startswith("cuda") else "no"
-
-    def config(out: Path, resume: Path | None = None) -> TrainingConfig:
-        raw = {
-            "model": {"base": str(base)},
-            "data": {"folder": str(photos), "resolution": 64, "num_workers": 0},
-            "degradation": {"preset": "paper"},
-            "train": {
-                "output_dir": str(out),
-                "steps": steps,
-                "batch_size": 4,
-                "gradient_accumulation_steps": 1,
-                "mixed_precision": precision,
-                "device": "auto" if device.startswith("cuda") else "cpu",
-                "gradient_checkpointing": True,
-                **({"resume": str(resume)} if resume else {}),
-            },
-            "optim": {"lr": 1e-4},
-            "checkpoint": {"every": at},
-            "validation": {"every": 0},
-            "logging": {"every": 1, "tensorboard": "off"},
-        }
-        return config_from_dict(raw)
-
-    start = time.perf_counter()
-    whole = [r["loss"] for r in Trainer(config(work / "run")).train()]
-    checkpoint = latest_checkpoint(work / "run" / "checkpoints")
-    first = sorted((work / "run" / "checkpoints").glob("step-*"))[0]
-    _reset_accelerate()
-    rest = [r["loss"] for r in Trainer(config(work / "resumed", resume=first)).train()]
-    seconds = time.perf_counter() - start
-    tail = whole[at:]
-    worst = max((abs(a - b) / max(abs(b), 1e-12) for a, b in zip(rest, tail)), default=math.inf)
-    return {
-        "base": "tiny random SD1-structured base (spire_core.training.write_tiny_base), 64 px crops, batch 4",
-        "device": str(torch.device(device)),
-        "mixed_precision": precision,
-        "steps": steps,
-        "checkpoint_at": at,
-        "resumed_from": first.name,
-        "last_checkpoint": checkpoint.name if checkpoint else None,
-        "losses": [round(x, 6) for x in whole],
-        "resumed_losses": [round(x, 6) for x in rest],
-        "all_finite": all(math.isfinite(x) for x in whole + rest),
-        "resumed_steps": len(rest),
-        "resume_max_relative_difference": round(worst, 6),
-        "resume_matches": len(rest) == len(tail) and worst <= 1e-3,
-        "seconds": round(seconds, 1),
-    }
-
-
-def _reset_accelerate() -> None:
-    """Let a second ``Trainer`` in this process build its own accelerate state."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-SECTION_FUNCTIONS = {
-    "degradation": section_degradation,
-    "sampling": section_sampling,
-    "training_step": section_training_step,
-}
-
-
-def _section_main(argv: list[str]) -> int:
-    """``python -m spire_core.bench.gpu SECTION --json FILE --device DEV [--tiny] [--work DIR]``."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("section", choices=[*SECTION_FUNCTIONS, "training_run"])
-    parser.add_argument("--json", required=True)
-    parser.add_argument("--device", required=True)
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--work", default=None)
-    args = parser.parse_args(argv)
-    if args.section == "training_run":
-        with tempfile.TemporaryDirectory(dir=args.work) as work:
-            result = section_training_run(args.device, args.tiny, Path(work))
-    else:
-        result = SECTION_FUNCTIONS[args.section](args.device, args.tiny)
-    Path(args.json).write_text(json.dumps(result, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    return 0
 
 
 # ------------------------------------------------------------------------------------------------ pytest sections
@@ -423,7 +136,7 @@ class Run:
             "cuda": torch.version.cuda if cuda else None,
             "tiny": tiny,
             "budget_s": budget,
-            "environment": {**report, "python": sys.version.split()[0], "versions": _versions()},
+            "environment": {**report, "python": sys.version.split()[0], "versions": versions()},
             "comfyui": env.get("COMFYUI_DIR"),
             "sections": {},
         }
@@ -501,7 +214,7 @@ class Run:
                 status, detail = "failed", "pytest wrote no report"
         else:
             output = folder / "result.json"
-            command = [sys.executable, "-m", "spire_core.bench.gpu", name, "--json", str(output)]
+            command = [sys.executable, "-m", "spire_core.bench.gpu_sections", name, "--json", str(output)]
             command += ["--device", self.device, "--work", str(folder)] + (["--tiny"] if self.tiny else [])
             status, detail = self._child(command, timeout, folder)
             if status == "ok":
@@ -600,7 +313,3 @@ def run(
     print(f"wrote {runner.json_path} and {runner.log_path}")
     failed = [n for n, e in runner.result["sections"].items() if e["status"] in ("failed", "timeout")]
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_section_main(sys.argv[1:]))

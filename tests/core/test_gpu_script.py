@@ -107,7 +107,7 @@ def test_tiny_mode_runs_every_section_and_writes_the_report(tmp_path):
 
 
 def test_wheels_install_only_what_is_missing_and_a_broken_one_is_reported(tmp_path):
-    from spire_core.bench.gpu import prepare_environment
+    from spire_core.bench.gpu_env import prepare_environment
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -122,7 +122,7 @@ def test_wheels_install_only_what_is_missing_and_a_broken_one_is_reported(tmp_pa
 
 
 def test_the_pyav_stub_lets_comfyui_s_imports_through_and_refuses_use(tmp_path):
-    from spire_core.bench.gpu import AV_STUB
+    from spire_core.bench.gpu_env import AV_STUB
 
     (tmp_path / "av").mkdir()
     (tmp_path / "av" / "__init__.py").write_text(AV_STUB)
