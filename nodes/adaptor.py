@@ -18,8 +18,9 @@ PROMPT_TOOLTIP = (
 )
 
 
-def encode_restoration(clip, prompts: list[str], layer: str | None = None) -> torch.Tensor:
-    """(N, T, D) text-encoder hidden states for the prompts, from a clone of ``clip``.
+def encode_restoration(clip, prompts: list[str], layer: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, T, D) text-encoder hidden states and (N, P) pooled embeddings of the prompts, from a clone of ``clip``
+    (the pooled ones feed an SDXL adaptor's added conditioning; ``None`` where the text encoder has none).
 
     Args:
         clip: the checkpoint's CLIP (not modified).
@@ -33,11 +34,13 @@ def encode_restoration(clip, prompts: list[str], layer: str | None = None) -> to
         clip.clip_layer(-2)
     elif layer == "last":
         clip.clip_layer(None)  # the encoder's own default: SD1's final, normalised layer
-    encoded = [clip.encode_from_tokens(clip.tokenize(p)) for p in prompts]
-    length = max(e.shape[1] for e in encoded)
-    if any(e.shape[1] != length for e in encoded):
+    encoded = [clip.encode_from_tokens(clip.tokenize(p), return_pooled=True) for p in prompts]
+    length = max(e.shape[1] for e, _ in encoded)
+    if any(e.shape[1] != length for e, _ in encoded):
         raise ValueError("restoration prompts of different token lengths cannot share a batch; shorten the long one")
-    return torch.cat(encoded, dim=0)
+    pooled = [p for _, p in encoded]
+    pooled = None if any(p is None for p in pooled) else torch.cat(pooled, dim=0)
+    return torch.cat([e for e, _ in encoded], dim=0), pooled
 
 
 def attach(conditioning, control, restoration: torch.Tensor, cache: dict) -> list:
@@ -164,10 +167,9 @@ class ApplyAdaptor(io.ComfyNode):
         if start_percent > end_percent:
             raise ValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent})")
         prompts = restoration_batch(restoration_prompt, image.shape[0])
-        embedding = encode_restoration(clip, prompts.texts, control_net.info.get("text_encoder_layer"))
+        embedding, pooled = encode_restoration(clip, prompts.texts, control_net.info.get("text_encoder_layer"))
         control = control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start_percent, end_percent))
-        control.restoration_embedding = embedding
-        control.restoration_features = prompts.features()
+        control.set_restoration(embedding, pooled, prompts.features())
         cache: dict = {}
         return io.NodeOutput(attach(positive, control, embedding, cache), attach(negative, control, embedding, cache))
 
@@ -206,11 +208,13 @@ class EncodeRestorationPrompt(io.ComfyNode):
     @classmethod
     def execute(cls, clip, conditioning, restoration_prompt) -> io.NodeOutput:
         prompts = restoration_batch(restoration_prompt).texts
-        embedding = encode_restoration(clip, prompts, None)
+        embedding, pooled = encode_restoration(clip, prompts, None)
         out = []
         for emb, options in conditioning:
             options = options.copy()
             options["cross_attn_controlnet"] = embedding
+            if pooled is not None:  # as core CLIPTextEncodeControlnet
+                options["pooled_output_controlnet"] = pooled
             out.append([emb, options])
         return io.NodeOutput(out, "\n".join(prompts))
 

@@ -91,7 +91,7 @@ class ComfyAdaptor(comfy.cldm.cldm.ControlNet):
                 mine["use_linear_in_transformer"],
                 bool(unet.get("use_linear_in_transformer")),
             ),
-            "extra (ADM) conditioning": (None, unet.get("adm_in_channels")),
+            "extra (ADM) conditioning": (mine["adm_in_channels"], unet.get("adm_in_channels")),
         }
         depth = unet.get("transformer_depth")
         if depth is not None:
@@ -108,7 +108,7 @@ class ComfyAdaptor(comfy.cldm.cldm.ControlNet):
             raise ValueError(
                 f"This SPIRE adaptor (made for base family {self.spire_config.base_family!r}) does not fit the "
                 f"checkpoint being sampled: {'; '.join(wrong)}. Use the checkpoint family the adaptor was trained "
-                "from (SD1.x adaptors with SD1.x checkpoints, SD2.x with SD2.x)."
+                "from (SD1.x adaptors with SD1.x checkpoints, SD2.x with SD2.x, SDXL with SDXL)."
             )
 
 

@@ -27,21 +27,20 @@ TILE_KEY = "spire_tile"
 """``transformer_options`` key carrying the current tile: (top, left, height, width, full_h, full_w) in latent units."""
 
 
-def with_restoration(control, embedding: torch.Tensor, features: torch.Tensor | None):
-    """A copy of a control chain in which every SPIRE adaptor reads ``embedding`` (and, for its numeric channel,
-    ``features``) as its restoration prompt.
+def with_restoration(control, encoded: tuple[torch.Tensor, torch.Tensor | None], features: torch.Tensor | None):
+    """A copy of a control chain in which every SPIRE adaptor reads ``encoded`` (embedding and pooled embedding,
+    ``adaptor.encode_restoration``) and, for its numeric channel, ``features`` as its restoration prompt.
 
     Returns:
         (new chain, number of SPIRE adaptors found).
     """
     if control is None:
         return None, 0
-    previous, found = with_restoration(control.previous_controlnet, embedding, features)
+    previous, found = with_restoration(control.previous_controlnet, encoded, features)
     copy = control.copy()
     copy.set_previous_controlnet(previous)
     if isinstance(control, SpireControl):
-        copy.restoration_embedding = embedding
-        copy.restoration_features = features
+        copy.set_restoration(*encoded, features)
         found += 1
     return copy, found
 
@@ -51,7 +50,8 @@ def null_restoration_conds(negative: list, encode) -> list:
 
     Args:
         negative: conditioning list from 'Apply Adaptor (SPIRE)'.
-        encode: callable(control) -> (1, T, D) embedding of the null prompt for that adaptor's text layer.
+        encode: callable(control) -> ((1, T, D) embedding, (1, P) pooled embedding or None) of the null prompt for
+            that adaptor's text layer.
     """
     out, cache, total = [], {}, 0
     for embedding, options in negative:
@@ -134,8 +134,9 @@ class SpireGuider(comfy.samplers.CFGGuider):
         return tiled_predict(one, x, self.tile, self.overlap)
 
 
-def encode_null(clip, control: SpireControl, prompt: str = BLIND_PROMPT) -> torch.Tensor:
-    """(1, T, D) embedding of the null restoration prompt at ``control``'s text-encoder layer."""
+def encode_null(clip, control: SpireControl, prompt: str = BLIND_PROMPT) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(1, T, D) embedding and (1, P) pooled embedding of the null restoration prompt at ``control``'s text-encoder
+    layer."""
     from .adaptor import encode_restoration
 
     return encode_restoration(clip, [prompt], control.info.get("text_encoder_layer"))

@@ -139,10 +139,9 @@ def restore(
         cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
         return [[cond, {"pooled_output": pooled}]]
 
-    embedding = encode_restoration(clip, prompts.texts, control_net.info.get("text_encoder_layer"))
+    embedding, pooled = encode_restoration(clip, prompts.texts, control_net.info.get("text_encoder_layer"))
     control = control_net.copy().set_cond_hint(padded, strength, (0.0, 1.0))
-    control.restoration_embedding = embedding
-    control.restoration_features = prompts.features()
+    control.set_restoration(embedding, pooled, prompts.features())
     cache: dict = {}
     positive = attach(encode(semantic_prompt), control, embedding, cache)
     negative = attach(encode(""), control, embedding, cache)

@@ -129,6 +129,7 @@ class SpireControl(ControlBase):
         self.upscale_algorithm = HINT_UPSCALE
         self.restoration_embedding = None  # (N, T, D); when set it takes precedence over crossattn_controlnet
         self.restoration_features = None  # (N, F) numeric-channel features of the same prompts, or None
+        self.restoration_pooled = None  # (N, P) pooled embeddings of the same prompts (SDXL adaptors), or None
         self.run_state = {"registered": 0, "ran": False}  # this sampling run: patches registered, any ran?
         self.model_sampling_current = None
         self.base_model_config = None
@@ -140,10 +141,15 @@ class SpireControl(ControlBase):
         c = SpireControl(None, load_device=self.load_device, manual_cast_dtype=self.manual_cast_dtype, info=self.info)
         c.adaptor = self.adaptor
         c.adaptor_patcher = self.adaptor_patcher
-        c.restoration_embedding = self.restoration_embedding
-        c.restoration_features = self.restoration_features
+        c.set_restoration(self.restoration_embedding, self.restoration_pooled, self.restoration_features)
         self.copy_to(c)
         return c
+
+    def set_restoration(self, embedding, pooled, features) -> SpireControl:
+        """Give this control its restoration prompt: (N, T, D) embedding, (N, P) pooled embedding (or None) and
+        (N, F) numeric features (or None); N is 1 or the batch. Returns ``self``."""
+        self.restoration_embedding, self.restoration_pooled, self.restoration_features = embedding, pooled, features
+        return self
 
     def deepclone_multigpu(self, load_device, autoregister: bool = False) -> SpireControl:
         """A copy with its own adaptor module and patcher on ``load_device`` (ComfyUI 0.23+ multi-GPU work units
@@ -197,6 +203,27 @@ class SpireControl(ControlBase):
             return broadcast_image_to(hint, x_noisy.shape[0], batched_number)
         return hint
 
+    def _added_conditioning(self, cond, batch: int, batched_number: int, dtype):
+        """SDXL adaptors: the model's own size conditioning ``y`` with its pooled-text part replaced by the
+        restoration prompt's pooled embedding (the adaptor never sees the semantic prompt); None otherwise."""
+        width = self.adaptor.spire_kwargs.get("adm_in_channels")
+        if not width:
+            return None
+        y, pooled = cond.get("y"), self.restoration_pooled
+        if pooled is None:
+            raise ValueError(
+                "This SDXL SPIRE adaptor needs the restoration prompt's pooled embedding: attach it with 'Apply "
+                "Adaptor (SPIRE)' or restore with 'Restore (SPIRE)' (core 'Apply ControlNet' does not pass it on)."
+            )
+        if y is None or y.shape[-1] != width or pooled.shape[-1] >= width:
+            raise ValueError(
+                f"This SDXL SPIRE adaptor takes {width} values of added conditioning (pooled text, then size ids), but "
+                f"the model gives {None if y is None else y.shape[-1]} and the restoration prompt's pooled embedding "
+                f"has {pooled.shape[-1]}: use the adaptor with the SDXL checkpoint (and its CLIP) it was made for."
+            )
+        pooled = comfy.model_management.cast_to_device(_per_item(pooled, batch, batched_number), y.device, y.dtype)
+        return torch.cat([pooled, y[:, pooled.shape[-1] :]], dim=1).to(dtype)
+
     def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
         control_prev = None
         if self.previous_controlnet is not None:
@@ -223,7 +250,8 @@ class SpireControl(ControlBase):
         context = comfy.model_management.cast_to_device(context, x_noisy.device, dtype)
         if features is None and self.adaptor.spire_numeric is not None:
             _warn_numbers_unknown()
-        out = self.adaptor(x=x, hint=hint, timesteps=timestep, context=context, numeric_features=features)
+        y = self._added_conditioning(cond, x_noisy.shape[0], batched_number, dtype)
+        out = self.adaptor(x=x, hint=hint, timesteps=timestep, context=context, y=y, numeric_features=features)
         if self.adaptor.fusion == "additive":
             control = {"output": out["output"], "middle": out["middle"]}
             return self.control_merge(control, control_prev, output_dtype=None)

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     init = commands.add_parser("init", help="write a fresh adaptor initialised from a base model's UNet")
     init.add_argument(
-        "--base", required=True, help="SD1.x/SD2.x checkpoint: single .safetensors file or diffusers folder"
+        "--base", required=True, help="SD1.x/SD2.x/SDXL checkpoint: single .safetensors file or diffusers folder"
     )
     init.add_argument("--out", required=True, help="adaptor file to write (.safetensors)")
     init.add_argument("--fusion", choices=FUSIONS, default="modulation", help="modulation (SPIRE) or additive")

@@ -12,7 +12,7 @@ are residuals added to the skips (plain ControlNet, for ablations).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,38 @@ def _as_batch(tensor: torch.Tensor, batch: int, name: str, shape_doc: str) -> to
     raise ValueError(f"{name} has batch {tensor.shape[0]} but sample has batch {batch}; expected {shape_doc}")
 
 
+def sdxl_time_ids(
+    height: int, width: int, crop_top: int = 0, crop_left: int = 0, target: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """SDXL's six size/crop conditioning numbers for an output of ``height`` x ``width`` pixels: original size,
+    crop corner, target size (``target`` defaults to the original size), as a (1, 6) float tensor."""
+    target_h, target_w = target or (height, width)
+    return torch.tensor([[height, width, crop_top, crop_left, target_h, target_w]], dtype=torch.float32)
+
+
+def _added_cond(
+    added_cond: Mapping[str, torch.Tensor] | None, batch: int, controlnet_config: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Check SDXL's added conditioning against the trunk and broadcast batch 1 (see ``SpireAdaptor.forward``)."""
+    if added_cond is None or set(added_cond) != {"text_embeds", "time_ids"}:
+        got = "nothing" if added_cond is None else sorted(added_cond)
+        raise ValueError(
+            "this SDXL-family adaptor needs added_cond={'text_embeds': pooled embedding of the restoration prompt "
+            f"(B, P), 'time_ids': size/crop ids (B, 6)}}; got {got}"
+        )
+    time_ids = _as_batch(added_cond["time_ids"], batch, "added_cond['time_ids']", "(B, 6)")
+    text_embeds = _as_batch(added_cond["text_embeds"], batch, "added_cond['text_embeds']", "(B, P)")
+    width = (
+        controlnet_config["projection_class_embeddings_input_dim"] - 6 * controlnet_config["addition_time_embed_dim"]
+    )
+    if time_ids.dim() != 2 or time_ids.shape[1] != 6 or text_embeds.dim() != 2 or text_embeds.shape[1] != width:
+        raise ValueError(
+            f"added_cond has text_embeds {tuple(text_embeds.shape)} and time_ids {tuple(time_ids.shape)}; this adaptor "
+            f"expects (B, {width}) and (B, 6)"
+        )
+    return {"text_embeds": text_embeds, "time_ids": time_ids}
+
+
 class SpireAdaptor(nn.Module):
     """The trainable SPIRE adaptor (trunk + modulation heads).
 
@@ -132,7 +164,7 @@ class SpireAdaptor(nn.Module):
         Args:
             unet: a diffusers ``UNet2DConditionModel`` (SD1.x/SD2.x style); it is not modified.
             fusion: ``"modulation"`` (SPIRE) or ``"additive"`` (plain ControlNet).
-            base_family: ``"sd1"``, ``"sd2"`` or ``"custom"``; ``None`` infers it from the UNet config.
+            base_family: ``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"custom"``; ``None`` infers it from the UNet config.
             prediction_type: what ``unet`` predicts (``"epsilon"`` or ``"v_prediction"``).
             text_encoder_layer: CLIP layer for the restoration prompt; ``None``: the family default.
             prompt_grammar_version: restoration-prompt grammar version the adaptor will be trained with.
@@ -213,6 +245,7 @@ class SpireAdaptor(nn.Module):
         restoration_embedding: torch.Tensor,
         hint: torch.Tensor,
         restoration_features: torch.Tensor | None = None,
+        added_cond: Mapping[str, torch.Tensor] | None = None,
     ) -> SpireControlOutput:
         """Run the trunk (and heads) for one UNet call.
 
@@ -224,6 +257,10 @@ class SpireAdaptor(nn.Module):
             hint: (B, 3, 8h, 8w) degraded image, float in [0, 1], in the trunk's dtype; batch 1 is broadcast.
             restoration_features: (B or 1, F) ``spire_core.prompt.restoration_features`` of the restoration
                 prompts, for the numeric channel (ignored without one); ``None`` reads as unparsed text.
+            added_cond: SDXL-family trunks only (``config.added_conditioning``), required there:
+                ``{"text_embeds": (B or 1, P), "time_ids": (B or 1, 6)}``, the pooled embedding of the
+                *restoration* prompt (never the semantic one) and the same size/crop ids the UNet gets
+                (``sdxl_time_ids``); batch 1 is broadcast.
 
         Returns:
             ``SpireControlOutput`` with per-skip gamma/beta (modulation) or residuals (additive), each with
@@ -240,8 +277,21 @@ class SpireAdaptor(nn.Module):
                 f"(B, {self.config.hint_channels}, {height * factor}, {width * factor}): the degraded image at "
                 f"the output resolution ({factor}x the latent size)"
             )
+        extra = {}
+        if self.config.added_conditioning:
+            extra["added_cond_kwargs"] = _added_cond(added_cond, batch, self.config.controlnet_config)
+        elif added_cond is not None:
+            raise ValueError(
+                f"added_cond was given, but this adaptor (base family {self.config.base_family!r}) takes no added "
+                "conditioning; it is for SDXL-family adaptors"
+            )
         down, mid = self.controlnet(
-            sample, timestep, encoder_hidden_states=restoration_embedding, controlnet_cond=hint, return_dict=False
+            sample,
+            timestep,
+            encoder_hidden_states=restoration_embedding,
+            controlnet_cond=hint,
+            return_dict=False,
+            **extra,
         )
         if self.fusion == "additive":
             return SpireControlOutput(fusion="additive", down_residuals=list(down), mid_residual=mid)

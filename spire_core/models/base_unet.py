@@ -44,7 +44,7 @@ class BaseModelInfo:
     Attributes:
         path: the folder or file given.
         source: ``"diffusers"`` (folder) or ``"single_file"`` (original-layout ``.safetensors``).
-        base_family: ``"sd1"``, ``"sd2"`` or ``"custom"`` (``config.infer_base_family``).
+        base_family: ``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"custom"`` (``config.infer_base_family``).
         prediction_type: ``"epsilon"`` or ``"v_prediction"``.
         prediction_type_source: ``"argument"``, ``"scheduler config"``, ``"metadata"``, ``"v_pred key"`` or
             ``"default"``: how the prediction type was decided.

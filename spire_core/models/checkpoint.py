@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import HEAD_PREFIX, NUMERIC_NAME, AdaptorConfig
+from .config import HEAD_PREFIX, NUMERIC_NAME, AdaptorConfig, infer_base_family
 from .file_layout import adaptor_file_shapes
 from .safetensors_header import (
     FLOAT_DTYPES,
@@ -288,6 +288,14 @@ def check_fits_unet(config: AdaptorConfig, unet_config: Mapping[str, Any]) -> No
     base = _structure(json.loads(json.dumps(dict(unet_config), default=str)), defaults)
     mismatches = [f"{key}: adaptor {adaptor[key]}, base {base[key]}" for key in adaptor if adaptor[key] != base[key]]
     if mismatches:
+        family = infer_base_family(unet_config)
+        xl = {"sdxl": "an SDXL", "sd1": "an SD 1.x", "sd2": "an SD 2.x"}
+        if "sdxl" in (family, config.base_family) and family != config.base_family:  # the common mistake, first
+            mismatches.insert(
+                0,
+                f"the adaptor was made for {xl.get(config.base_family, 'a custom')} base, the base model is "
+                f"{xl.get(family, 'a custom')} one",
+            )
         raise AdaptorFileError(
             f"this SPIRE adaptor (base family {config.base_family!r}) does not fit the base model's UNet: "
             f"{'; '.join(mismatches)}. Use the base checkpoint the adaptor was trained from (or one of the same "

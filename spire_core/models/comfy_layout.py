@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .config import HEAD_PREFIX, HINT_ENCODER_CHANNELS, AdaptorConfig
+from .config import ADDED_CONDITIONING, HEAD_PREFIX, HINT_ENCODER_CHANNELS, AdaptorConfig
 from .ldm import diffusers_to_ldm_unet
 
 _REQUIRED = {
@@ -28,7 +28,6 @@ _REQUIRED = {
     "freq_shift": 0,
     "downsample_padding": 1,
     "class_embed_type": None,
-    "addition_embed_type": None,
     "global_pool_conditions": False,
 }
 _CROSS_ATTENTION_DOWN = "CrossAttnDownBlock2D"
@@ -53,7 +52,8 @@ def cldm_kwargs(config: AdaptorConfig) -> dict[str, Any]:
     Returns:
         JSON-like kwargs (``model_channels``, ``channel_mult``, ``num_res_blocks``, ``transformer_depth`` per
         encoder resnet, ``transformer_depth_middle``, ``num_heads``/``num_head_channels``, ``context_dim``,
-        ``use_linear_in_transformer``, ``hint_channels``, ...) plus ``upcast_attention`` (bool; the caller
+        ``use_linear_in_transformer``, ``hint_channels``, for SDXL-family trunks ``adm_in_channels`` with
+        ``num_classes="sequential"``, ...) plus ``upcast_attention`` (bool; the caller
         maps it to ComfyUI's ``attn_precision``). The caller adds ``dtype``, ``device`` and ``operations``.
 
     Raises:
@@ -68,6 +68,8 @@ def cldm_kwargs(config: AdaptorConfig) -> dict[str, Any]:
         )
     if cn.get("mid_block_type", _CROSS_ATTENTION_MID) != _CROSS_ATTENTION_MID:
         bad.append(f"mid_block_type={cn['mid_block_type']!r} (needs {_CROSS_ATTENTION_MID!r})")
+    if cn.get("addition_embed_type") not in (None, ADDED_CONDITIONING):
+        bad.append(f"addition_embed_type={cn['addition_embed_type']!r} (needs None or {ADDED_CONDITIONING!r})")
     if not isinstance(cn.get("cross_attention_dim"), int):
         bad.append(f"cross_attention_dim={cn.get('cross_attention_dim')!r} (needs one integer)")
     channels = list(cn["block_out_channels"])
@@ -90,7 +92,7 @@ def cldm_kwargs(config: AdaptorConfig) -> dict[str, Any]:
         raise ComfyLayoutError(
             "this adaptor's trunk cannot be built as a ComfyUI ControlNet: "
             + "; ".join(bad)
-            + ". SPIRE adaptors are made for SD1.x/SD2.x-style UNets."
+            + ". SPIRE adaptors are made for SD1.x/SD2.x/SDXL-style UNets."
         )
     num_heads, head_channels = -1, -1
     if len(set(heads)) == 1:
@@ -121,7 +123,8 @@ def cldm_kwargs(config: AdaptorConfig) -> dict[str, Any]:
         "disable_self_attentions": [bool(x) for x in only_cross] if any(only_cross) else None,
         "use_spatial_transformer": True,
         "legacy": False,
-        "adm_in_channels": None,
+        "adm_in_channels": cn["projection_class_embeddings_input_dim"] if config.added_conditioning else None,
+        "num_classes": "sequential" if config.added_conditioning else None,
         "upcast_attention": bool(cn.get("upcast_attention", False)),
     }
 

@@ -27,8 +27,9 @@ READABLE_FORMAT_VERSIONS = (1, 2)
 FUSIONS = ("modulation", "additive")
 """``modulation``: SPIRE, ``f <- f * (1 + s*gamma) + s*beta``; ``additive``: plain ControlNet residuals."""
 
-BASE_FAMILIES = ("sd1", "sd2", "custom")
-"""Base model families: SD 1.x (CLIP ViT-L, 768-d context), SD 2.x (OpenCLIP ViT-H, 1024-d), anything else."""
+BASE_FAMILIES = ("sd1", "sd2", "sdxl", "custom")
+"""Base model families: SD 1.x (CLIP ViT-L, 768-d context), SD 2.x (OpenCLIP ViT-H, 1024-d), SDXL (CLIP ViT-L and
+OpenCLIP ViT-bigG, 2048-d context, pooled text and size conditioning), anything else."""
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 """What the base UNet predicts (diffusers scheduler names)."""
@@ -36,8 +37,12 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 TEXT_ENCODER_LAYERS = ("last", "penultimate")
 """Which CLIP hidden state encodes the restoration prompt: the last layer, or the one before it."""
 
-DEFAULT_TEXT_ENCODER_LAYER = {"sd1": "last", "sd2": "penultimate", "custom": "last"}
-"""The text-encoder layer each family's own pipelines use for prompts (SD2 uses the penultimate layer)."""
+DEFAULT_TEXT_ENCODER_LAYER = {"sd1": "last", "sd2": "penultimate", "sdxl": "penultimate", "custom": "last"}
+"""The text-encoder layer each family's own pipelines use for prompts (SD2 and SDXL use the penultimate layer)."""
+
+ADDED_CONDITIONING = "text_time"
+"""The only ``addition_embed_type`` a trunk may have: SDXL's pooled text embedding plus size/crop ids
+(``AdaptorConfig.added_conditioning``)."""
 
 DEFAULT_HINT_CHANNELS = 3
 """The degraded image y enters as RGB in [0, 1]."""
@@ -81,17 +86,17 @@ _COPIED_IF_PRESENT = {
     "addition_time_embed_dim": None,
 }
 
-# UNet features an SD1.x/SD2.x-style trunk cannot mirror; value = the only supported setting.
+# UNet features an adaptor trunk cannot mirror; value = the supported settings.
 _UNSUPPORTED_UNET_SETTINGS = {
-    "addition_embed_type": None,
-    "class_embed_type": None,
-    "num_class_embeds": None,
-    "encoder_hid_dim_type": None,
-    "time_embedding_type": "positional",
-    "time_cond_proj_dim": None,
-    "conv_in_kernel": 3,
-    "dual_cross_attention": False,
-    "center_input_sample": False,
+    "addition_embed_type": (None, ADDED_CONDITIONING),
+    "class_embed_type": (None,),
+    "num_class_embeds": (None,),
+    "encoder_hid_dim_type": (None,),
+    "time_embedding_type": ("positional",),
+    "time_cond_proj_dim": (None,),
+    "conv_in_kernel": (3,),
+    "dual_cross_attention": (False,),
+    "center_input_sample": (False,),
 }
 
 
@@ -115,22 +120,23 @@ def _check_format(version: int) -> None:
 
 
 def check_unet_supported(unet_config: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` if the UNet uses a feature an SD1.x/SD2.x-style adaptor trunk cannot copy.
+    """Raise ``ValueError`` if the UNet uses a feature an adaptor trunk cannot copy (SD1.x/SD2.x/SDXL-style
+    UNets are supported).
 
     Args:
         unet_config: a diffusers ``UNet2DConditionModel`` config (``unet.config`` or its dict); missing
             keys mean diffusers' defaults.
     """
     bad = [
-        f"{key}={unet_config[key]!r} (supported: {allowed!r})"
+        f"{key}={unet_config[key]!r} (supported: {' or '.join(map(repr, allowed))})"
         for key, allowed in _UNSUPPORTED_UNET_SETTINGS.items()
-        if key in unet_config and unet_config[key] != allowed
+        if key in unet_config and unet_config[key] not in allowed
     ]
     if bad:
         raise ValueError(
-            "SPIRE adaptors are built for SD1.x/SD2.x-style UNets (text cross-attention only, positional "
-            f"timestep embedding); this UNet has {', '.join(bad)}. SDXL, LCM-distilled, upscaler and "
-            "class-conditioned UNets are not supported."
+            "SPIRE adaptors are built for SD1.x/SD2.x/SDXL-style UNets (text cross-attention, positional "
+            f"timestep embedding, SDXL's pooled-text and size conditioning); this UNet has {', '.join(bad)}. "
+            "LCM-distilled, upscaler and class-conditioned UNets are not supported."
         )
 
 
@@ -160,13 +166,17 @@ def controlnet_config_from_unet(
 
 
 def infer_base_family(unet_config: Mapping[str, Any]) -> str:
-    """``"sd1"``, ``"sd2"`` or ``"custom"`` from a diffusers UNet config.
+    """``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"custom"`` from a diffusers UNet config.
 
     SD 1.x: 768-d context and convolutional transformer projections; SD 2.x: 1024-d context and linear
-    projections; both with block channels (320, 640, 1280, 1280). Anything else (including tiny test
-    models) is ``"custom"``; pass the family explicitly where it matters.
+    projections; both with block channels (320, 640, 1280, 1280). SDXL: block channels (320, 640, 1280), 2048-d
+    context and the pooled-text and size conditioning. Tiny test models with SDXL's added conditioning are
+    ``"sdxl"`` too (their structure, not their size, decides what the adaptor needs); anything else is
+    ``"custom"``; pass the family explicitly where it matters.
     """
     channels = list(unet_config.get("block_out_channels", ()))
+    if unet_config.get("addition_embed_type") == ADDED_CONDITIONING:
+        return "sdxl"
     if channels != [320, 640, 1280, 1280]:
         return "custom"
     context = unet_config.get("cross_attention_dim")
@@ -199,7 +209,7 @@ class AdaptorConfig:
     Attributes:
         controlnet_config: ``ControlNetModel.from_config`` kwargs (JSON-serialisable; tuples become lists).
         fusion: ``"modulation"`` (SPIRE) or ``"additive"`` (plain ControlNet, for ablations).
-        base_family: ``"sd1"``, ``"sd2"`` or ``"custom"``.
+        base_family: ``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"custom"``.
         prediction_type: ``"epsilon"`` or ``"v_prediction"``: what the base UNet it was trained with predicts.
         text_encoder_layer: ``"last"`` or ``"penultimate"``: CLIP layer encoding the restoration prompt;
             ``None`` picks the family default (SD1 last, SD2 penultimate).
@@ -290,6 +300,11 @@ class AdaptorConfig:
 
     def __hash__(self) -> int:  # controlnet_config is a dict; hash its canonical JSON instead
         return hash((json.dumps(self.to_metadata(), sort_keys=True), self.format_version))
+
+    @property
+    def added_conditioning(self) -> bool:
+        """Whether the trunk takes SDXL's added conditioning (a pooled text embedding and six size/crop ids)."""
+        return self.controlnet_config.get("addition_embed_type") == ADDED_CONDITIONING
 
     @property
     def num_skips(self) -> int:

@@ -4,7 +4,7 @@ An adaptor file holds a diffusers ``ControlNetModel`` trunk under that class's o
 ``spire_`` modulation heads and, in format 2, the numeric side channel (``checkpoint.py``). Validating a
 file's header needs the names and shapes its metadata implies. Building the diffusers model (even on the
 meta device) would import diffusers, which ComfyUI does not ship; so the layout is written out here from
-the architecture's arithmetic, for the SD1.x/SD2.x-style trunks ``config.check_unet_supported`` admits,
+the architecture's arithmetic, for the SD1.x/SD2.x/SDXL-style trunks ``config.check_unet_supported`` admits,
 and a test pins it, key for key and shape for shape, to the model diffusers builds.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .config import HEAD_PREFIX, NUMERIC_NAME, AdaptorConfig
+from .config import ADDED_CONDITIONING, HEAD_PREFIX, NUMERIC_NAME, AdaptorConfig
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -78,6 +78,11 @@ def trunk_file_shapes(controlnet_config: dict[str, Any]) -> tuple[Shapes, list[i
     _with_bias(shapes, "conv_in", (channels[0], controlnet_config["in_channels"], 3, 3))
     _with_bias(shapes, "time_embedding.linear_1", (time_dim, channels[0]))
     _with_bias(shapes, "time_embedding.linear_2", (time_dim, time_dim))
+    if controlnet_config.get("addition_embed_type") == ADDED_CONDITIONING:  # SDXL: pooled text + size ids
+        _with_bias(
+            shapes, "add_embedding.linear_1", (time_dim, controlnet_config["projection_class_embeddings_input_dim"])
+        )
+        _with_bias(shapes, "add_embedding.linear_2", (time_dim, time_dim))
     hint = list(controlnet_config["conditioning_embedding_out_channels"])
     _with_bias(shapes, "controlnet_cond_embedding.conv_in", (hint[0], controlnet_config["conditioning_channels"], 3, 3))
     for i in range(len(hint) - 1):

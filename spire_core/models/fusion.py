@@ -167,6 +167,7 @@ def predict_noise(
     strength: float | torch.Tensor = 1.0,
     unet_kwargs: dict[str, Any] | None = None,
     restoration_features: torch.Tensor | None = None,
+    restoration_added_cond: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The controlled UNet's prediction for either fusion; differentiable (used for training).
 
@@ -179,15 +180,23 @@ def predict_noise(
         restoration_embedding: (B or 1, T, D) CLIP hidden states of the restoration prompt c_r (to the adaptor).
         hint: (B or 1, 3, 8h, 8w) degraded image in [0, 1].
         strength: control strength s.
-        unet_kwargs: extra keyword arguments for the UNet call (e.g. ``cross_attention_kwargs``).
+        unet_kwargs: extra keyword arguments for the UNet call (e.g. ``cross_attention_kwargs``; for SDXL bases
+            ``added_cond_kwargs`` with the *semantic* prompt's pooled embedding and the size/crop ids).
         restoration_features: (B or 1, F) ``spire_core.prompt.restoration_features`` of the restoration prompts,
             for an adaptor with a numeric channel (``None``: unknown numbers, read as unparsed text).
+        restoration_added_cond: SDXL-family adaptors only: ``{"text_embeds", "time_ids"}`` with the *restoration*
+            prompt's pooled embedding (``SpireAdaptor.forward``).
 
     Returns:
         (B, 4, h, w) UNet output (epsilon or v, as the base predicts), in the UNet's dtype.
     """
     dtype = adaptor.controlnet.dtype
-    control = adaptor(sample.to(dtype), timestep, restoration_embedding.to(dtype), hint.to(dtype), restoration_features)
+    added = None
+    if restoration_added_cond is not None:
+        added = {key: value.to(dtype) for key, value in restoration_added_cond.items()}
+    control = adaptor(
+        sample.to(dtype), timestep, restoration_embedding.to(dtype), hint.to(dtype), restoration_features, added
+    )
     kwargs = dict(unet_kwargs or {})
     if control.fusion == "additive":
         kwargs.update(additive_unet_kwargs(control, strength))

@@ -1,14 +1,15 @@
 """Original (LDM / CompVis) single-file UNet layout <-> diffusers ``UNet2DConditionModel``, offline.
 
-A single-file SD1.x/SD2.x checkpoint stores the UNet under ``model.diffusion_model.`` with the original
+A single-file SD1.x/SD2.x/SDXL checkpoint stores the UNet under ``model.diffusion_model.`` with the original
 ``input_blocks`` / ``middle_block`` / ``output_blocks`` names and no config. ``unet_config_from_ldm`` rebuilds
 the diffusers config from tensor shapes alone; ``ldm_to_diffusers_unet`` converts keys with diffusers'
 own ``convert_ldm_unet_checkpoint``; ``diffusers_to_ldm_unet`` is the inverse (for writing test models and
 for handing diffusers-trained UNets to tools that expect the original layout).
 
 The number of attention heads is not visible in the weights; real checkpoints follow a family rule:
-SD 1.x (convolutional ``proj_in``) uses 8 heads everywhere, SD 2.x (linear ``proj_in``) uses 64 channels
-per head. GroupNorm always has 32 groups in the original code, so that is what the config says.
+SD 1.x (convolutional ``proj_in``) uses 8 heads everywhere, SD 2.x and SDXL (linear ``proj_in``) use 64
+channels per head. SDXL is told apart by its ``label_emb`` (pooled text and size conditioning). GroupNorm
+always has 32 groups in the original code, so that is what the config says.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ SD1_NUM_HEADS = 8
 SD2_HEAD_CHANNELS = 64
 """SD 2.x: channels per attention head (diffusers ``attention_head_dim = channels // 64`` per level)."""
 
+SDXL_TIME_EMBED = 256
+"""SDXL: sinusoidal values per size/crop id (six ids) in its added conditioning."""
+
 LDM_NORM_GROUPS = 32
 """GroupNorm groups in the original UNet (``normalization()`` in ldm)."""
 
@@ -42,6 +46,8 @@ _RESNET_RENAMES = (
 _TOP_LEVEL = {
     "time_embedding.linear_1": "time_embed.0",
     "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's pooled-text and size conditioning
+    "add_embedding.linear_2": "label_emb.0.2",
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
@@ -69,17 +75,25 @@ def unet_config_from_ldm(shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
         match Stable Diffusion).
 
     Raises:
-        LdmLayoutError: naming what is missing or unsupported (SDXL, class-conditioned UNets, odd layouts,
+        LdmLayoutError: naming what is missing or unsupported (class-conditioned UNets, odd layouts,
             channel counts that the family head rule cannot divide).
     """
     shapes = {key: tuple(value.shape if isinstance(value, torch.Tensor) else value) for key, value in shapes.items()}
     if "input_blocks.0.0.weight" not in shapes or "out.2.weight" not in shapes:
         raise LdmLayoutError("no input_blocks.0.0.weight / out.2.weight: not an original-layout UNet")
+    added: dict[str, Any] = {}
     if any(key.startswith("label_emb.") for key in shapes):
-        raise LdmLayoutError(
-            "the UNet has a label_emb (SDXL, SD2 upscaler or unCLIP); "
-            "only SD1.x/SD2.x text-to-image UNets are supported"
-        )
+        adm = shapes.get("label_emb.0.0.weight")
+        if adm is None or "label_emb.0.2.weight" not in shapes or adm[1] <= 6 * SDXL_TIME_EMBED:
+            raise LdmLayoutError(
+                "the UNet has a label_emb that is not SDXL's pooled-text and size conditioning (SD2 upscaler, "
+                "unCLIP or class-conditioned); only SD1.x/SD2.x/SDXL text-to-image UNets are supported"
+            )
+        added = {
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": SDXL_TIME_EMBED,
+            "projection_class_embeddings_input_dim": adm[1],
+        }
     indices = {int(key.split(".")[1]) for key in shapes if key.startswith("input_blocks.")}
     num_inputs = max(indices) + 1
     ops = sorted(i for i in indices if f"input_blocks.{i}.0.op.weight" in shapes)
@@ -148,6 +162,7 @@ def unet_config_from_ldm(shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
         "use_linear_projection": linear,
         "transformer_layers_per_block": depths[0] if len(set(depths)) == 1 else depths,
         "norm_num_groups": LDM_NORM_GROUPS,
+        **added,
     }
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..degradation import DEFAULT_PRESET, PRESETS, DegradationSpec
-from ..models import FUSIONS, PREDICTION_TYPES, TEXT_ENCODER_LAYERS
+from ..models import BASE_FAMILIES, FUSIONS, PREDICTION_TYPES, TEXT_ENCODER_LAYERS
 from ..models.config import NUMERIC_TOKENS_DEFAULT
 from ..models.numeric import MAX_NUMERIC_TOKENS
 
@@ -60,7 +60,7 @@ class ModelConfig:
         components: diffusers folder holding ``vae/``, ``text_encoder/`` and ``tokenizer/`` (and optionally
             ``scheduler/``); ``None``: ``base`` itself, which must then be a folder. Needed for single files.
         prediction_type: ``"epsilon"`` or ``"v_prediction"`` to override what the base declares.
-        base_family: ``"sd1"``, ``"sd2"`` or ``"custom"`` to override the family inferred from the UNet.
+        base_family: ``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"custom"`` to override the family inferred from the UNet.
         fusion: ``"modulation"`` (SPIRE, paper #5) or ``"additive"`` (plain ControlNet, for ablations).
         text_encoder_layer: ``"last"`` or ``"penultimate"`` for the restoration prompt; ``None``: the family's
             own layer (SD1 last, SD2 penultimate), which is what a diffusers folder's text encoder outputs.
@@ -89,7 +89,7 @@ class ModelConfig:
         if self.prediction_type is not None:
             _choose("model.prediction_type", self.prediction_type, PREDICTION_TYPES)
         if self.base_family is not None:
-            _choose("model.base_family", self.base_family, ("sd1", "sd2", "custom"))
+            _choose("model.base_family", self.base_family, BASE_FAMILIES)
         if self.text_encoder_layer is not None:
             _choose("model.text_encoder_layer", self.text_encoder_layer, TEXT_ENCODER_LAYERS)
 

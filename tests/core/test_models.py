@@ -133,8 +133,8 @@ def test_controlnet_config_matches_diffusers_from_unet():
 
 
 def test_unsupported_unets_are_refused():
-    with pytest.raises(ValueError, match="addition_embed_type='text_time'.*SDXL"):
-        check_unet_supported({**tiny_unet_config(), "addition_embed_type": "text_time"})
+    with pytest.raises(ValueError, match="addition_embed_type='image' \\(supported: None or 'text_time'\\)"):
+        check_unet_supported({**tiny_unet_config(), "addition_embed_type": "image"})
     with pytest.raises(ValueError, match="time_cond_proj_dim=256"):
         check_unet_supported({**tiny_unet_config(), "time_cond_proj_dim": 256})
 
