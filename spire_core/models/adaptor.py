@@ -77,15 +77,6 @@ def _as_batch(tensor: torch.Tensor, batch: int, name: str, shape_doc: str) -> to
     raise ValueError(f"{name} has batch {tensor.shape[0]} but sample has batch {batch}; expected {shape_doc}")
 
 
-def sdxl_time_ids(
-    height: int, width: int, crop_top: int = 0, crop_left: int = 0, target: tuple[int, int] | None = None
-) -> torch.Tensor:
-    """SDXL's six size/crop conditioning numbers for an output of ``height`` x ``width`` pixels: original size,
-    crop corner, target size (``target`` defaults to the original size), as a (1, 6) float tensor."""
-    target_h, target_w = target or (height, width)
-    return torch.tensor([[height, width, crop_top, crop_left, target_h, target_w]], dtype=torch.float32)
-
-
 def _added_cond(
     added_cond: Mapping[str, torch.Tensor] | None, batch: int, controlnet_config: Mapping[str, Any]
 ) -> dict[str, torch.Tensor]:
@@ -260,7 +251,7 @@ class SpireAdaptor(nn.Module):
             added_cond: SDXL-family trunks only (``config.added_conditioning``), required there:
                 ``{"text_embeds": (B or 1, P), "time_ids": (B or 1, 6)}``, the pooled embedding of the
                 *restoration* prompt (never the semantic one) and the same size/crop ids the UNet gets
-                (``sdxl_time_ids``); batch 1 is broadcast.
+                (``components.sdxl_time_ids``); batch 1 is broadcast.
 
         Returns:
             ``SpireControlOutput`` with per-skip gamma/beta (modulation) or residuals (additive), each with

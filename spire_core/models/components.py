@@ -1,5 +1,5 @@
-"""The frozen parts of a Stable Diffusion base: UNet, VAE, text encoder, tokenizer and the DDPM noise schedule,
-loaded offline, for training and for restoring outside ComfyUI (``SpirePipeline``).
+"""The frozen parts of a Stable Diffusion base: UNet, VAE, text encoder(s), tokenizer(s) and the DDPM noise
+schedule, loaded offline, for training and for restoring outside ComfyUI (``SpirePipeline``).
 
 The UNet comes from ``load_base_unet`` (diffusers folder or single-file checkpoint). The VAE, text encoder and
 tokenizer come from a diffusers folder (``vae/``, ``text_encoder/``, ``tokenizer/``) with ``local_files_only=True``
@@ -10,6 +10,11 @@ Prompts are encoded the way diffusers' Stable Diffusion pipelines do: ``text_enc
 over 77 padded tokens. That output is each family's own layer (SD2 diffusers folders ship OpenCLIP-H already
 cut to its penultimate layer), so it is used for the semantic prompt and, unless the adaptor asks for another
 layer, for the restoration prompt too.
+
+SDXL bases have a second text encoder (``text_encoder_2``, ``tokenizer_2``): prompts are encoded as diffusers'
+SDXL pipelines do, the penultimate hidden states of both encoders side by side (2048 values per token) and the
+second encoder's projected pooled embedding, which goes with the six size/crop ids (``sdxl_time_ids``) into the
+UNet's added conditioning (``added_conditioning``). The adaptor gets the same from the *restoration* prompt.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 from torch import nn
 
 from .base_unet import BaseModelInfo, load_base_unet
-from .config import DEFAULT_TEXT_ENCODER_LAYER
+from .config import ADDED_CONDITIONING, DEFAULT_TEXT_ENCODER_LAYER
 from .safetensors_header import BaseModelFileError
 
 LOGGER = logging.getLogger(__name__)
@@ -53,6 +58,8 @@ class FrozenComponents:
         tokenizer: transformers ``CLIPTokenizer`` (or anything with the same ``__call__``).
         scheduler_config: ``DDPMScheduler`` config (prediction type set to the base's).
         info: where the UNet came from and what it predicts.
+        text_encoder_2, tokenizer_2: SDXL bases only: transformers ``CLIPTextModelWithProjection`` and its
+            tokenizer; ``None`` otherwise.
     """
 
     unet: nn.Module
@@ -61,12 +68,20 @@ class FrozenComponents:
     tokenizer: Any
     scheduler_config: dict[str, Any]
     info: BaseModelInfo
+    text_encoder_2: nn.Module | None = None
+    tokenizer_2: Any = None
 
     def freeze(self) -> FrozenComponents:
         """Eval mode and ``requires_grad_(False)`` on every model; returns ``self``."""
-        for model in (self.unet, self.vae, self.text_encoder):
-            model.eval().requires_grad_(False)
+        for model in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
+            if model is not None:
+                model.eval().requires_grad_(False)
         return self
+
+    @property
+    def sdxl(self) -> bool:
+        """Whether the UNet takes SDXL's added conditioning (then ``text_encoder_2`` is set)."""
+        return self.info.unet_config.get("addition_embed_type") == ADDED_CONDITIONING
 
     @property
     def latent_channels(self) -> int:
@@ -126,7 +141,7 @@ def load_components(
             model, with what was expected.
     """
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     base = Path(base)
     folder = Path(components) if components is not None else base
@@ -141,6 +156,11 @@ def load_components(
     vae_dir = _require(folder, "vae", "VAE")
     text_dir = _require(folder, "text_encoder", "text encoder")
     _require(folder, "tokenizer", "tokenizer")
+    sdxl = unet.config.get("addition_embed_type") == ADDED_CONDITIONING
+    if sdxl:
+        text_dir_2 = _require(folder, "text_encoder_2", "SDXL's second text encoder")
+        _require(folder, "tokenizer_2", "SDXL's second tokenizer")
+    text_encoder_2 = tokenizer_2 = None
     try:
         vae = AutoencoderKL.from_pretrained(
             str(folder),
@@ -157,6 +177,15 @@ def load_components(
             variant=_variant(text_dir, "model"),
         )
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer", local_files_only=True)
+        if sdxl:
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+                str(folder),
+                subfolder="text_encoder_2",
+                local_files_only=True,
+                use_safetensors=True,
+                variant=_variant(text_dir_2, "model"),
+            )
+            tokenizer_2 = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer_2", local_files_only=True)
     except (OSError, ValueError) as error:
         raise BaseModelFileError(f"{folder}: cannot load the VAE/text encoder/tokenizer offline: {error}") from None
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
@@ -181,8 +210,12 @@ def load_components(
         )
     scheduler_config["prediction_type"] = info.prediction_type
     if dtype is not None:
-        nn.Module.to(text_encoder, dtype=dtype)
-    return FrozenComponents(unet, vae.float(), text_encoder, tokenizer, scheduler_config, info).freeze()
+        for encoder in (text_encoder, text_encoder_2):
+            if encoder is not None:
+                nn.Module.to(encoder, dtype=dtype)
+    return FrozenComponents(
+        unet, vae.float(), text_encoder, tokenizer, scheduler_config, info, text_encoder_2, tokenizer_2
+    ).freeze()
 
 
 def make_noise_scheduler(config: dict[str, Any]):  # noqa: ANN201 - diffusers type
@@ -192,26 +225,56 @@ def make_noise_scheduler(config: dict[str, Any]):  # noqa: ANN201 - diffusers ty
     return DDPMScheduler.from_config(config)
 
 
+def _token_ids(tokenizer: Any, prompts: list[str]) -> torch.Tensor:
+    length = int(getattr(tokenizer, "model_max_length", 77))
+    length = 77 if length > 10_000 else length  # tokenizers without a limit report a huge sentinel
+    return tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+
+
+def _encode_sdxl(
+    components: FrozenComponents, prompts: list[str], layer: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL: both encoders' hidden states side by side, and the second encoder's pooled embedding."""
+    if layer not in ("family", "penultimate", "last"):
+        raise ValueError(f"text-encoder layer {layer!r} is unknown; expected 'penultimate' or 'last'")
+    hidden = []
+    for tokenizer, encoder in (
+        (components.tokenizer, components.text_encoder),
+        (components.tokenizer_2, components.text_encoder_2),
+    ):
+        out = encoder(_token_ids(tokenizer, prompts).to(device), output_hidden_states=True)
+        hidden.append(out.last_hidden_state if layer == "last" else out.hidden_states[-2])
+    return torch.cat(hidden, dim=-1), out.text_embeds
+
+
 def encode_prompts(
-    components: FrozenComponents, prompts: list[str], layer: str = "family", device: torch.device | None = None
-) -> torch.Tensor:
-    """CLIP hidden states for ``prompts``.
+    components: FrozenComponents,
+    prompts: list[str],
+    layer: str = "family",
+    device: torch.device | None = None,
+    pooled: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+    """CLIP hidden states for ``prompts`` (and, with ``pooled``, SDXL's pooled embeddings).
 
     Args:
-        components: holds the tokenizer and text encoder.
+        components: holds the tokenizer(s) and text encoder(s).
         prompts: B strings (``""`` is the empty prompt).
         layer: ``"family"`` (the folder's own output, see the module docstring), ``"last"`` or ``"penultimate"``
             in the sense of ``AdaptorConfig.text_encoder_layer`` for this base's family.
         device: where the token ids go (default: the text encoder's device).
+        pooled: also return the pooled embeddings: (B, P) for SDXL bases, ``None`` for the others.
 
     Returns:
-        (B, 77, D) hidden states in the text encoder's dtype.
+        (B, 77, D) hidden states in the text encoder's dtype; with ``pooled``, (hidden states, pooled).
     """
     tokenizer, encoder = components.tokenizer, components.text_encoder
     device = device or next(encoder.parameters()).device
-    length = int(getattr(tokenizer, "model_max_length", 77))
-    length = 77 if length > 10_000 else length  # tokenizers without a limit report a huge sentinel
-    ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+    if components.sdxl:
+        hidden, pooled_embeds = _encode_sdxl(components, prompts, layer, device)
+        return (hidden, pooled_embeds) if pooled else hidden
+    if pooled:
+        return encode_prompts(components, prompts, layer, device), None
+    ids = _token_ids(tokenizer, prompts)
     family_layer = DEFAULT_TEXT_ENCODER_LAYER[components.info.base_family]
     if layer in ("family", family_layer):
         return encoder(ids.to(device)).last_hidden_state
@@ -223,3 +286,27 @@ def encode_prompts(
         f"diffusers text encoder already ends at the {family_layer} layer; train with model.text_encoder_layer "
         f"unset (= {family_layer!r})"
     )
+
+
+def sdxl_time_ids(
+    height: int, width: int, crop_top: int = 0, crop_left: int = 0, target: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """SDXL's six size/crop conditioning numbers for an output of ``height`` x ``width`` pixels: original size,
+    crop corner, target size (``target`` defaults to the original size), as a (1, 6) float tensor (the order of
+    diffusers' ``time_ids`` and of ComfyUI's SDXL ``encode_adm``)."""
+    target_h, target_w = target or (height, width)
+    return torch.tensor([[height, width, crop_top, crop_left, target_h, target_w]], dtype=torch.float32)
+
+
+def added_conditioning(
+    components: FrozenComponents, pooled: torch.Tensor | None, height: int, width: int
+) -> dict[str, torch.Tensor] | None:
+    """SDXL's added conditioning for a batch with these pooled embeddings and an output of ``height`` x ``width``
+    pixels (no crop, target = original, as at inference): ``{"text_embeds", "time_ids"}``; ``None`` for a base
+    without it. Training uses the same for its crops, so the frozen UNet is always told "uncropped, this size"."""
+    if not components.sdxl:
+        return None
+    if pooled is None:
+        raise ValueError("an SDXL base needs the prompts' pooled embeddings (encode_prompts(..., pooled=True))")
+    time_ids = sdxl_time_ids(height, width).to(device=pooled.device, dtype=pooled.dtype)
+    return {"text_embeds": pooled, "time_ids": time_ids.expand(pooled.shape[0], -1)}

@@ -49,7 +49,7 @@ from ..models import (
     load_adaptor,
     predict_noise,
 )
-from ..models.components import FrozenComponents, encode_prompts, load_components
+from ..models.components import FrozenComponents, added_conditioning, encode_prompts, load_components
 from ..prompt import BLIND_PROMPT, restoration_batch, restoration_features
 from .guidance import combine_guidance
 from .plan import HINT_RESIZE, MIN_LATENT_SIDE, RestoreSettings, apply_color_fix, output_size, pad_to_multiple
@@ -158,10 +158,11 @@ class SpirePipeline:
         return next(self.components.unet.parameters()).dtype
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str], layer: str = "family") -> torch.Tensor:
-        """(N, T, D) text-encoder hidden states; ``layer`` is ``"family"`` (the base's own) or the adaptor's
-        ``"last"``/``"penultimate"`` (see ``spire_core.models.components.encode_prompts``)."""
-        return encode_prompts(self.components, list(prompts), layer, self.device)
+    def encode_prompts(self, prompts: Sequence[str], layer: str = "family") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, T, D) text-encoder hidden states and (N, P) pooled embeddings (SDXL bases; ``None`` for others);
+        ``layer`` is ``"family"`` (the base's own) or the adaptor's ``"last"``/``"penultimate"`` (see
+        ``spire_core.models.components.encode_prompts``)."""
+        return encode_prompts(self.components, list(prompts), layer, self.device, pooled=True)
 
     def make_scheduler(self, sampler: str = "ddim", options: Mapping[str, Any] | None = None):  # noqa: ANN201
         """A fresh diffusers scheduler for ``sampler`` from the base's noise schedule plus ``options``."""
@@ -183,15 +184,16 @@ class SpirePipeline:
         latents: torch.Tensor,
         t: torch.Tensor,
         scheduler,  # noqa: ANN001 - diffusers type
-        conditions: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        conditions: tuple,
         hint: torch.Tensor,
         scales: tuple[float, float],
         strength: float,
     ) -> torch.Tensor:
         """One guided model output for ``latents`` at timestep ``t``; ``conditions`` holds the semantic and
-        restoration embeddings and the restoration prompts' numeric features of k = 1, 2 or 3 branches stacked
-        along the batch (see ``restore``)."""
-        semantic, restoration, features = conditions
+        restoration embeddings, the restoration prompts' numeric features and, for SDXL bases, the UNet's and the
+        adaptor's added conditioning (else ``None``) of k = 1, 2 or 3 branches stacked along the batch (see
+        ``restore``)."""
+        semantic, restoration, features, semantic_added, restoration_added = conditions
         count = semantic.shape[0] // latents.shape[0]
         model_in = scheduler.scale_model_input(latents, t).to(self.dtype)
         out = predict_noise(
@@ -203,7 +205,9 @@ class SpirePipeline:
             restoration,
             torch.cat([hint] * count),
             strength,
+            unet_kwargs=None if semantic_added is None else {"added_cond_kwargs": semantic_added},
             restoration_features=features,
+            restoration_added_cond=restoration_added,
         ).float()
         if count == 1:
             return out
@@ -313,25 +317,40 @@ class SpirePipeline:
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {shape} for this image batch")
 
-        def repeat(embedding: torch.Tensor) -> torch.Tensor:
-            return embedding.expand(batch, *embedding.shape[1:]) if embedding.shape[0] == 1 else embedding
+        def repeat(encoded: tuple[torch.Tensor, torch.Tensor | None]) -> list[torch.Tensor | None]:
+            return [e if e is None or e.shape[0] != 1 else e.expand(batch, *e.shape[1:]) for e in encoded]
+
+        def stack(*parts: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+            return [None if p[0] is None else torch.cat(p) for p in zip(*parts)]
 
         layer = self.adaptor.config.text_encoder_layer
         restoration = repeat(self.encode_prompts(prompts.texts, layer))
-        features = repeat(prompts.features().to(device))
+        features = repeat((prompts.features().to(device),))[0]
         semantic = repeat(self.encode_prompts(semantic_prompts))
         # Branches, batched into one model call: ("", c_r), (c_s, c_r) and, for w_r != 1, ("", c_r0).
         if restoration_scale != 1.0:
             empty = repeat(self.encode_prompts([""]))
             null = repeat(self.encode_prompts([NULL_RESTORATION_PROMPT], layer))
-            null_features = repeat(restoration_features([NULL_RESTORATION_PROMPT]).to(device))
-            semantic, restoration = torch.cat([empty, semantic, empty]), torch.cat([restoration, restoration, null])
+            null_features = repeat((restoration_features([NULL_RESTORATION_PROMPT]).to(device),))[0]
+            semantic, restoration = stack(empty, semantic, empty), stack(restoration, restoration, null)
             features = torch.cat([features, features, null_features])
         elif semantic_scale != 1.0:
             empty = repeat(self.encode_prompts([""]))
-            semantic, restoration = torch.cat([empty, semantic]), torch.cat([restoration, restoration])
+            semantic, restoration = stack(empty, semantic), stack(restoration, restoration)
             features = torch.cat([features, features])
-        conditions = (semantic.to(self.dtype), restoration.to(self.dtype), features)
+        # SDXL: the size ids of the whole padded output, for every tile (as ComfyUI encodes them once per run)
+        size = padded.shape[-2:]
+        semantic_added = added_conditioning(self.components, semantic[1], *size)
+        restoration_added = added_conditioning(self.components, restoration[1], *size)
+        if semantic_added is not None:
+            semantic_added = {key: value.to(self.dtype) for key, value in semantic_added.items()}
+        conditions = (
+            semantic[0].to(self.dtype),
+            restoration[0].to(self.dtype),
+            features,
+            semantic_added,
+            restoration_added,
+        )
 
         scheduler = self.make_scheduler(sampler, scheduler_options)
         total = steps if denoise >= 1.0 else max(steps, int(steps / denoise))  # as KSampler counts denoise

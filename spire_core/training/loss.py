@@ -25,7 +25,7 @@ from torch import nn
 
 from ..degradation import DegradationSpec
 from ..models import SpireAdaptor, additive_unet_kwargs, apply_to_unet
-from ..models.components import FrozenComponents, encode_prompts
+from ..models.components import FrozenComponents, added_conditioning, encode_prompts
 from ..prompt import restoration_features
 from .config import PromptConfig
 from .seeds import generator_for
@@ -63,22 +63,36 @@ def controlled_prediction(
     hint: torch.Tensor,
     forward: nn.Module | None = None,
     restoration_features: torch.Tensor | None = None,
+    semantic_added: dict[str, torch.Tensor] | None = None,
+    restoration_added: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``spire_core.models.predict_noise`` (strength 1) with the adaptor called through ``forward``.
+
+    SDXL bases: ``semantic_added`` is the UNet's added conditioning (the semantic prompt's pooled embedding and
+    the size ids), ``restoration_added`` the adaptor's (the restoration prompt's pooled embedding, same ids);
+    ``None`` for other bases (``components.added_conditioning``).
 
     ``forward`` is the module accelerate prepared (a ``DistributedDataParallel`` wrapper in multi-GPU runs, whose
     forward must run for gradients to be all-reduced); ``None`` calls ``adaptor`` itself. Shapes as in
     ``predict_noise``; returns (B, C_lat, h, w) in the UNet's dtype.
     """
     dtype = adaptor.controlnet.dtype
+    if restoration_added is not None:
+        restoration_added = {key: value.to(dtype) for key, value in restoration_added.items()}
     control = (forward or adaptor)(
-        sample.to(dtype), timestep, restoration_embedding.to(dtype), hint.to(dtype), restoration_features
+        sample.to(dtype),
+        timestep,
+        restoration_embedding.to(dtype),
+        hint.to(dtype),
+        restoration_features,
+        restoration_added,
     )
+    kwargs = {} if semantic_added is None else {"added_cond_kwargs": semantic_added}
     if control.fusion == "additive":
-        kwargs = additive_unet_kwargs(control)
+        kwargs.update(additive_unet_kwargs(control))
         return unet(sample, timestep, encoder_hidden_states=semantic_embedding, **kwargs).sample
     with apply_to_unet(unet, control):
-        return unet(sample, timestep, encoder_hidden_states=semantic_embedding).sample
+        return unet(sample, timestep, encoder_hidden_states=semantic_embedding, **kwargs).sample
 
 
 def make_training_batch(
@@ -147,9 +161,14 @@ def diffusion_loss(
         target_pixels = batch.synth.target.to(torch.float32) * 2 - 1
         posterior = components.vae.encode(target_pixels).latent_dist
         latents = (posterior.mean + posterior.std * batch.posterior_noise) * components.scaling_factor
-        semantic = encode_prompts(components, batch.synth.semantic_prompts, "family", device)
+        semantic, semantic_pooled = encode_prompts(components, batch.synth.semantic_prompts, "family", device, True)
         layer = adaptor.config.text_encoder_layer
-        restoration = encode_prompts(components, batch.synth.restoration_prompts, layer, device)
+        restoration, restoration_pooled = encode_prompts(
+            components, batch.synth.restoration_prompts, layer, device, True
+        )
+        height, width = batch.synth.target.shape[-2:]
+        semantic_added = added_conditioning(components, semantic_pooled, height, width)
+        restoration_added = added_conditioning(components, restoration_pooled, height, width)
         features = restoration_features(batch.synth.restoration_prompts).to(device)
         noisy = noise_scheduler.add_noise(latents, batch.noise, batch.timesteps)
         if noise_scheduler.config.prediction_type == "v_prediction":
@@ -167,5 +186,7 @@ def diffusion_loss(
             batch.synth.degraded,
             forward=forward,
             restoration_features=features,
+            semantic_added=semantic_added,
+            restoration_added=restoration_added,
         )
     return F.mse_loss(prediction.float(), target.float())

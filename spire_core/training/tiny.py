@@ -1,7 +1,8 @@
 """Tiny random Stable-Diffusion-shaped models for tests, smoke runs and benchmarks (CPU, offline).
 
 ``write_tiny_base(folder)`` writes a complete diffusers folder (``unet/``, ``vae/``, ``text_encoder/``,
-``tokenizer/``, ``scheduler/``, ``model_index.json``) that the trainer loads with exactly the code it uses for
+``tokenizer/``, ``scheduler/``, ``model_index.json``; for ``family="sdxl"`` also ``text_encoder_2/`` and
+``tokenizer_2/``) that the trainer loads with exactly the code it uses for
 real models; ``build_tiny_components()`` builds the same models in memory. Weights are random (seeded): these
 models restore nothing, they only exercise the machinery.
 
@@ -95,9 +96,10 @@ def tiny_tokenizer():  # noqa: ANN201 - transformers type
         return CLIPTokenizer.from_pretrained(str(write_tiny_tokenizer(folder)), local_files_only=True)
 
 
-def tiny_text_encoder(vocab_size: int, seed: int = 0):  # noqa: ANN201 - transformers type
-    """A 2-layer ``CLIPTextModel`` with hidden size ``TINY_TEXT_DIM``."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_text_encoder(vocab_size: int, seed: int = 0, projection: bool = False):  # noqa: ANN201 - transformers type
+    """A 2-layer ``CLIPTextModel`` with hidden size ``TINY_TEXT_DIM``; with ``projection`` a
+    ``CLIPTextModelWithProjection`` (SDXL's second encoder: its pooled embedding is ``TINY_TEXT_DIM`` wide)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=vocab_size,
@@ -112,7 +114,7 @@ def tiny_text_encoder(vocab_size: int, seed: int = 0):  # noqa: ANN201 - transfo
         pad_token_id=1,
     )
     torch.manual_seed(seed)
-    return CLIPTextModel(config).eval()
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
 def tiny_vae(seed: int = 0):  # noqa: ANN201 - diffusers type
@@ -139,7 +141,8 @@ def tiny_unet(family: str = "sd1", seed: int = 0):  # noqa: ANN201 - diffusers t
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    return UNet2DConditionModel(**tiny_unet_config(family, cross_attention_dim=TINY_TEXT_DIM)).eval()
+    context = 2 * TINY_TEXT_DIM if family == "sdxl" else TINY_TEXT_DIM  # SDXL: two encoders side by side
+    return UNet2DConditionModel(**tiny_unet_config(family, cross_attention_dim=context)).eval()
 
 
 def tiny_scheduler_config(prediction_type: str = "epsilon") -> dict:
@@ -148,13 +151,15 @@ def tiny_scheduler_config(prediction_type: str = "epsilon") -> dict:
 
 
 def build_tiny_components(family: str = "sd1", prediction_type: str = "epsilon", seed: int = 0) -> FrozenComponents:
-    """The tiny models in memory, frozen (``base_family="custom"``; their UNet is not SD-sized)."""
+    """The tiny models in memory, frozen (``base_family="custom"``, their UNet is not SD-sized; ``"sdxl"`` for
+    ``family="sdxl"``, whose structure decides what an adaptor needs)."""
     tokenizer = tiny_tokenizer()
     unet = tiny_unet(family, seed)
+    sdxl = family == "sdxl"
     info = BaseModelInfo(
         path=Path("<memory>"),
         source="memory",
-        base_family="custom",
+        base_family="sdxl" if sdxl else "custom",
         prediction_type=prediction_type,
         prediction_type_source="argument",
         unet_config={k: v for k, v in dict(unet.config).items() if not k.startswith("_")},
@@ -166,6 +171,8 @@ def build_tiny_components(family: str = "sd1", prediction_type: str = "epsilon",
         tokenizer=tokenizer,
         scheduler_config=tiny_scheduler_config(prediction_type),
         info=info,
+        text_encoder_2=tiny_text_encoder(len(tokenizer), seed + 3, projection=True) if sdxl else None,
+        tokenizer_2=tiny_tokenizer() if sdxl else None,
     ).freeze()
 
 
@@ -174,7 +181,7 @@ def write_tiny_base(folder: str | Path, family: str = "sd1", prediction_type: st
 
     Args:
         folder: created if missing; existing model files in it are overwritten.
-        family: ``"sd1"`` or ``"sd2"`` UNet structure (``spire_core.models.tiny_unet_config``).
+        family: ``"sd1"``, ``"sd2"`` or ``"sdxl"`` UNet structure (``spire_core.models.tiny_unet_config``).
         prediction_type: written into ``scheduler/scheduler_config.json``.
         seed: weights are a function of it.
 
@@ -192,12 +199,17 @@ def write_tiny_base(folder: str | Path, family: str = "sd1", prediction_type: st
     write_tiny_tokenizer(folder / "tokenizer")
     DDPMScheduler.from_config(components.scheduler_config).save_config(folder / "scheduler")
     index = {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": "StableDiffusionXLPipeline" if components.sdxl else "StableDiffusionPipeline",
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", "DDPMScheduler"],
     }
+    if components.sdxl:
+        components.text_encoder_2.save_pretrained(folder / "text_encoder_2", safe_serialization=True)
+        write_tiny_tokenizer(folder / "tokenizer_2")
+        index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+        index["tokenizer_2"] = ["transformers", "CLIPTokenizer"]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return folder

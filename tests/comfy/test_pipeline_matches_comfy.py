@@ -196,7 +196,7 @@ def test_exported_text_encoder_vae_and_noise_are_comfyui_s(setup):
     pipe = setup[1]
     clip = tiny_comfy.tiny_clip("sd1")
     for text in ("", "an astronaut", "Remove all degradation", "Deblur with sigma 2.0; Denoise with sigma 0.05"):
-        ours = pipe.encode_prompts([text], pipe.adaptor.config.text_encoder_layer)
+        ours, _ = pipe.encode_prompts([text], pipe.adaptor.config.text_encoder_layer)
         theirs = clip.encode_from_tokens(clip.tokenize(text))
         assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) <= 1e-5, text
     latent = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(0))

@@ -660,3 +660,26 @@ def test_validation_restore_with_a_denoise_start_begins_from_the_noised_input():
     assert distances[0] < distances[1] < distances[2] and distances[0] < 0.75 * distances[2], distances
     with pytest.raises(ValueError, match=r"denoise must be in \(0, 1\]"):
         restore(components, adaptor, image, ["Remove all degradation"] * 2, ["", ""], denoise=1.5)
+
+
+def test_an_sdxl_base_trains_resumes_bit_for_bit_and_exports(tmp_path):
+    """SDXL bases train as SD ones: the UNet gets the semantic prompt's pooled embedding and the crop's size ids,
+    the adaptor the restoration prompt's; a resumed run equals an uninterrupted one; the export is an SDXL adaptor."""
+    base = write_tiny_base(tmp_path / "tiny-sdxl", family="sdxl")
+    folder = photo_folder(tmp_path / "images", count=3)
+    settings = {"train": {"steps": 4}, "checkpoint": {"every": 2}}
+    whole = Trainer(tiny_config(base, folder, tmp_path / "whole", **settings))
+    assert whole.components.sdxl and whole.adaptor.config.base_family == "sdxl"
+    curve = [r["loss"] for r in whole.train()]
+    assert all(math.isfinite(loss) for loss in curve) and len(set(curve)) == len(curve)
+
+    first = Trainer(tiny_config(base, folder, tmp_path / "split", **settings))
+    first.train(stop_at=3)
+    resumed = {**settings, "train": {**settings["train"], "resume": "latest"}}
+    second = Trainer(tiny_config(base, folder, tmp_path / "split", **resumed))
+    assert second.step == 2
+    assert [r["loss"] for r in second.train()] == curve[2:]  # bit for bit
+    for (name, a), b in zip(whole.adaptor.named_parameters(), second.adaptor.parameters()):
+        assert torch.equal(a, b), name
+    exported = load_adaptor(tmp_path / "whole" / "adaptor.safetensors")
+    assert exported.config.added_conditioning and exported.config.base_family == "sdxl"

@@ -4,6 +4,9 @@ section 7), for the comfy and e2e tiers. Import only inside a ComfyUI process.
 - ``sd1``: SD1.x-shaped, epsilon prediction, 8 heads per attention (SD1's rule), CLIP ``last`` layer.
 - ``sd2``: SD2.x-shaped, v-prediction, 64 channels per head and linear projections (SD2's rule),
   OpenCLIP-style text encoder read at the penultimate layer.
+- ``sdxl``: SDXL-shaped (``spire_core.models.tiny_unet_config("sdxl", cross_attention_dim=64)``), epsilon
+  prediction, no attention at the first level, pooled-text and size conditioning (``y``, 32 + 6 x 256 values),
+  two text encoders (CLIP-L at the penultimate layer and CLIP-G, 32 wide each, CLIP-G's pooled projection 32).
 
 Weights are drawn from a fixed seed, so every call returns the same model. ``save_checkpoint`` writes a
 single-file LDM checkpoint (``model.diffusion_model.*`` keys), the layout real SD checkpoints use.
@@ -17,7 +20,7 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("sd1", "sd2")
+FAMILIES = ("sd1", "sd2", "sdxl")
 
 _UNET_BASE: dict[str, Any] = {
     "in_channels": 4,
@@ -39,6 +42,18 @@ _UNET_BASE: dict[str, Any] = {
 UNET_CONFIGS: dict[str, dict[str, Any]] = {
     "sd1": {**_UNET_BASE, "model_channels": 32, "context_dim": 32, "use_linear_in_transformer": False},
     "sd2": {**_UNET_BASE, "model_channels": 64, "context_dim": 64, "use_linear_in_transformer": True},
+    # comfy.supported_models.SDXL adds num_head_channels=64 (SDXL's rule, and the diffusers twin's heads [1, 2]).
+    "sdxl": {
+        **_UNET_BASE,
+        "model_channels": 64,
+        "context_dim": 64,
+        "use_linear_in_transformer": True,
+        "transformer_depth": [0, 2],  # per encoder resnet: none at the first level, two layers at the second
+        "transformer_depth_output": [0, 0, 2, 2],  # per decoder resnet (layers + 1 per level), shallowest first
+        "transformer_depth_middle": 2,
+        "num_classes": "sequential",
+        "adm_in_channels": 32 + 6 * 256,  # CLIP-G's pooled projection + six size/crop ids of 256 values
+    },
 }
 
 CLIP_CONFIGS = {
@@ -55,6 +70,25 @@ CLIP_CONFIGS = {
         "num_attention_heads": 2,
         "num_hidden_layers": 3,
         "projection_dim": 64,
+    },
+}
+
+SDXL_CLIP_CONFIGS = {
+    # Both read at the penultimate layer (ComfyUI asserts |layer_idx| < layers, hence 3 layers); the hidden
+    # states are concatenated (32 + 32 = the UNet's context_dim 64) and CLIP-G's projection gives the pooled 32.
+    "clip_l": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 3,
+        "projection_dim": 32,
+    },
+    "clip_g": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 3,
+        "projection_dim": 32,
     },
 }
 
@@ -101,7 +135,7 @@ def model_config(family: str):
 
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; expected one of {FAMILIES}")
-    cfg = (sm.SD15 if family == "sd1" else sm.SD20)(dict(UNET_CONFIGS[family]))
+    cfg = {"sd1": sm.SD15, "sd2": sm.SD20, "sdxl": sm.SDXL}[family](dict(UNET_CONFIGS[family]))
     cfg.set_inference_dtype(torch.float32, None)
     return cfg
 
@@ -114,8 +148,9 @@ def tiny_model(family: str = "sd1", seed: int = 0):
     import comfy.model_patcher
 
     cfg = model_config(family)
-    model_type = comfy.model_base.ModelType.EPS if family == "sd1" else comfy.model_base.ModelType.V_PREDICTION
-    base = comfy.model_base.BaseModel(cfg, model_type=model_type, device=mm.unet_offload_device())
+    model_type = comfy.model_base.ModelType.V_PREDICTION if family == "sd2" else comfy.model_base.ModelType.EPS
+    model_class = comfy.model_base.SDXL if family == "sdxl" else comfy.model_base.BaseModel
+    base = model_class(cfg, model_type=model_type, device=mm.unet_offload_device())
     _fill(base.diffusion_model, seed, std=0.02)
     return comfy.model_patcher.ModelPatcher(
         base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
@@ -124,18 +159,24 @@ def tiny_model(family: str = "sd1", seed: int = 0):
 
 @cache
 def tiny_clip(family: str = "sd1", seed: int = 1):
-    """A ComfyUI CLIP with the real SD tokenizer and a tiny random text transformer."""
+    """A ComfyUI CLIP with the real SD tokenizer(s) and tiny random text transformer(s)."""
     import comfy.sd
     import comfy.sd1_clip
+    import comfy.sdxl_clip
     import comfy.supported_models_base
     from comfy.text_encoders import sd2_clip
 
     if family == "sd1":
         target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
         options = {"clip_l_model_config": dict(CLIP_CONFIGS["sd1"])}
-    else:
+    elif family == "sdxl":  # each encoder reads "<model_name>_model_config" (clip_l, clip_g) from model_options
+        target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
+        options = {f"{name}_model_config": dict(config) for name, config in SDXL_CLIP_CONFIGS.items()}
+    elif family == "sd2":
         target = comfy.supported_models_base.ClipTarget(sd2_clip.SD2Tokenizer, sd2_clip.SD2ClipModel)
         options = {"clip_h_model_config": dict(CLIP_CONFIGS["sd2"])}
+    else:
+        raise ValueError(f"unknown tiny family {family!r}; expected one of {FAMILIES}")
     clip = comfy.sd.CLIP(target=target, model_options=options)
     _fill(clip.cond_stage_model, seed, std=0.1)
     return clip
@@ -154,8 +195,11 @@ def tiny_vae(seed: int = 2):
 
 
 def family_of(name: str) -> str:
-    """Which tiny family a checkpoint name stands for in a workflow twin ("...sd2..." or "...v2..." -> sd2)."""
+    """Which tiny family a checkpoint name stands for in a workflow twin ("...xl..." -> sdxl, "...sd2..." or
+    "...v2..." -> sd2, anything else -> sd1)."""
     lowered = name.lower()
+    if "xl" in lowered:
+        return "sdxl"
     return "sd2" if ("sd2" in lowered or "v2" in lowered or "2.1" in lowered) else "sd1"
 
 
@@ -169,7 +213,7 @@ def save_checkpoint(path: Path, family: str = "sd1") -> Path:
         for k, v in model.model.diffusion_model.state_dict().items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    prediction = "epsilon" if family == "sd1" else "v"
+    prediction = "v" if family == "sd2" else "epsilon"
     save_file(state, str(path), metadata={"test.tiny_family": family, "prediction_type": prediction})
     return path
 
