@@ -153,38 +153,25 @@ def load_components(
             else f"model.components {folder} is not a folder; expected a diffusers folder"
         )
     unet, info = load_base_unet(base, prediction_type=prediction_type, dtype=dtype)
-    vae_dir = _require(folder, "vae", "VAE")
-    text_dir = _require(folder, "text_encoder", "text encoder")
+    _require(folder, "vae", "VAE")
+    _require(folder, "text_encoder", "text encoder")
     _require(folder, "tokenizer", "tokenizer")
     sdxl = unet.config.get("addition_embed_type") == ADDED_CONDITIONING
     if sdxl:
-        text_dir_2 = _require(folder, "text_encoder_2", "SDXL's second text encoder")
+        _require(folder, "text_encoder_2", "SDXL's second text encoder")
         _require(folder, "tokenizer_2", "SDXL's second tokenizer")
+
+    def weights(cls: Any, sub: str, stem: str) -> nn.Module:  # safetensors only, offline, any variant
+        options = {"local_files_only": True, "use_safetensors": True, "variant": _variant(folder / sub, stem)}
+        return cls.from_pretrained(str(folder), subfolder=sub, **options)
+
     text_encoder_2 = tokenizer_2 = None
     try:
-        vae = AutoencoderKL.from_pretrained(
-            str(folder),
-            subfolder="vae",
-            local_files_only=True,
-            use_safetensors=True,
-            variant=_variant(vae_dir, "diffusion_pytorch_model"),
-        )
-        text_encoder = CLIPTextModel.from_pretrained(
-            str(folder),
-            subfolder="text_encoder",
-            local_files_only=True,
-            use_safetensors=True,
-            variant=_variant(text_dir, "model"),
-        )
+        vae = weights(AutoencoderKL, "vae", "diffusion_pytorch_model")
+        text_encoder = weights(CLIPTextModel, "text_encoder", "model")
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer", local_files_only=True)
         if sdxl:
-            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-                str(folder),
-                subfolder="text_encoder_2",
-                local_files_only=True,
-                use_safetensors=True,
-                variant=_variant(text_dir_2, "model"),
-            )
+            text_encoder_2 = weights(CLIPTextModelWithProjection, "text_encoder_2", "model")
             tokenizer_2 = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer_2", local_files_only=True)
     except (OSError, ValueError) as error:
         raise BaseModelFileError(f"{folder}: cannot load the VAE/text encoder/tokenizer offline: {error}") from None
