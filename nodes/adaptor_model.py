@@ -21,6 +21,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequenti
 from ..spire_core.models.checkpoint import read_adaptor_file, untrained_reason
 from ..spire_core.models.comfy_layout import ComfyLayoutError, cldm_kwargs, level_heads, to_cldm_state_dict
 from ..spire_core.models.config import HEAD_NAMES, AdaptorConfig
+from ..spire_core.models.file_layout import head_channels
 from ..spire_core.models.numeric import NumericTokens, numeric_context
 from ..spire_core.models.safetensors_header import AdaptorFileError, read_safetensors_header
 from .spire_control import SpireControl
@@ -51,16 +52,15 @@ class ComfyAdaptor(comfy.cldm.cldm.ControlNet):
             )
         if self.fusion != "modulation":
             return
-        skips = [block[0].in_channels for block in self.zero_convs]
-        middle = self.middle_block_out[0].in_channels
+        *skips, middle = head_channels(config)  # (trunk, base) channels: equal unless the trunk is narrower
         self.zero_convs = torch.nn.ModuleList(TimestepEmbedSequential() for _ in skips)  # identities
         self.middle_block_out = TimestepEmbedSequential()
 
-        def head(channels: int):
-            return operations.Conv2d(channels, channels, 1, dtype=dtype, device=device)
+        def head(channels: tuple[int, int]):
+            return operations.Conv2d(channels[0], channels[1], 1, dtype=dtype, device=device)
 
-        self.spire_gamma_down = torch.nn.ModuleList(head(c) for c in skips)
-        self.spire_beta_down = torch.nn.ModuleList(head(c) for c in skips)
+        self.spire_gamma_down = torch.nn.ModuleList(head(pair) for pair in skips)
+        self.spire_beta_down = torch.nn.ModuleList(head(pair) for pair in skips)
         self.spire_gamma_mid = head(middle)
         self.spire_beta_mid = head(middle)
 
@@ -81,10 +81,11 @@ class ComfyAdaptor(comfy.cldm.cldm.ControlNet):
         """Raise ``ValueError`` unless this adaptor was made for ``base_model``'s UNet (a ComfyUI BaseModel)."""
         unet = getattr(getattr(base_model, "model_config", None), "unet_config", None) or {}
         mine = self.spire_kwargs
+        base = self.spire_config.base_channels  # a narrower trunk is compared by the base width it was made for
         fields = {
             "latent channels": (mine["in_channels"], unet.get("in_channels")),
-            "model channels": (mine["model_channels"], unet.get("model_channels")),
-            "channel multipliers": (list(mine["channel_mult"]), list(unet.get("channel_mult") or [])),
+            "model channels": (base[0], unet.get("model_channels")),
+            "channel multipliers": ([c // base[0] for c in base], list(unet.get("channel_mult") or [])),
             "resnets per level": (list(mine["num_res_blocks"]), list(_levels(unet.get("num_res_blocks"), mine))),
             "text-embedding width": (mine["context_dim"], unet.get("context_dim")),
             "linear attention projections": (
@@ -99,10 +100,11 @@ class ComfyAdaptor(comfy.cldm.cldm.ControlNet):
                 list(mine["transformer_depth"]),
                 list(depth)[: len(mine["transformer_depth"])],
             )
-        try:
-            fields["attention heads per level"] = (level_heads(mine), level_heads(unet))
-        except (KeyError, TypeError, ZeroDivisionError):
-            fields["attention heads per level"] = (level_heads(mine), "unknown")
+        if not self.spire_config.narrow:  # a narrower trunk has attention heads of its own
+            try:
+                fields["attention heads per level"] = (level_heads(mine), level_heads(unet))
+            except (KeyError, TypeError, ZeroDivisionError):
+                fields["attention heads per level"] = (level_heads(mine), "unknown")
         wrong = [f"{name}: adaptor {a}, base model {b}" for name, (a, b) in fields.items() if a != b]
         if wrong:
             raise ValueError(

@@ -206,15 +206,19 @@ CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
 """The SD1.5 checkpoint the restore workflows name (users pick theirs from the list)."""
 ADAPTOR = "spire_sd15.safetensors"
 """The adaptor file the restore workflows name (in ComfyUI/models/spire)."""
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+"""The SDXL checkpoint the SDXL workflows name."""
+SDXL_ADAPTOR = "spire_sdxl.safetensors"
+"""The SDXL adaptor file the SDXL workflows name (trained from an SDXL checkpoint; in ComfyUI/models/spire)."""
 
 
-def checkpoint(node_id: int, pos: tuple[int, int]) -> Node:
+def checkpoint(node_id: int, pos: tuple[int, int], name: str = CHECKPOINT) -> Node:
     return Node(
         node_id,
         "CheckpointLoaderSimple",
         pos,
         (320, 100),
-        widgets=[("ckpt_name", CHECKPOINT, [])],
+        widgets=[("ckpt_name", name, [])],
         outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
     )
 
@@ -322,13 +326,13 @@ def spire_restore() -> Graph:
     )
 
 
-def adaptor_loader(node_id: int, pos: tuple[int, int]) -> Node:
+def adaptor_loader(node_id: int, pos: tuple[int, int], name: str = ADAPTOR) -> Node:
     return Node(
         node_id,
         "SPIRE_AdaptorLoader",
         pos,
         (340, 80),
-        widgets=[("adaptor_name", ADAPTOR, [])],
+        widgets=[("adaptor_name", name, [])],
         outputs=[("control_net", "CONTROL_NET")],
     )
 
@@ -340,6 +344,7 @@ def restore_node(
     semantic: str = "",
     restoration: str = "Remove all degradation",
     tile_size: int = 0,
+    tile_overlap: int = 64,
     color_fix: str = "wavelet",
     title: str | None = None,
     restoration_link: tuple[int, int] | None = None,
@@ -371,7 +376,7 @@ def restore_node(
             ("strength", 1.0, []),
             ("color_fix", color_fix, []),
             ("tile_size", tile_size, []),
-            ("tile_overlap", 64, []),
+            ("tile_overlap", tile_overlap, []),
             ("upsample", upsample, []),
             ("denoise", 1.0, []),
         ],
@@ -759,6 +764,41 @@ def spire_large_photo_tiled() -> Graph:
     )
 
 
+def spire_sdxl_blind_restore() -> Graph:
+    return Graph(
+        "spire_sdxl_blind_restore",
+        notes=(
+            "Blind restoration with an SDXL checkpoint: the SPIRE adaptor trained from it, 'Remove all degradation', "
+            "no semantic prompt, wavelet colour fix (SDXL works best at about 1024 pixels). Core 'Apply ControlNet' "
+            "cannot carry SDXL's pooled embedding: use 'Restore (SPIRE)' or 'Apply Adaptor (SPIRE)'."
+        ),
+        nodes=[
+            load_image(1, (40, 300)),
+            checkpoint(2, (40, 80), SDXL_CHECKPOINT),
+            adaptor_loader(5, (40, 200), SDXL_ADAPTOR),
+            restore_node(6, (420, 80), (1, 0), title="Restore (SPIRE), SDXL"),
+            save(7, (820, 80), (6, 0), "spire_sdxl_blind"),
+        ],
+    )
+
+
+def spire_sdxl_large_photo_tiled() -> Graph:
+    return Graph(
+        "spire_sdxl_large_photo_tiled",
+        notes=(
+            "Large photos with SDXL (a 2048-pixel photo, say): restore in 1024-pixel tiles, SDXL's native size, "
+            "overlapping by 128 pixels and blended so no seam shows; memory follows the tile, not the photo."
+        ),
+        nodes=[
+            load_image(1, (40, 300)),
+            checkpoint(2, (40, 80), SDXL_CHECKPOINT),
+            adaptor_loader(5, (40, 200), SDXL_ADAPTOR),
+            restore_node(6, (420, 80), (1, 0), tile_size=1024, tile_overlap=128, title="Restore (SPIRE), SDXL, tiled"),
+            save(7, (820, 80), (6, 0), "spire_sdxl_tiled"),
+        ],
+    )
+
+
 GRAPHS = [
     degradation_preview,
     spire_restore,
@@ -769,6 +809,8 @@ GRAPHS = [
     spire_degrade_restore_metrics,
     spire_restore_to_generation,
     spire_large_photo_tiled,
+    spire_sdxl_blind_restore,
+    spire_sdxl_large_photo_tiled,
 ]
 
 

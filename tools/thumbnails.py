@@ -55,6 +55,10 @@ CARDS = {
     "spire_large_photo_tiled": "SPIRE large photo: 512 px tiles, 64 px blended overlaps, memory bounded by the tile",
     "spire_suggested_restore": "SPIRE suggested prompt: the photo's noise, blur, JPEG quality and upsample factor "
     "read off it -> Restore (SPIRE) with that prompt",
+    "spire_sdxl_blind_restore": "SPIRE with SDXL: sd_xl_base_1.0 + the SDXL adaptor, one 'Restore (SPIRE)' node, "
+    "'Remove all degradation', wavelet colour fix",
+    "spire_sdxl_large_photo_tiled": "SPIRE with SDXL, large photo (2048 px): 1024 px tiles, 128 px blended overlaps, "
+    "memory bounded by the tile",
 }
 """Captions of the restore workflows' thumbnails (no SPIRE weights ship, so they show the input they work on)."""
 

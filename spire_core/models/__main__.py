@@ -29,6 +29,11 @@ def _numeric_text(config) -> str:  # noqa: ANN001 - AdaptorConfig
     )
 
 
+def _trunk(value: str) -> str | int:
+    """``--trunk``: a size name, or a channel count."""
+    return int(value) if value.isdigit() else value
+
+
 def _init(args: argparse.Namespace) -> int:
     from .adaptor import SpireAdaptor
     from .base_unet import load_base_unet
@@ -47,6 +52,7 @@ def _init(args: argparse.Namespace) -> int:
         prediction_type=info.prediction_type,
         text_encoder_layer=args.text_encoder_layer,
         numeric_tokens=args.numeric_tokens,
+        trunk=_trunk(args.trunk),
     )
     save_adaptor(adaptor, out, extra_metadata={"spire.init_base": Path(args.base).name})
     trunk = sum(p.numel() for p in adaptor.trunk_parameters())
@@ -56,7 +62,7 @@ def _init(args: argparse.Namespace) -> int:
     print(
         f"wrote {out}: fresh SPIRE adaptor ({config.fusion} fusion, base family {config.base_family}, "
         f"{config.prediction_type}, restoration prompt from the {config.text_encoder_layer} text-encoder layer, "
-        f"{adaptor.num_skips} skips + middle block, {_numeric_text(config)})\n"
+        f"{adaptor.num_skips} skips + middle block, {_numeric_text(config)}, trunk {config.trunk_name})\n"
         f"parameters: trunk {trunk:,}, heads {heads:,}, numeric {numeric:,}, total {trunk + heads + numeric:,}\n"
         f"base: {args.base} ({info.source}; prediction type from {info.prediction_type_source})\n"
         "status: UNTRAINED until trained (docs/training.md): an exact identity that ignores the photo"
@@ -96,7 +102,7 @@ def _inspect(args: argparse.Namespace) -> int:
         if key.endswith("controlnet_config"):
             value = json.dumps(json.loads(value), sort_keys=True)
         print(f"  {key}: {value}")
-    print(f"skips modulated: {config.num_skips} + middle block ({config.fusion})")
+    print(f"skips modulated: {config.num_skips} + middle block ({config.fusion}); trunk {config.trunk_name}")
     print(f"restoration prompt: {config.text_encoder_layer} text-encoder layer, {_numeric_text(config)}")
     print(
         f"parameters: trunk {counts['trunk']:,}, heads {counts['heads']:,}, numeric {counts['numeric']:,}, "
@@ -127,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=NUMERIC_TOKENS_DEFAULT,
         help=f"tokens of the numeric side channel (default {NUMERIC_TOKENS_DEFAULT}; 0: CLIP only)",
+    )
+    init.add_argument(
+        "--trunk",
+        default="full",
+        help="trunk width: full (the paper's copy of the encoder), half, quarter, or a first-level channel count "
+        "(a multiple of 32); narrower trunks train on smaller GPUs (docs/training.md, Memory)",
     )
     init.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     inspect = commands.add_parser("inspect", help="print an adaptor's metadata and parameter counts")

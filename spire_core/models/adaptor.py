@@ -30,7 +30,9 @@ from .config import (
     AdaptorConfig,
     check_unet_supported,
     infer_base_family,
+    narrow_controlnet_config,
 )
+from .file_layout import head_channels
 from .numeric import NumericTokens, numeric_context
 
 
@@ -60,10 +62,11 @@ class SpireControlOutput:
         return len(self.gamma_down if self.fusion == "modulation" else self.down_residuals)
 
 
-def _zero_conv(channels: int, operations: Any = nn) -> nn.Conv2d:
-    """A zero-initialised 1x1 convolution (a modulation head). ``operations`` supplies the layer classes:
-    ``torch.nn`` here, or ComfyUI's ``comfy.ops`` variants where ComfyUI manages weights and dtypes."""
-    conv = operations.Conv2d(channels, channels, kernel_size=1)
+def _zero_conv(channels: int, out_channels: int | None = None, operations: Any = nn) -> nn.Conv2d:
+    """A zero-initialised 1x1 convolution (a modulation head), ``channels`` -> ``out_channels`` (default the same).
+    ``operations`` supplies the layer classes: ``torch.nn`` here, or ComfyUI's ``comfy.ops`` variants where ComfyUI
+    manages weights and dtypes."""
+    conv = operations.Conv2d(channels, out_channels or channels, kernel_size=1)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
@@ -100,6 +103,15 @@ def _added_cond(
     return {"text_embeds": text_embeds, "time_ids": time_ids}
 
 
+def _sliced(full: nn.Module, narrow: nn.Module) -> nn.Module:
+    """``narrow`` with every tensor set to the leading block of ``full``'s tensor of the same name."""
+    source = full.state_dict()
+    with torch.no_grad():
+        for name, tensor in narrow.state_dict().items():
+            tensor.copy_(source[name][tuple(slice(0, n) for n in tensor.shape)])
+    return narrow.float().cpu()
+
+
 class SpireAdaptor(nn.Module):
     """The trainable SPIRE adaptor (trunk + modulation heads).
 
@@ -128,15 +140,14 @@ class SpireAdaptor(nn.Module):
     def _setup_fusion(self) -> None:
         if self.config.fusion != "modulation":
             return
-        skip_channels = [conv.in_channels for conv in self.controlnet.controlnet_down_blocks]
-        mid_channels = self.controlnet.controlnet_mid_block.in_channels
+        *skips, middle = head_channels(self.config)  # (trunk, base) channels: equal unless the trunk is narrower
         # Identity "zero convs" make ControlNetModel.forward return the raw trunk features f_con.
-        self.controlnet.controlnet_down_blocks = nn.ModuleList(nn.Identity() for _ in skip_channels)
+        self.controlnet.controlnet_down_blocks = nn.ModuleList(nn.Identity() for _ in skips)
         self.controlnet.controlnet_mid_block = nn.Identity()
-        self.gamma_down = nn.ModuleList(_zero_conv(c) for c in skip_channels)
-        self.beta_down = nn.ModuleList(_zero_conv(c) for c in skip_channels)
-        self.gamma_mid = _zero_conv(mid_channels)
-        self.beta_mid = _zero_conv(mid_channels)
+        self.gamma_down = nn.ModuleList(_zero_conv(*pair) for pair in skips)
+        self.beta_down = nn.ModuleList(_zero_conv(*pair) for pair in skips)
+        self.gamma_mid = _zero_conv(*middle)
+        self.beta_mid = _zero_conv(*middle)
 
     @classmethod
     def from_unet(
@@ -149,8 +160,14 @@ class SpireAdaptor(nn.Module):
         prompt_grammar_version: int = GRAMMAR_VERSION,
         hint_channels: int = DEFAULT_HINT_CHANNELS,
         numeric_tokens: int = NUMERIC_TOKENS_DEFAULT,
+        trunk: str | int = "full",
     ) -> SpireAdaptor:
         """A fresh adaptor whose trunk copies ``unet``'s weights (``ControlNetModel.from_unet``); zero heads.
+
+        A narrower ``trunk`` (``"half"``, ``"quarter"`` or a first-level width, ``config.trunk_channels``; modulation
+        fusion) is initialised channel-sliced from that copy: every tensor keeps the leading entries of each of its
+        dimensions (the first channels of each layer, all of the text and added-conditioning inputs), so the trunk
+        starts from the base's features restricted to its width rather than from random weights.
 
         Args:
             unet: a diffusers ``UNet2DConditionModel`` (SD1.x/SD2.x style); it is not modified.
@@ -161,12 +178,24 @@ class SpireAdaptor(nn.Module):
             prompt_grammar_version: restoration-prompt grammar version the adaptor will be trained with.
             hint_channels: channels of the hint image.
             numeric_tokens: tokens of the numeric side channel (0: none; the prompt is read through CLIP alone).
+            trunk: ``"full"`` (the paper's copy of the encoder), ``"half"``, ``"quarter"`` or a width.
 
         Returns:
             The adaptor in float32 on the CPU (move it with ``.to``); an exact identity on the UNet.
         """
         check_unet_supported(unet.config)
         controlnet = ControlNetModel.from_unet(unet, conditioning_channels=hint_channels).float().cpu()
+        base_channels = None
+        if trunk != "full":
+            full = {k: v for k, v in dict(controlnet.config).items() if not k.startswith("_")}
+            narrow = narrow_controlnet_config(full, trunk)
+            if narrow["block_out_channels"] != full["block_out_channels"]:
+                if fusion != "modulation":
+                    raise ValueError(
+                        "a narrower trunk needs modulation fusion (plain ControlNet residuals are full width)"
+                    )
+                base_channels = full["block_out_channels"]
+                controlnet = _sliced(controlnet, ControlNetModel.from_config(narrow))
         config = AdaptorConfig(
             controlnet_config=dict(controlnet.config),  # private "_..." keys are dropped by AdaptorConfig
             fusion=fusion,
@@ -176,6 +205,7 @@ class SpireAdaptor(nn.Module):
             prompt_grammar_version=prompt_grammar_version,
             hint_channels=hint_channels,
             numeric_tokens=numeric_tokens,
+            base_block_out_channels=base_channels,
         )
         return cls(config, controlnet)
 

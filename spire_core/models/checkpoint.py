@@ -284,8 +284,11 @@ def check_fits_unet(config: AdaptorConfig, unet_config: Mapping[str, Any]) -> No
             dim, transformer depth, attention heads, projection type, ...).
     """
     defaults = _unet_defaults()
-    adaptor = _structure(json.loads(json.dumps(config.controlnet_config)), defaults)
+    # a narrower trunk is compared by the base's width it was made for; its own attention heads are its own
+    adaptor = _structure({**config.controlnet_config, "block_out_channels": config.base_channels}, defaults)
     base = _structure(json.loads(json.dumps(dict(unet_config), default=str)), defaults)
+    if config.narrow:
+        del adaptor["attention heads"], base["attention heads"]
     mismatches = [f"{key}: adaptor {adaptor[key]}, base {base[key]}" for key in adaptor if adaptor[key] != base[key]]
     if mismatches:
         family = infer_base_family(unet_config)

@@ -17,12 +17,24 @@ from typing import Any
 
 from ..prompt import GRAMMAR_VERSION, NUMERIC_FEATURES_VERSION
 
-FORMAT_VERSION = 2
-"""Newest on-disk adaptor format (``spire.format_version``). Format 2 adds the numeric side channel; an adaptor
-without it is written as format 1, which every version of the pack reads. Readers refuse versions they do not
-know (``READABLE_FORMAT_VERSIONS``) with a message to update the pack."""
+FORMAT_VERSION = 3
+"""Newest on-disk adaptor format (``spire.format_version``). Format 2 adds the numeric side channel; format 3 a
+trunk narrower than the base (``spire.base_block_out_channels``, the heads then map the trunk's width onto the
+base's). An adaptor is written in the oldest format that holds it (a full trunk without the channel: format 1,
+which every version of the pack reads). Readers refuse versions they do not know (``READABLE_FORMAT_VERSIONS``)
+with a message to update the pack."""
 
-READABLE_FORMAT_VERSIONS = (1, 2)
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
+
+TRUNK_SIZES = {"full": 1.0, "half": 0.5, "quarter": 0.25}
+"""Trunk widths as fractions of the base's channels: ``full`` is the paper's copy of the base encoder; narrower
+trunks (``narrow_controlnet_config``) train on smaller GPUs, their heads map each skip onto the base's width."""
+
+NARROW_TRUNK_HEADS = 8
+"""Attention heads of every level of a narrower trunk (SD 1.x's rule, which divides any multiple of 32)."""
+
+NARROW_TRUNK_GRANULARITY = 32
+"""A narrower trunk's channels are multiples of this (GroupNorm's 32 groups, in diffusers and ComfyUI alike)."""
 
 FUSIONS = ("modulation", "additive")
 """``modulation``: SPIRE, ``f <- f * (1 + s*gamma) + s*beta``; ``additive``: plain ControlNet residuals."""
@@ -140,6 +152,42 @@ def check_unet_supported(unet_config: Mapping[str, Any]) -> None:
         )
 
 
+def trunk_channels(base_channels: list[int], trunk: str | int) -> list[int]:
+    """A trunk's channels per level for base channels ``base_channels`` and a size: ``"full"``, ``"half"``,
+    ``"quarter"`` (``TRUNK_SIZES``: the first level's width times the fraction, rounded to the nearest multiple of
+    32, at least 32), or the first level's width itself (an int multiple of 32). The levels keep the base's
+    multipliers of the first level."""
+    first = base_channels[0]
+    if isinstance(trunk, str):
+        if trunk not in TRUNK_SIZES:
+            raise ValueError(f"trunk {trunk!r} is unknown; expected one of {', '.join(TRUNK_SIZES)} or a channel count")
+        width = first * TRUNK_SIZES[trunk]
+        step = NARROW_TRUNK_GRANULARITY
+        channels = max(step, step * int(width / step + 0.5))
+    elif isinstance(trunk, bool) or not isinstance(trunk, int):
+        raise ValueError(f"trunk must be a size name or an integer channel count; got {trunk!r}")
+    else:
+        channels = trunk
+    if channels % NARROW_TRUNK_GRANULARITY or not 0 < channels <= first or any(c % first for c in base_channels):
+        raise ValueError(
+            f"a trunk of {channels} channels does not fit base channels {base_channels}: it must be a positive "
+            f"multiple of {NARROW_TRUNK_GRANULARITY} no wider than {first}, and the base's levels multiples of "
+            "its first"
+        )
+    return [c // first * channels for c in base_channels]
+
+
+def narrow_controlnet_config(controlnet_config: Mapping[str, Any], trunk: str | int) -> dict[str, Any]:
+    """The ``ControlNetModel`` config of a trunk of size ``trunk`` (see ``trunk_channels``) for the full-width
+    ``controlnet_config``: its channels scaled, ``NARROW_TRUNK_HEADS`` heads at every level; the rest (depths,
+    block types, cross-attention and added conditioning widths) as the base's. ``"full"`` returns a copy."""
+    config = dict(controlnet_config)
+    channels = trunk_channels(list(config["block_out_channels"]), trunk)
+    if channels != list(config["block_out_channels"]):
+        config.update(block_out_channels=channels, attention_head_dim=NARROW_TRUNK_HEADS, num_attention_heads=None)
+    return _jsonable(config)
+
+
 def controlnet_config_from_unet(
     unet_config: Mapping[str, Any], hint_channels: int = DEFAULT_HINT_CHANNELS
 ) -> dict[str, Any]:
@@ -219,8 +267,10 @@ class AdaptorConfig:
             (``spire_core.models.numeric``); 0: no channel (the adaptor reads the prompt through CLIP alone).
         numeric_features_version: ``spire_core.prompt.NUMERIC_FEATURES_VERSION`` of the features the channel
             reads (only meaningful with a channel).
-        format_version: on-disk format version: 1 without the numeric channel, 2 with it (set from
-            ``numeric_tokens`` when omitted).
+        base_block_out_channels: the base UNet's channels per level when the trunk is narrower
+            (``narrow_controlnet_config``; modulation fusion only), else ``None`` (the trunk is as wide as the base).
+        format_version: on-disk format version: 1 without the numeric channel, 2 with it, 3 with a narrower trunk
+            (set from the other fields when omitted).
     """
 
     controlnet_config: dict[str, Any]
@@ -232,6 +282,7 @@ class AdaptorConfig:
     hint_channels: int = DEFAULT_HINT_CHANNELS
     numeric_tokens: int = 0
     numeric_features_version: int = NUMERIC_FEATURES_VERSION
+    base_block_out_channels: list[int] | None = None
     format_version: int | None = None
 
     def __post_init__(self) -> None:
@@ -245,8 +296,11 @@ class AdaptorConfig:
         if self.text_encoder_layer is None:
             object.__setattr__(self, "text_encoder_layer", DEFAULT_TEXT_ENCODER_LAYER[self.base_family])
         choose("text_encoder_layer", self.text_encoder_layer, TEXT_ENCODER_LAYERS)
+        if self.base_block_out_channels is not None:
+            object.__setattr__(self, "base_block_out_channels", [int(c) for c in self.base_block_out_channels])
         if self.format_version is None:
-            object.__setattr__(self, "format_version", 2 if self.numeric_tokens else 1)
+            narrow = self.base_block_out_channels is not None
+            object.__setattr__(self, "format_version", 3 if narrow else 2 if self.numeric_tokens else 1)
         for name in ("prompt_grammar_version", "hint_channels", "format_version", "numeric_features_version"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -255,10 +309,15 @@ class AdaptorConfig:
         tokens = self.numeric_tokens
         if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= 64:
             raise ValueError(f"AdaptorConfig.numeric_tokens must be an integer in 0..64; got {tokens!r}")
-        if (tokens > 0) != (self.format_version >= 2):
+        if self.format_version < 3 and (tokens > 0) != (self.format_version >= 2):
             raise ValueError(
                 f"AdaptorConfig: format version {self.format_version} with numeric_tokens={tokens}: format 1 has no "
                 "numeric channel and format 2 always has one"
+            )
+        if (self.base_block_out_channels is not None) != (self.format_version >= 3):
+            raise ValueError(
+                f"AdaptorConfig: format version {self.format_version} with base_block_out_channels="
+                f"{self.base_block_out_channels}: format 3 is the format of narrower trunks, and only it has them"
             )
         if tokens and self.numeric_features_version != NUMERIC_FEATURES_VERSION:
             raise ValueError(
@@ -290,6 +349,16 @@ class AdaptorConfig:
                 "AdaptorConfig.controlnet_config: block_out_channels and down_block_types differ in length "
                 f"({config['block_out_channels']} vs {config['down_block_types']})"
             )
+        base = self.base_block_out_channels
+        if base is not None:
+            if base == list(config["block_out_channels"]) or self.fusion != "modulation":
+                raise ValueError(
+                    f"AdaptorConfig: base_block_out_channels={base} with a trunk of {config['block_out_channels']} in "
+                    f"{self.fusion} fusion: it is for trunks narrower than the base, in modulation fusion (plain "
+                    "ControlNet residuals must have the base's width)"
+                )
+            if len(base) != len(config["block_out_channels"]):
+                raise ValueError(f"AdaptorConfig: base_block_out_channels={base} has another number of levels")
         channels = config.setdefault("conditioning_channels", self.hint_channels)
         if channels != self.hint_channels:
             raise ValueError(
@@ -300,6 +369,23 @@ class AdaptorConfig:
 
     def __hash__(self) -> int:  # controlnet_config is a dict; hash its canonical JSON instead
         return hash((json.dumps(self.to_metadata(), sort_keys=True), self.format_version))
+
+    @property
+    def narrow(self) -> bool:
+        """Whether the trunk is narrower than the base (its heads then map the trunk's width onto the base's)."""
+        return self.base_block_out_channels is not None
+
+    @property
+    def base_channels(self) -> list[int]:
+        """The base UNet's channels per level (the trunk's when it is full width)."""
+        return list(self.base_block_out_channels or self.controlnet_config["block_out_channels"])
+
+    @property
+    def trunk_name(self) -> str:
+        """``"full"`` or, for a narrower trunk, its width against the base's (``"160/320 channels"``)."""
+        if not self.narrow:
+            return "full"
+        return f"{self.controlnet_config['block_out_channels'][0]}/{self.base_block_out_channels[0]} channels"
 
     @property
     def added_conditioning(self) -> bool:
@@ -319,8 +405,10 @@ class AdaptorConfig:
             f"{META_PREFIX}numeric_tokens": str(self.numeric_tokens),
             f"{META_PREFIX}numeric_features_version": str(self.numeric_features_version),
         }
+        narrow = {f"{META_PREFIX}base_block_out_channels": json.dumps(self.base_block_out_channels)}
         return {
             **(channel if self.numeric_tokens else {}),
+            **(narrow if self.narrow else {}),
             f"{META_PREFIX}format_version": str(self.format_version),
             f"{META_PREFIX}fusion": self.fusion,
             f"{META_PREFIX}base_family": self.base_family,
@@ -352,8 +440,16 @@ class AdaptorConfig:
         _check_format(version)  # checked first: a newer format may name its fields differently
         try:
             controlnet_config = json.loads(metadata[f"{META_PREFIX}controlnet_config"])
+            base_channels = metadata.get(f"{META_PREFIX}base_block_out_channels")
+            base_channels = None if base_channels is None else json.loads(base_channels)
         except json.JSONDecodeError as error:
-            raise ValueError(f"metadata {META_PREFIX}controlnet_config is not valid JSON: {error}") from None
+            raise ValueError(
+                f"metadata {META_PREFIX}controlnet_config or base_block_out_channels is not valid JSON: {error}"
+            ) from None
+        if base_channels is not None and (
+            not isinstance(base_channels, list) or not all(isinstance(c, int) and c > 0 for c in base_channels)
+        ):
+            raise ValueError(f"metadata {META_PREFIX}base_block_out_channels={base_channels!r} is not a list of widths")
         return cls(
             controlnet_config=controlnet_config,
             fusion=metadata[f"{META_PREFIX}fusion"],
@@ -364,5 +460,6 @@ class AdaptorConfig:
             hint_channels=integer("hint_channels", DEFAULT_HINT_CHANNELS),
             numeric_tokens=integer("numeric_tokens", 0) if f"{META_PREFIX}numeric_tokens" in metadata else 0,
             numeric_features_version=integer("numeric_features_version", NUMERIC_FEATURES_VERSION),
+            base_block_out_channels=base_channels,
             format_version=version,
         )

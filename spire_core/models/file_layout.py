@@ -112,17 +112,26 @@ def trunk_file_shapes(controlnet_config: dict[str, Any]) -> tuple[Shapes, list[i
     return shapes, skips
 
 
+def head_channels(config: AdaptorConfig) -> list[tuple[int, int]]:
+    """(trunk channels, base channels) of each modulation head: one per encoder skip, then the middle block's. Equal
+    pairs for a full trunk; a narrower trunk's heads map its width onto the base's."""
+    _, trunk = trunk_file_shapes(config.controlnet_config)
+    _, base = trunk_file_shapes({**config.controlnet_config, "block_out_channels": config.base_channels})
+    middle = (config.controlnet_config["block_out_channels"][-1], config.base_channels[-1])
+    return [*zip(trunk, base), middle]
+
+
 def adaptor_file_shapes(config: AdaptorConfig) -> Shapes:
     """File key -> tensor shape of an adaptor with this config: the trunk, the modulation heads (modulation
     fusion) and the numeric side channel (``numeric_tokens > 0``)."""
-    shapes, skips = trunk_file_shapes(config.controlnet_config)
-    middle = config.controlnet_config["block_out_channels"][-1]
+    shapes, _ = trunk_file_shapes(config.controlnet_config)
     if config.fusion == "modulation":  # the heads take the place of ControlNet's 1x1 output convolutions
         shapes = {key: shape for key, shape in shapes.items() if not key.startswith(_CONTROLNET_OUTPUTS)}
+        *skips, (middle_in, middle_out) = head_channels(config)
         for head in ("gamma", "beta"):
-            for k, c in enumerate(skips):
-                _with_bias(shapes, f"{HEAD_PREFIX}{head}_down.{k}", (c, c, 1, 1))
-            _with_bias(shapes, f"{HEAD_PREFIX}{head}_mid", (middle, middle, 1, 1))
+            for k, (c_in, c_out) in enumerate(skips):
+                _with_bias(shapes, f"{HEAD_PREFIX}{head}_down.{k}", (c_out, c_in, 1, 1))
+            _with_bias(shapes, f"{HEAD_PREFIX}{head}_mid", (middle_out, middle_in, 1, 1))
     if config.numeric_tokens:
         from .numeric import NumericTokens  # plain torch
 

@@ -39,4 +39,5 @@ def build_adaptor(model: ModelConfig, components: FrozenComponents, seed: int) -
             prediction_type=info.prediction_type,
             text_encoder_layer=model.text_encoder_layer,
             numeric_tokens=model.numeric_tokens,
+            trunk=model.trunk,
         )

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..degradation import DEFAULT_PRESET, PRESETS, DegradationSpec
 from ..models import BASE_FAMILIES, FUSIONS, PREDICTION_TYPES, TEXT_ENCODER_LAYERS
-from ..models.config import NUMERIC_TOKENS_DEFAULT
+from ..models.config import NUMERIC_TOKENS_DEFAULT, TRUNK_SIZES
 from ..models.numeric import MAX_NUMERIC_TOKENS
 
 
@@ -67,6 +67,8 @@ class ModelConfig:
         init_adaptor: an existing adaptor ``.safetensors`` to start from instead of a fresh copy of the UNet.
         numeric_tokens: tokens of the fresh adaptor's numeric side channel (the restoration prompt's parsed numbers
             as extra cross-attention tokens, ``spire_core.models.numeric``); 0: CLIP only, as adaptors before it.
+        trunk: the fresh adaptor's trunk width: ``"full"`` (the paper's copy of the encoder), ``"half"``,
+            ``"quarter"`` or a first-level channel count (``spire_core.models.config.trunk_channels``).
     """
 
     base: str = ""
@@ -77,8 +79,17 @@ class ModelConfig:
     text_encoder_layer: str | None = None
     init_adaptor: str | None = None
     numeric_tokens: int = NUMERIC_TOKENS_DEFAULT
+    trunk: str | int = "full"
 
     def check(self) -> None:
+        if isinstance(self.trunk, bool) or not isinstance(self.trunk, (str, int)):
+            raise ConfigError(f"model.trunk must be full, half, quarter or a channel count; got {self.trunk!r}")
+        if isinstance(self.trunk, str) and self.trunk not in TRUNK_SIZES:
+            raise ConfigError(
+                f"model.trunk must be one of {', '.join(TRUNK_SIZES)} or a channel count; got {self.trunk!r}"
+            )
+        if self.trunk != "full" and self.fusion != "modulation":
+            raise ConfigError("model.trunk narrower than full needs model.fusion = modulation")
         if isinstance(self.numeric_tokens, bool) or not isinstance(self.numeric_tokens, int):
             raise ConfigError(f"model.numeric_tokens must be an integer in 0..64; got {self.numeric_tokens!r}")
         if not 0 <= self.numeric_tokens <= MAX_NUMERIC_TOKENS:

@@ -29,7 +29,7 @@ def randomize(adaptor: SpireAdaptor, seed: int, scale: float = 0.05) -> SpireAda
 
 @pytest.fixture(scope="module")
 def adaptors(comfy, tmp_path_factory):
-    """fusion or "fresh" -> (diffusers UNet, diffusers adaptor, file name in models/spire)."""
+    """fusion, "fresh" or "half" (a narrower trunk) -> (diffusers UNet, diffusers adaptor, file in models/spire)."""
     folder = comfy.models_dir("spire")
     work = tmp_path_factory.mktemp("sdxl_adaptors")
     checkpoint = tiny_comfy.save_checkpoint(work / "tiny_sdxl.safetensors", "sdxl")
@@ -37,8 +37,14 @@ def adaptors(comfy, tmp_path_factory):
     assert info.base_family == "sdxl"
     unet = unet.float().eval().requires_grad_(False)
     made = {}
-    for key, fusion in (("fresh", "modulation"), ("modulation", "modulation"), ("additive", "additive")):
-        adaptor = SpireAdaptor.from_unet(unet, fusion=fusion).eval()
+    for key, fusion in (
+        ("fresh", "modulation"),
+        ("modulation", "modulation"),
+        ("additive", "additive"),
+        ("half", "modulation"),
+    ):
+        trunk = "half" if key == "half" else "full"  # a narrower trunk: 32 channels for the tiny base's 64
+        adaptor = SpireAdaptor.from_unet(unet, fusion=fusion, trunk=trunk).eval()
         if key != "fresh":
             randomize(adaptor, seed=len(made))
         name = f"sdxl_{key}.safetensors"
@@ -115,11 +121,12 @@ def diffusers_denoised(model, unet, adaptor, sigma, data, strength=1.0):
     return sampling.calculate_denoised(sigma_t, out, x)
 
 
-@pytest.mark.parametrize("fusion", ["modulation", "additive"])
+@pytest.mark.parametrize("fusion", ["modulation", "additive", "half"])
 def test_diffusers_and_comfy_sdxl_adaptors_give_the_same_prediction(comfy, adaptors, fusion):
     model = tiny_comfy.tiny_model("sdxl")
     unet, adaptor, name = adaptors[fusion]
     control = load_control(name)
+    assert (control.adaptor.spire_config.trunk_name == "32/64 channels") == (fusion == "half")
     data = inputs(seed=3)
     for sigma in (0.3, 5.0):
         base = comfy_denoised(model, None, sigma, data)

@@ -135,7 +135,10 @@ def test_ksampler_runs_and_is_deterministic(comfy):
     assert float((sample(pooled_scale=0.0) - first).abs().max()) > 1e-4  # the pooled text reaches the UNet (y)
 
 
-@pytest.mark.parametrize(("name", "family"), [("tiny_sdxl", "sdxl"), ("juggernautXL_v9", "sdxl"), ("tiny_sd2", "sd2")])
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [("tiny_sdxl", "sdxl"), ("juggernautXL_v9", "sdxl"), ("sd_xl_base_1.0.safetensors", "sdxl"), ("tiny_sd2", "sd2")],
+)
 def test_family_of(name, family):
     assert tiny_comfy.family_of(name) == family
     assert tiny_comfy.family_of("v1-5-pruned-emaonly-fp16.safetensors") == "sd1"

@@ -108,16 +108,20 @@ def small_photo(comfy):
 
 @pytest.fixture(scope="module")
 def tiny_adaptor(comfy, tmp_path_factory):
-    """Write the adaptor a restore workflow names, made from the tiny SD1 checkpoint; fresh or trained-like."""
+    """Write the adaptor a restore workflow names, made from the tiny checkpoint of a family (SD1 unless told);
+    fresh or trained-like."""
     from spire_test_support import tiny_comfy
 
     from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
 
-    base = tiny_comfy.save_checkpoint(tmp_path_factory.mktemp("wf") / "tiny_sd1.safetensors", "sd1")
-    unet, info = load_base_unet(base)
+    folder = tmp_path_factory.mktemp("wf")
+    bases = {}
 
-    def write(name: str, random: bool) -> None:
-        adaptor = SpireAdaptor.from_unet(unet, base_family="sd1", prediction_type=info.prediction_type)
+    def write(name: str, random: bool, family: str = "sd1") -> None:
+        if family not in bases:
+            bases[family] = load_base_unet(tiny_comfy.save_checkpoint(folder / f"tiny_{family}.safetensors", family))
+        unet, info = bases[family]
+        adaptor = SpireAdaptor.from_unet(unet, base_family=family, prediction_type=info.prediction_type)
         if random:
             randomize_heads(adaptor, seed=0, scale=0.1, attention_gain=10.0)
         save_adaptor(adaptor, comfy.models_dir("spire") / name)
@@ -162,12 +166,24 @@ RESTORE_TWINS = {
     "spire_degrade_restore_metrics": ("10", (72, 96)),
     "spire_restore_to_generation": ("13", (104, 144)),  # 1.5x is 108 high; core VAEEncode crops to 8s
     "spire_large_photo_tiled": ("7", (72, 96)),
+    "spire_sdxl_blind_restore": ("7", (72, 96)),
+    "spire_sdxl_large_photo_tiled": ("7", (72, 96)),
 }
 """Restore workflows: the SaveImage node and the (height, width) it must write for the 96x72 test photo."""
 
 
+def family(prompt: dict) -> str:
+    """The tiny family that stands for the checkpoint a twin names (an SDXL checkpoint: the tiny SDXL models)."""
+    from spire_test_support import tiny_comfy
+
+    (name,) = {n["inputs"]["ckpt_name"] for n in prompt.values() if "ckpt_name" in n["inputs"]}
+    return tiny_comfy.family_of(name)
+
+
 def quick(prompt: dict) -> dict:
-    """Fewer steps (4) and, for tiled nodes, 32-pixel tiles so the small test photo is really tiled."""
+    """Fewer steps (4), for tiled nodes 32-pixel tiles so the small test photo is really tiled, and the
+    trained-like adaptor of the checkpoint's family."""
+    adaptor = f"wf_random_{family(prompt)}.safetensors"
     for node in prompt.values():
         inputs = node["inputs"]
         if "steps" in inputs and not isinstance(inputs["steps"], list):
@@ -175,15 +191,18 @@ def quick(prompt: dict) -> dict:
         if node["class_type"] == "SPIRE_Restore" and inputs.get("tile_size"):
             inputs["tile_size"], inputs["tile_overlap"] = 32, 8
         if node["class_type"] == "SPIRE_AdaptorLoader":
-            inputs["adaptor_name"] = "wf_random.safetensors"
+            inputs["adaptor_name"] = adaptor
     return prompt
 
 
 @pytest.mark.parametrize("name", sorted(RESTORE_TWINS))
 def test_restore_workflow_twins_execute(comfy, small_photo, tiny_adaptor, name):
-    tiny_adaptor("wf_random.safetensors", random=True)
+    prompt = quick(tiny_twin(name))
+    if "sdxl" in name:  # the tiny SDXL models with an SDXL adaptor (an adaptor of another family is refused)
+        assert family(prompt) == "sdxl"
+    tiny_adaptor(f"wf_random_{family(prompt)}.safetensors", random=True, family=family(prompt))
     node, (height, width) = RESTORE_TWINS[name]
-    outputs = comfy.run(quick(tiny_twin(name)))
+    outputs = comfy.run(prompt)
     image = saved_image(comfy, outputs, node)
     assert image.shape == (height, width, 3)
     assert 5 < image.mean() < 250 and image.std() > 1  # a real picture, not a constant

@@ -683,3 +683,16 @@ def test_an_sdxl_base_trains_resumes_bit_for_bit_and_exports(tmp_path):
         assert torch.equal(a, b), name
     exported = load_adaptor(tmp_path / "whole" / "adaptor.safetensors")
     assert exported.config.added_conditioning and exported.config.base_family == "sdxl"
+
+
+def test_a_narrower_trunk_trains_and_exports_format_3(tmp_path):
+    base = write_tiny_base(tmp_path / "tiny-sd2", family="sd2")
+    folder = photo_folder(tmp_path / "images", count=2)
+    trainer = Trainer(tiny_config(base, folder, tmp_path / "run", model={"trunk": 32}, train={"steps": 2}))
+    assert trainer.adaptor.config.controlnet_config["block_out_channels"] == [32, 64]
+    losses = [r["loss"] for r in trainer.train()]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    exported = load_adaptor(tmp_path / "run" / "adaptor.safetensors")
+    assert exported.config.format_version == 3 and exported.config.base_block_out_channels == [64, 128]
+    with pytest.raises(ConfigError, match="model.trunk must be one of full, half, quarter"):
+        tiny_config(base, folder, tmp_path / "bad", model={"trunk": "tiny"})

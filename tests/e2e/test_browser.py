@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from spire_test_support.workflows import WIDGET_TYPES, load, shipped_workflows
 
 from spire_core.models import LDM_UNET_PREFIX, SpireAdaptor, diffusers_to_ldm_unet, save_adaptor, tiny_unet_config
-from tools.build_workflows import ADAPTOR, CHECKPOINT
+from tools.build_workflows import ADAPTOR, CHECKPOINT, SDXL_ADAPTOR, SDXL_CHECKPOINT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
@@ -37,14 +37,18 @@ def frontend(server):
     """The server with the models the workflows name, and a chromium page on its frontend."""
     playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed (.ci/run installs it: apt-get install chromium)"
-    torch.manual_seed(0)
-    config = tiny_unet_config("sd1")
-    unet = UNet2DConditionModel(**config)
     checkpoints = server.base / "models" / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    state = {LDM_UNET_PREFIX + k: v.contiguous() for k, v in diffusers_to_ldm_unet(unet.state_dict(), config).items()}
-    save_file(state, str(checkpoints / CHECKPOINT))
-    save_adaptor(SpireAdaptor.from_unet(unet), server.base / "models" / "spire" / ADAPTOR)
+    for family, checkpoint, adaptor, width in (
+        ("sd1", CHECKPOINT, ADAPTOR, 32),
+        ("sdxl", SDXL_CHECKPOINT, SDXL_ADAPTOR, 64),
+    ):
+        torch.manual_seed(0)
+        config = tiny_unet_config(family, cross_attention_dim=width)
+        unet = UNet2DConditionModel(**config)
+        converted = diffusers_to_ldm_unet(unet.state_dict(), config)
+        save_file({LDM_UNET_PREFIX + k: v.contiguous() for k, v in converted.items()}, str(checkpoints / checkpoint))
+        save_adaptor(SpireAdaptor.from_unet(unet), server.base / "models" / "spire" / adaptor)
     settings = {
         "Comfy.TutorialCompleted": True,
         "Comfy.Workflow.ShowMissingNodesWarning": True,

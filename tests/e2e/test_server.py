@@ -190,7 +190,7 @@ def test_templates_are_served_from_example_workflows(server):
     templates = server.get("/workflow_templates")
     ours = next(names for pack, names in templates.items() if pack.endswith("spire_restoration"))
     expected = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
-    assert WORKFLOW_DIR.name == "example_workflows" and len(expected) == 9
+    assert WORKFLOW_DIR.name == "example_workflows" and len(expected) == 11
     assert sorted(ours) == expected
 
 
