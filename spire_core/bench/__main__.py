@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     trn.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     trn.add_argument("--gradient-checkpointing", action="store_true", help="checkpoint trunk and UNet (both)")
     trn.add_argument("--latent", type=int, default=None, help="latent side for every size (default: the size's)")
+    trn.add_argument(
+        "--project",
+        action="store_true",
+        help="project peak training memory per base and trunk size (--sizes sd15,sdxl; measured at --latent, 16)",
+    )
+    trn.add_argument("--trunks", default="full,half,quarter", help="trunk sizes for --project")
     gpu = sub.add_parser("gpu", help="the whole GPU proof: tests on CUDA, throughput, sampling and training cost")
     gpu.add_argument("--out", default=None, help="results folder (default: the repository's results/)")
     gpu.add_argument("--budget", type=float, default=480.0, help="seconds for all sections together")
@@ -59,6 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         from .gpu import run as run_gpu
 
         return run_gpu(out=args.out, budget=args.budget, comfyui=args.comfyui, wheels=args.wheels, tiny=args.tiny)
+
+    if args.benchmark == "training" and args.project:
+        from .projection import project
+
+        sizes = tuple(args.sizes.split(",")) if args.sizes != "tiny,sd15" else ("sd15", "sdxl")
+        result = project(sizes=sizes, trunks=tuple(args.trunks.split(",")), latent=args.latent or 16)
+        path = write_result("training-memory-projection", result, args.out)
+        sys.stdout.write(json.dumps(result, indent=2) + f"\nwrote {path}\n")
+        return 0
 
     if args.benchmark == "training":
         from .training import run as run_training

@@ -47,6 +47,24 @@ SD15_DIFFUSERS_UNET: dict[str, Any] = {
 """The Stable Diffusion 1.5 UNet in diffusers terms (``unet/config.json`` of SD 1.5, its structural fields),
 built with random weights by the sampling and training benchmarks."""
 
+SDXL_DIFFUSERS_UNET: dict[str, Any] = {
+    **SD15_DIFFUSERS_UNET,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [320, 640, 1280],
+    "transformer_layers_per_block": [1, 2, 10],
+    "cross_attention_dim": 2048,
+    "attention_head_dim": [5, 10, 20],
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+"""The SDXL base UNet in diffusers terms (``unet/config.json`` of SDXL 1.0, its structural fields)."""
+
+SDXL_POOLED = 1280
+"""Width of SDXL's pooled text embedding (its second text encoder's projection)."""
+
 
 def describe_device(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on."""

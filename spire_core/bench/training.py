@@ -16,8 +16,9 @@ peak resident set during the steps (Linux ``VmHWM`` after resetting it through `
 minus the resident set before them. Zero-initialised layers (SPIRE heads, ControlNet zero convolutions) get
 small random weights so neither side multiplies by exact zeros.
 
-Sizes: ``tiny`` (``spire_core.models.tiny_unet_config``, 64 px) and ``sd15`` (the Stable Diffusion 1.5 UNet
-config with random weights, built in code, latent 64x64 = 512 px).
+Sizes: ``tiny`` (``spire_core.models.tiny_unet_config``, 64 px), ``sd15`` (the Stable Diffusion 1.5 UNet
+config with random weights, built in code, latent 64x64 = 512 px), ``tiny_sdxl`` and ``sdxl`` (the SDXL UNet, latent
+128x128 = 1024 px), SDXL sizes with their added conditioning (pooled text and size ids) on both candidates.
 """
 
 from __future__ import annotations
@@ -38,7 +39,15 @@ from torch import nn
 
 from ..models import SpireAdaptor, predict_noise, tiny_unet_config
 from ..progress import progress
-from .common import SD15_DIFFUSERS_UNET, describe_device, interleaved, ratio_report, summarize
+from .common import (
+    SD15_DIFFUSERS_UNET,
+    SDXL_DIFFUSERS_UNET,
+    SDXL_POOLED,
+    describe_device,
+    interleaved,
+    ratio_report,
+    summarize,
+)
 
 TARGET_RATIO = 1.10
 """SPIRE's training step may cost at most 10% more time than plain ControlNet's on the same trunk."""
@@ -54,8 +63,15 @@ SD15_UNET_CONFIG: dict[str, Any] = {**SD15_DIFFUSERS_UNET, "sample_size": 64}
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"unet": tiny_unet_config("sd1", cross_attention_dim=32), "latent": 8, "text_dim": 32},
     "sd15": {"unet": SD15_UNET_CONFIG, "latent": 64, "text_dim": 768},
+    "tiny_sdxl": {"unet": tiny_unet_config("sdxl", cross_attention_dim=64), "latent": 8, "text_dim": 64, "pooled": 32},
+    "sdxl": {
+        "unet": {**SDXL_DIFFUSERS_UNET, "sample_size": 128},
+        "latent": 128,
+        "text_dim": 2048,
+        "pooled": SDXL_POOLED,
+    },
 }
-"""Benchmark sizes: UNet config, latent side (pixels = 8x), text-embedding width."""
+"""Benchmark sizes: UNet config, latent side (pixels = 8x), text-embedding width, SDXL's pooled width."""
 
 _TOKENS = 77
 PACK_DIR = Path(__file__).resolve().parents[2]
@@ -78,8 +94,24 @@ def _inputs(size: str, batch: int, device: torch.device, latent: int | None = No
         "restoration": torch.randn(batch, _TOKENS, dim, generator=g),
         "hint": torch.rand(batch, 3, 8 * latent, 8 * latent, generator=g),
         "target": torch.randn(batch, 4, latent, latent, generator=g),
+        **_added(spec, batch, latent, g),
     }
-    return {name: t.to(device) for name, t in tensors.items()}
+
+    def to(value: Any) -> Any:
+        return {k: v.to(device) for k, v in value.items()} if isinstance(value, dict) else value.to(device)
+
+    return {name: to(t) for name, t in tensors.items()}
+
+
+def _added(spec: dict[str, Any], batch: int, latent: int, g: torch.Generator) -> dict[str, Any]:
+    """SDXL sizes: the UNet's and the adaptor's added conditioning (pooled text, the output's size ids)."""
+    if "pooled" not in spec:
+        return {}
+    ids = torch.tensor([[8.0 * latent, 8.0 * latent, 0, 0, 8.0 * latent, 8.0 * latent]]).expand(batch, -1)
+    return {
+        "unet_added": {"text_embeds": torch.randn(batch, spec["pooled"], generator=g), "time_ids": ids},
+        "restoration_added": {"text_embeds": torch.randn(batch, spec["pooled"], generator=g), "time_ids": ids},
+    }
 
 
 def _built_on(device: torch.device):  # noqa: ANN202 - a context manager
@@ -97,9 +129,9 @@ def _unet(size: str, device: torch.device) -> nn.Module:
     return unet.to(device).eval().requires_grad_(False)
 
 
-def _spire(unet: nn.Module, device: torch.device) -> SpireAdaptor:
+def _spire(unet: nn.Module, device: torch.device, trunk: str = "full") -> SpireAdaptor:
     with _built_on(device):
-        adaptor = SpireAdaptor.from_unet(unet)
+        adaptor = SpireAdaptor.from_unet(unet, trunk=trunk)
     adaptor = adaptor.to(device).train()
     _randomize_zero_layers(adaptor, torch.Generator().manual_seed(1))
     return adaptor
@@ -152,17 +184,30 @@ def _step_fn(  # noqa: ANN202
     name: str, unet: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, x: dict, precision: str = "fp32"
 ):
     device = x["sample"].device
+    unet_kwargs = {"added_cond_kwargs": x["unet_added"]} if "unet_added" in x else {}
+    trunk_kwargs = {"added_cond_kwargs": x["restoration_added"]} if "restoration_added" in x else {}
 
     def spire() -> None:
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, precision):
-            pred = predict_noise(unet, model, x["sample"], x["timestep"], x["semantic"], x["restoration"], x["hint"])
+            pred = predict_noise(
+                unet,
+                model,
+                x["sample"],
+                x["timestep"],
+                x["semantic"],
+                x["restoration"],
+                x["hint"],
+                unet_kwargs=unet_kwargs,
+                restoration_added_cond=x.get("restoration_added"),
+            )
         F.mse_loss(pred.float(), x["target"]).backward()
         optimizer.step()
 
     def controlnet() -> None:
         optimizer.zero_grad(set_to_none=True)
         cond = {"encoder_hidden_states": x["restoration"], "controlnet_cond": x["hint"], "return_dict": False}
+        cond.update(trunk_kwargs)
         with _autocast(device, precision):
             down, mid = model(x["sample"], x["timestep"], **cond)
             pred = unet(
@@ -171,6 +216,7 @@ def _step_fn(  # noqa: ANN202
                 encoder_hidden_states=x["semantic"],
                 down_block_additional_residuals=down,
                 mid_block_additional_residual=mid,
+                **unet_kwargs,
             ).sample
         F.mse_loss(pred.float(), x["target"]).backward()
         optimizer.step()
@@ -238,10 +284,13 @@ def measure_memory(
     precision: str = "fp32",
     gradient_checkpointing: bool = False,
     latent: int | None = None,
+    trunk: str = "full",
 ) -> dict[str, Any]:
-    """Peak memory of ``steps`` training steps of one candidate (run it in a fresh process; see the docstring)."""
+    """Peak memory of ``steps`` training steps of one candidate (run it in a fresh process; see the docstring), and
+    the trained parameters (``adaptor_parameters``); ``trunk``: the SPIRE adaptor's width."""
     unet = _unet(size, device)
-    model = _spire(unet, device) if candidate == "spire" else _controlnet(unet, device)
+    model = _spire(unet, device, trunk) if candidate == "spire" else _controlnet(unet, device)
+    trained = _parameters(model)
     _checkpointing(unet, model, gradient_checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     x = _inputs(size, batch, device, latent)
@@ -254,7 +303,12 @@ def measure_memory(
             step()
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        return {"method": "cuda max_memory_allocated", "before_mib": before / 2**20, "peak_mib": peak / 2**20}
+        return {
+            "method": "cuda max_memory_allocated",
+            "before_mib": before / 2**20,
+            "peak_mib": peak / 2**20,
+            "adaptor_parameters": trained,
+        }
     method = "VmHWM after clear_refs"
     before = _rss_bytes("VmRSS")
     try:
@@ -272,14 +326,23 @@ def measure_memory(
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         before = start_max
-    return {"method": method, "before_mib": before / 2**20, "peak_mib": peak / 2**20}
+    return {"method": method, "before_mib": before / 2**20, "peak_mib": peak / 2**20, "adaptor_parameters": trained}
 
 
-def _memory_in_subprocess(
-    candidate: str, size: str, batch: int, steps: int, device: str, precision: str, checkpointing: bool, latent: int
+def memory_in_subprocess(
+    candidate: str,
+    size: str,
+    batch: int,
+    steps: int,
+    device: str,
+    precision: str,
+    checkpointing: bool,
+    latent: int,
+    trunk: str = "full",
 ) -> dict[str, Any]:
+    """``measure_memory`` in a fresh Python process (its peak is then this measurement's alone)."""
     command = [sys.executable, "-m", "spire_core.bench.training", "--memory", candidate, size, str(batch), str(steps)]
-    command += [device, precision, str(int(checkpointing)), str(latent)]
+    command += [device, precision, str(int(checkpointing)), str(latent), trunk]
     result = subprocess.run(command, capture_output=True, text=True, cwd=PACK_DIR, env=dict(os.environ), timeout=3600)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {candidate}/{size} failed:\n{result.stderr[-3000:]}")
@@ -329,7 +392,7 @@ def run(
         if memory:
             bar = progress(CANDIDATES, desc=f"memory {size}", unit="process")
             measured = {
-                c: _memory_in_subprocess(
+                c: memory_in_subprocess(
                     c, size, batch, min(steps, MEMORY_STEPS), device, precision, gradient_checkpointing, side
                 )
                 for c in bar
@@ -357,14 +420,23 @@ def run(
 
 
 def _memory_main(argv: list[str]) -> int:
-    candidate, size, batch, steps, device, precision, checkpointing, latent = argv
+    candidate, size, batch, steps, device, precision, checkpointing, latent, trunk = argv
     if candidate not in CANDIDATES or size not in SIZES:
         raise SystemExit(
             f"usage: --memory {{{','.join(CANDIDATES)}}} {{{','.join(SIZES)}}} BATCH STEPS DEVICE PRECISION "
-            "CHECKPOINTING(0|1) LATENT"
+            "CHECKPOINTING(0|1) LATENT TRUNK"
         )
+    trunk_value = int(trunk) if trunk.isdigit() else trunk
     result = measure_memory(
-        candidate, size, int(batch), int(steps), torch.device(device), precision, checkpointing == "1", int(latent)
+        candidate,
+        size,
+        int(batch),
+        int(steps),
+        torch.device(device),
+        precision,
+        checkpointing == "1",
+        int(latent),
+        trunk_value,
     )
     print(json.dumps(result))
     return 0
