@@ -73,10 +73,14 @@ class FrozenComponents:
 
     def freeze(self) -> FrozenComponents:
         """Eval mode and ``requires_grad_(False)`` on every model; returns ``self``."""
-        for model in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
-            if model is not None:
-                model.eval().requires_grad_(False)
+        for model in (self.unet, self.vae, *self.text_encoders):
+            model.eval().requires_grad_(False)
         return self
+
+    @property
+    def text_encoders(self) -> tuple[nn.Module, ...]:
+        """The text encoder(s): one, or SDXL's two."""
+        return tuple(e for e in (self.text_encoder, self.text_encoder_2) if e is not None)
 
     @property
     def sdxl(self) -> bool:
@@ -222,15 +226,18 @@ def _encode_sdxl(
     components: FrozenComponents, prompts: list[str], layer: str, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL: both encoders' hidden states side by side, and the second encoder's pooled embedding."""
-    if layer not in ("family", "penultimate", "last"):
-        raise ValueError(f"text-encoder layer {layer!r} is unknown; expected 'penultimate' or 'last'")
+    if layer not in ("family", "penultimate"):
+        raise ValueError(
+            f"text-encoder layer {layer!r} is not used with SDXL bases: SDXL reads both encoders at the penultimate "
+            "layer (in diffusers and in ComfyUI alike); train with model.text_encoder_layer unset"
+        )
     hidden = []
     for tokenizer, encoder in (
         (components.tokenizer, components.text_encoder),
         (components.tokenizer_2, components.text_encoder_2),
     ):
         out = encoder(_token_ids(tokenizer, prompts).to(device), output_hidden_states=True)
-        hidden.append(out.last_hidden_state if layer == "last" else out.hidden_states[-2])
+        hidden.append(out.hidden_states[-2])
     return torch.cat(hidden, dim=-1), out.text_embeds
 
 

@@ -293,9 +293,19 @@ class AdaptorConfig:
         choose("fusion", self.fusion, FUSIONS)
         choose("base_family", self.base_family, BASE_FAMILIES)
         choose("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        added = isinstance(self.controlnet_config, Mapping) and (
+            self.controlnet_config.get("addition_embed_type") == ADDED_CONDITIONING
+        )
+        sdxl = self.base_family == "sdxl" or added  # SDXL-shaped, whatever the family says
         if self.text_encoder_layer is None:
-            object.__setattr__(self, "text_encoder_layer", DEFAULT_TEXT_ENCODER_LAYER[self.base_family])
+            default = "penultimate" if sdxl else DEFAULT_TEXT_ENCODER_LAYER[self.base_family]
+            object.__setattr__(self, "text_encoder_layer", default)
         choose("text_encoder_layer", self.text_encoder_layer, TEXT_ENCODER_LAYERS)
+        if sdxl and self.text_encoder_layer != "penultimate":
+            raise ValueError(
+                "AdaptorConfig.text_encoder_layer must be 'penultimate' for SDXL: SDXL reads both of its text encoders "
+                "there, and ComfyUI's SDXL CLIP offers no other layer for both"
+            )
         if self.base_block_out_channels is not None:
             object.__setattr__(self, "base_block_out_channels", [int(c) for c in self.base_block_out_channels])
         if self.format_version is None:

@@ -145,7 +145,7 @@ class SpirePipeline:
     def to(self, device: torch.device | str) -> SpirePipeline:
         """Move every model to ``device``; returns ``self``."""
         parts = self.components
-        for model in (parts.unet, parts.vae, parts.text_encoder, self.adaptor):
+        for model in (parts.unet, parts.vae, *parts.text_encoders, self.adaptor):
             model.to(device)
         return self
 

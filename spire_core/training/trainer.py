@@ -130,7 +130,8 @@ class Trainer:
         weight_dtype = WEIGHT_DTYPES[config.train.mixed_precision]
         # nn.Module.to: diffusers' own .to warns about every dtype cast, even for models with nothing to keep in fp32.
         nn.Module.to(components.unet, self.device, dtype=weight_dtype)
-        nn.Module.to(components.text_encoder, self.device, dtype=weight_dtype)
+        for encoder in components.text_encoders:
+            nn.Module.to(encoder, self.device, dtype=weight_dtype)
         nn.Module.to(components.vae, self.device, dtype=torch.float32)
         if config.train.unet_gradient_checkpointing:
             components.unet.enable_gradient_checkpointing()

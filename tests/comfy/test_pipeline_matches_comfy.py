@@ -1,6 +1,6 @@
 """``spire_core.restoration.pipeline.SpirePipeline`` gives the same image as ComfyUI's 'Restore (SPIRE)' node.
 
-Both sides run the same weights (tiny SD1 models built in ComfyUI):
+Both sides run the same weights (tiny SD1 models built in ComfyUI, exported by ``spire_test_support.export``):
 
 - UNet: ``tiny_comfy.save_checkpoint`` writes the ComfyUI UNet as a single-file LDM checkpoint; the pipeline
   loads it with ``load_base_unet`` (the single-file path users take) and ComfyUI runs the same tensors. The file
@@ -41,20 +41,16 @@ Stable Diffusion's ``set_alpha_to_one=False``, ends at the first training noise 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from spire_test_support import tiny_comfy
 from spire_test_support.adaptors import randomize_heads
+from spire_test_support.export import SHARPEN, export_components, node_restore, photo, sharpened_checkpoint
 
 from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
-from spire_core.models.components import SD_SCHEDULER_CONFIG
 from spire_core.restoration.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
 
 ADAPTOR = "pipeline_match_sd1.safetensors"
-SHARPEN = {".attn2.to_k.": 10.0, ".attn2.to_v.": 10.0, "model.diffusion_model.out.2.": 30.0}
-"""Factors applied to the tiny UNet's checkpoint tensors whose key contains the pattern (see the module docstring)."""
 TOLERANCE = 1e-4
 """Max abs pixel difference (images in [0, 1], float32) allowed between the pipeline and the node."""
 
@@ -67,103 +63,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def export_vae(folder):
-    """The tiny ComfyUI VAE as a diffusers ``AutoencoderKL`` folder (LDM keys converted by diffusers)."""
-    from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    ddconfig = tiny_comfy.VAE_DDCONFIG
-    config = {
-        "in_channels": ddconfig["in_channels"],
-        "out_channels": ddconfig["out_ch"],
-        "down_block_types": ["DownEncoderBlock2D"] * len(ddconfig["ch_mult"]),
-        "up_block_types": ["UpDecoderBlock2D"] * len(ddconfig["ch_mult"]),
-        "block_out_channels": [ddconfig["ch"] * m for m in ddconfig["ch_mult"]],
-        "layers_per_block": ddconfig["num_res_blocks"],
-        "latent_channels": ddconfig["z_channels"],
-        "norm_num_groups": 32,  # LDM's Normalize
-        "sample_size": ddconfig["resolution"],
-        "scaling_factor": 0.18215,  # SD1's latent scale (ComfyUI's SD15 latent format)
-    }
-    vae = AutoencoderKL(**config)
-    state = convert_ldm_vae_checkpoint(tiny_comfy.tiny_vae().first_stage_model.state_dict(), config)
-    vae.load_state_dict(state, strict=True)
-    vae.save_pretrained(folder, safe_serialization=True)
-
-
-def export_text_encoder(folder):
-    """The tiny ComfyUI SD1 CLIP as a transformers ``CLIPTextModel`` folder (same names, float32)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    prefix = "clip_l.transformer.text_model."
-    state = tiny_comfy.tiny_clip("sd1").cond_stage_model.state_dict()
-    config = CLIPTextConfig(
-        **tiny_comfy.CLIP_CONFIGS["sd1"],
-        vocab_size=49408,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
-    model = CLIPTextModel(config)
-    inner = "text_model." if any(k.startswith("text_model.") for k in model.state_dict()) else ""
-    model.load_state_dict({inner + k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)})
-    model.save_pretrained(folder, safe_serialization=True)
-
-
-def export_tokenizer(folder):
-    """A transformers ``CLIPTokenizer`` from ComfyUI's own SD1 vocabulary files, limited to 77 tokens."""
-    from pathlib import Path
-
-    import comfy.sd1_clip
-    from transformers import CLIPTokenizer
-
-    source = Path(comfy.sd1_clip.__file__).parent / "sd1_tokenizer"
-    CLIPTokenizer.from_pretrained(str(source), model_max_length=77).save_pretrained(folder)
-
-
-def sharpened_checkpoint(folder):
-    """``tiny_comfy.save_checkpoint``'s file with ``SHARPEN`` applied, and the ComfyUI MODEL running it."""
-    import comfy.model_base
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    source = tiny_comfy.save_checkpoint(folder / "tiny_sd1.safetensors", "sd1")
-    with safe_open(str(source), framework="pt") as f:
-        metadata = f.metadata()
-        state = {key: f.get_tensor(key) for key in f.keys()}
-    for key in state:
-        for pattern, factor in SHARPEN.items():
-            if pattern in key:
-                state[key] = state[key] * factor
-    path = folder / "sharp_sd1.safetensors"
-    save_file(state, str(path), metadata=metadata)
-    base = comfy.model_base.BaseModel(
-        tiny_comfy.model_config("sd1"), model_type=comfy.model_base.ModelType.EPS, device=mm.unet_offload_device()
-    )
-    prefix = "model.diffusion_model."
-    base.diffusion_model.load_state_dict({k[len(prefix) :]: v for k, v in state.items()}, strict=True)
-    model = comfy.model_patcher.ModelPatcher(
-        base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
-    )
-    return path, model
-
-
 @pytest.fixture(scope="module")
 def setup(comfy, tmp_path_factory):
     """(comfy, pipeline, control, model): the same UNet, VAE, CLIP and adaptor on both sides."""
-    from diffusers import DDPMScheduler
-
     work = tmp_path_factory.mktemp("pipeline_match")
-    checkpoint, model = sharpened_checkpoint(work)
-    components = work / "components"
-    export_vae(components / "vae")
-    export_text_encoder(components / "text_encoder")
-    export_tokenizer(components / "tokenizer")
-    DDPMScheduler.from_config(SD_SCHEDULER_CONFIG).save_config(components / "scheduler")
+    checkpoint, model = sharpened_checkpoint(work, "sd1", SHARPEN)
+    components = export_components(work / "components", "sd1")
     unet, info = load_base_unet(checkpoint)
     adaptor = SpireAdaptor.from_unet(unet, base_family="sd1", prediction_type=info.prediction_type)
     randomize_heads(adaptor, seed=1, scale=0.1, attention_gain=10.0)
@@ -171,23 +76,6 @@ def setup(comfy, tmp_path_factory):
     pipe = SpirePipeline.load(checkpoint, comfy.models_dir("spire") / ADAPTOR, components=components)
     control = comfy.nodes.NODE_CLASS_MAPPINGS["SPIRE_AdaptorLoader"].execute(ADAPTOR).result[0]
     return comfy, pipe, control, model
-
-
-def photo(height: int, width: int) -> torch.Tensor:
-    """(1, H, W, 3) ComfyUI IMAGE."""
-    import skimage.data
-
-    resized = Image.fromarray(skimage.data.astronaut()).resize((width, height), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(resized).copy()).float().div(255).unsqueeze(0)
-
-
-def node_restore(comfy, model, control, image, **values) -> torch.Tensor:
-    """The 'Restore (SPIRE)' node as ComfyUI registered it; returns (B, 3, H, W)."""
-    clip, vae = tiny_comfy.tiny_clip("sd1"), tiny_comfy.tiny_vae()
-    values = {"tile_size": 0, "tile_overlap": 16, **values}
-    with torch.no_grad():  # as ComfyUI's executor runs nodes
-        out = comfy.nodes.NODE_CLASS_MAPPINGS["SPIRE_Restore"].execute(model, clip, vae, control, image, **values)
-    return out.result[0].movedim(-1, 1)
 
 
 def test_exported_text_encoder_vae_and_noise_are_comfyui_s(setup):
@@ -258,7 +146,7 @@ def test_pipeline_matches_the_restore_node(setup, case):
     node_sampling, sampler, options, overrides = CASES[case]
     settings = {**SETTINGS, **overrides}
     image = photo(45, 61)  # not a multiple of 8: padded by reflection, cropped back on both sides
-    theirs = node_restore(comfy, model, control, image, **node_sampling, **settings)
+    theirs = node_restore(comfy, "sd1", model, control, image, **node_sampling, **settings)
     ours = pipe.restore(image.movedim(-1, 1), sampler=sampler, scheduler_options=options, **settings)
     factor = 2 if "Upsample" in settings["restoration_prompt"] else 1
     assert ours.shape == theirs.shape == (1, 3, 45 * factor, 61 * factor)
@@ -275,7 +163,7 @@ def test_pipeline_matches_the_tiled_restore_node(setup, monkeypatch):
     monkeypatch.setattr(vae, "decode_tiled", lambda samples, **_: vae.decode(samples))
     settings = {**SETTINGS, "tile_size": 32, "tile_overlap": 8}  # a 6 x 8 latent in 4-cell tiles: 2 x 3 tiles
     image = photo(45, 61)
-    theirs = node_restore(comfy, model, control, image, sampler_name="ddim", scheduler="simple", **settings)
+    theirs = node_restore(comfy, "sd1", model, control, image, sampler_name="ddim", scheduler="simple", **settings)
     ours = pipe.restore(image.movedim(-1, 1), sampler="ddim", scheduler_options=COMFY_SIMPLE_SCHEDULE, **settings)
     difference = float((ours - theirs).abs().max())
     assert difference <= TOLERANCE, f"tiled: max abs pixel difference {difference:.3g}"

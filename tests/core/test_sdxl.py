@@ -283,3 +283,17 @@ def test_spire_pipeline_restores_with_an_sdxl_base():
     assert bool(torch.isfinite(both).all()) and float((both - out).abs().max()) > 1e-4
     # the adaptor reads the restoration prompt's pooled embedding: another prompt, another result
     assert float((restore(trained, restoration_prompt="Remove all degradation") - out).abs().max()) > 1e-4
+
+
+def test_sdxl_reads_its_text_encoders_at_the_penultimate_layer_only():
+    """ComfyUI's SDXL CLIP has no "last" layer for both encoders; the pipeline and training refuse it too, so an
+    SDXL adaptor reads the same restoration-prompt embedding everywhere."""
+    from spire_core.models import encode_prompts
+    from spire_core.training.tiny import build_tiny_components
+
+    with pytest.raises(ValueError, match="must be 'penultimate' for SDXL"):
+        AdaptorConfig(controlnet_config_from_unet(sdxl_config()), base_family="sdxl", text_encoder_layer="last")
+    components = build_tiny_components("sdxl")
+    assert len(components.text_encoders) == 2
+    with pytest.raises(ValueError, match="not used with SDXL bases"):
+        encode_prompts(components, ["a photo"], "last")
