@@ -448,14 +448,15 @@ class AdaptorConfig:
 
         version = integer("format_version")
         _check_format(version)  # checked first: a newer format may name its fields differently
-        try:
-            controlnet_config = json.loads(metadata[f"{META_PREFIX}controlnet_config"])
-            base_channels = metadata.get(f"{META_PREFIX}base_block_out_channels")
-            base_channels = None if base_channels is None else json.loads(base_channels)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"metadata {META_PREFIX}controlnet_config or base_block_out_channels is not valid JSON: {error}"
-            ) from None
+
+        def parsed(key: str) -> Any:
+            text = metadata.get(f"{META_PREFIX}{key}")
+            try:
+                return None if text is None else json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"metadata {META_PREFIX}{key} is not valid JSON: {error}") from None
+
+        controlnet_config, base_channels = parsed("controlnet_config"), parsed("base_block_out_channels")
         if base_channels is not None and (
             not isinstance(base_channels, list) or not all(isinstance(c, int) and c > 0 for c in base_channels)
         ):

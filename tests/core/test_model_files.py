@@ -212,7 +212,8 @@ def test_save_load_round_trip_is_bit_identical(unets, tmp_path, fusion):
 
     metadata = file_metadata(path)
     assert metadata["format"] == "pt" and metadata["training_step"] == "1200"
-    assert metadata["spire.format_version"] == str(FORMAT_VERSION) == "2"  # format 2: with the numeric channel
+    assert metadata["spire.format_version"] == "2"  # format 2: with the numeric channel (3 only for narrow trunks)
+    assert FORMAT_VERSION == 3
     assert metadata["spire.numeric_tokens"] == "4" and metadata["spire.numeric_features_version"] == "1"
     assert metadata["spire.fusion"] == fusion
     assert metadata["spire.base_family"] == "sd1"
@@ -641,12 +642,15 @@ def test_adaptor_with_wrong_or_missing_metadata(adaptor_file, tmp_path):
     metadata = file_metadata(adaptor_file)
     same = lambda t: t  # noqa: E731
 
-    future = rewrite(adaptor_file, tmp_path / "v3.safetensors", same, {**metadata, "spire.format_version": "3"})
+    future = rewrite(adaptor_file, tmp_path / "v4.safetensors", same, {**metadata, "spire.format_version": "4"})
     message = adaptor_error(future)
     assert (
-        "has invalid SPIRE metadata: adaptor format version 3 is not supported: this version of SPIRE reads formats "
-        f"1, {FORMAT_VERSION}. Update the SPIRE pack to load newer adaptors." in message
+        "has invalid SPIRE metadata: adaptor format version 4 is not supported: this version of SPIRE reads formats "
+        "1, 2, 3. Update the SPIRE pack to load newer adaptors." in message
     )
+    # format 3 is the narrow trunks': a full-width file that claims it is refused, saying why
+    narrow_claim = rewrite(adaptor_file, tmp_path / "v3.safetensors", same, {**metadata, "spire.format_version": "3"})
+    assert "format 3 is the format of narrower trunks" in adaptor_error(narrow_claim)
     # a format-1 file never has a numeric channel, and a channel needs the features this version computes
     old = rewrite(adaptor_file, tmp_path / "v1.safetensors", same, {**metadata, "spire.format_version": "1"})
     assert "format 1 has no numeric channel" in adaptor_error(old)
@@ -866,10 +870,10 @@ def test_cli_inspect_other_files(checkpoints, unets, tmp_path, capsys):
 
 
 def test_cli_inspect_invalid_adaptor(adaptor_file, tmp_path, capsys):
-    metadata = {**file_metadata(adaptor_file), "spire.format_version": "3"}
-    future = rewrite(adaptor_file, tmp_path / "v3.safetensors", lambda t: t, metadata)
+    metadata = {**file_metadata(adaptor_file), "spire.format_version": "4"}
+    future = rewrite(adaptor_file, tmp_path / "v4.safetensors", lambda t: t, metadata)
     assert cli_main(["inspect", str(future)]) == 2
-    assert "adaptor format version 3 is not supported" in capsys.readouterr().err
+    assert "adaptor format version 4 is not supported" in capsys.readouterr().err
 
 
 # --- 5. ComfyUI cldm layout -------------------------------------------------------------------------------

@@ -107,8 +107,8 @@ def test_config_defaults_validation_and_metadata_round_trip():
         AdaptorConfig(controlnet_config=cn_config, fusion="sum")
     with pytest.raises(ValueError, match="prediction_type"):
         AdaptorConfig(controlnet_config=cn_config, prediction_type="sample")
-    with pytest.raises(ValueError, match="format version 3 is not supported"):
-        AdaptorConfig(controlnet_config=cn_config, format_version=3)
+    with pytest.raises(ValueError, match="format version 4 is not supported"):
+        AdaptorConfig(controlnet_config=cn_config, format_version=4)
     with pytest.raises(ValueError, match="format 1 has no numeric channel"):
         AdaptorConfig(controlnet_config=cn_config, format_version=1, numeric_tokens=4)
     assert config.format_version == 1 and "spire.numeric_tokens" not in metadata  # no channel: format 1, as before
