@@ -3,13 +3,15 @@
     python -m spire_core.bench training --project [--sizes sd15,sdxl] [--trunks full,half,quarter] [--latent 16]
 
 For each base and trunk size, SPIRE training steps (fp32, batch 1, gradient checkpointing of the trunk and the UNet,
-as a memory-bound run uses) run in their own process at a small latent; the peak resident set they add, minus the
-adaptor's gradients and AdamW moments (12 bytes per trained parameter, allocated during the first step), is the
-activation memory of one image at that size. The projected GPU peak at the base's native resolution and batch 4:
+as a memory-bound run uses) run in their own process at two small latents (``latent`` and twice it); the peak
+resident set they add, minus the adaptor's gradients and AdamW moments (12 bytes per trained parameter, allocated
+during the first step), is the activation memory of one image at that size. Part of it does not grow with the image
+(workspaces, the allocator's own), so the two sizes give a line in the pixel count, ``a + b * pixels``, read at the
+base's native resolution. The projected GPU peak there, at batch 4:
 
     frozen base: UNet and text encoders in bf16, VAE in fp32
   + adaptor weights, gradients, AdamW moments and EMA in fp32 (16 bytes per trained parameter)
-  + batch x activations per image, scaled by the pixel count (native / measured)^2
+  + batch x activations per image at the native resolution (the line above)
 
 The fp32 activations are an upper estimate for bf16 autocast; the CUDA context and the allocator's slack (1-2 GB)
 are not included. A base and trunk whose fixed part alone exceeds this machine's memory is not stepped (its
@@ -94,18 +96,21 @@ def project(
                 "unet_parameters": unet,
                 "native_resolution_px": 8 * native,
                 "fixed_gib": _gib(fixed),
-                "measured_latent": latent,
+                "measured_latents": [latent, 2 * latent],
             }
             cpu_bytes = unet * 4 + adaptor * (_STATE_BYTES - 4)  # what the fp32 step holds here, before activations
             if cpu_bytes / 2**30 > memory_limit_gib:
                 case.update(activations_gib=None, note=f"not stepped: {_gib(cpu_bytes)} GiB of fp32 state here")
             else:
-                measured = memory_in_subprocess("spire", size, 1, steps, "cpu", "fp32", True, latent, trunk)
-                increase = (measured["peak_mib"] - measured["before_mib"]) * 2**20
-                activations = max(0.0, increase - _STEP_STATE_BYTES * measured["adaptor_parameters"])
-                per_image = activations * (native / latent) ** 2
+                activations = {}
+                for side in (latent, 2 * latent):
+                    measured = memory_in_subprocess("spire", size, 1, steps, "cpu", "fp32", True, side, trunk)
+                    increase = (measured["peak_mib"] - measured["before_mib"]) * 2**20
+                    activations[side] = max(0.0, increase - _STEP_STATE_BYTES * measured["adaptor_parameters"])
+                slope = (activations[2 * latent] - activations[latent]) / (3 * latent**2)  # bytes per latent cell
+                per_image = max(activations[2 * latent], activations[latent] + slope * (native**2 - latent**2))
                 case.update(
-                    activations_gib=_gib(activations),
+                    activations_gib={8 * side: _gib(value) for side, value in activations.items()},
                     activations_per_native_image_gib=_gib(per_image),
                     method=measured["method"],
                 )

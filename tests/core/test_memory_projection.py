@@ -29,7 +29,8 @@ def test_projection_of_tiny_sdxl_trunks():
     for case in (full, half):
         fixed = (2 * case["unet_parameters"] + 16 * case["adaptor_parameters"]) / 2**30
         assert case["fixed_gib"] == pytest.approx(fixed, abs=0.006)
-        assert case["activations_gib"] > 0
+        small, large = case["activations_gib"].values()  # at 64 and 128 px
+        assert 0 < small and large > 0
         projected = case["fixed_gib"] + PROJECTED_BATCH * case["activations_per_native_image_gib"]
         assert case[f"projected_batch{PROJECTED_BATCH}_gib"] == pytest.approx(projected, abs=0.02)
         assert case["fits_24gb"] and case["fits_12gb"]

@@ -54,3 +54,18 @@ def test_gpu_figures_appear_only_with_a_gpu_result():
         assert "No GPU run has happened yet" in README
     for path in runs:
         assert _load(path.name)["device"] in README, path.name
+
+
+def test_projection_row_quotes_results_training_memory_projection():
+    result = _load("training-memory-projection.json")
+    sd15, sdxl = result["cases"]["sd15/quarter"], result["cases"]["sdxl/quarter"]
+    text = (
+        f"SD 1.5 quarter trunk **{sd15['projected_batch4_gib']:.1f} GiB**, SDXL quarter trunk "
+        f"**{sdxl['projected_batch4_gib']:.1f} GiB** (fixed parts {sd15['fixed_gib']:.1f} and {sdxl['fixed_gib']:.1f}"
+    )
+    assert text in README
+    assert result["target"]["met"] and sd15["fits_24gb"] and sdxl["fits_24gb"]
+    docs = (PACK_DIR / "docs" / "training.md").read_text(encoding="utf-8")
+    for case in result["cases"].values():
+        if case.get("projected_batch4_gib") is not None:
+            assert f"| {case['projected_batch1_gib']:.1f} | {case['projected_batch4_gib']:.1f} |" in docs

@@ -11,6 +11,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from safetensors import safe_open
 
+from spire_core.bench.common import SDXL_DIFFUSERS_UNET as SDXL
 from spire_core.models import (
     AdaptorConfig,
     SpireAdaptor,
@@ -35,21 +36,6 @@ from spire_core.models.safetensors_header import AdaptorFileError
 from spire_core.models.tiny import SDXL_TINY_POOLED
 
 CONTEXT = 64
-
-SDXL = {
-    "block_out_channels": [320, 640, 1280],
-    "layers_per_block": 2,
-    "cross_attention_dim": 2048,
-    "attention_head_dim": [5, 10, 20],
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "transformer_layers_per_block": [1, 2, 10],
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,
-}
-"""The SDXL base UNet's architecture (diffusers config fields that differ from the defaults)."""
 
 
 @functools.cache

@@ -11,6 +11,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 
+from spire_core.bench.common import SD15_DIFFUSERS_UNET as SD15
+from spire_core.bench.common import SDXL_DIFFUSERS_UNET as SDXL
 from spire_core.models import (
     AdaptorConfig,
     SpireAdaptor,
@@ -26,28 +28,6 @@ from spire_core.models.components import sdxl_time_ids
 from spire_core.models.config import narrow_controlnet_config, trunk_channels
 from spire_core.models.file_layout import adaptor_file_shapes
 from spire_core.models.safetensors_header import AdaptorFileError
-
-SD15 = {
-    "block_out_channels": [320, 640, 1280, 1280],
-    "layers_per_block": 2,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-}
-SDXL = {
-    "block_out_channels": [320, 640, 1280],
-    "layers_per_block": 2,
-    "cross_attention_dim": 2048,
-    "attention_head_dim": [5, 10, 20],
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "transformer_layers_per_block": [1, 2, 10],
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,
-}
 
 
 @functools.cache
