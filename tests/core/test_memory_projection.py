@@ -32,6 +32,6 @@ def test_projection_of_tiny_sdxl_trunks():
         small, large = case["activations_gib"].values()  # at 64 and 128 px
         assert 0 < small and large > 0
         projected = case["fixed_gib"] + PROJECTED_BATCH * case["activations_per_native_image_gib"]
-        assert case[f"projected_batch{PROJECTED_BATCH}_gib"] == pytest.approx(projected, abs=0.02)
+        assert case[f"projected_batch{PROJECTED_BATCH}_gib"] == pytest.approx(projected, abs=0.03)  # each rounded
         assert case["fits_24gb"] and case["fits_12gb"]
     assert result["target"]["met"] is False  # no quarter trunk was projected: the target is not claimed
