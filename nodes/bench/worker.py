@@ -23,7 +23,8 @@ import time
 
 import torch
 
-from ...spire_core.bench.common import SD15_DIFFUSERS_UNET
+from ...spire_core.bench.common import SD15_DIFFUSERS_UNET, SDXL_DIFFUSERS_UNET, SDXL_POOLED
+from ...spire_core.models.tiny import SDXL_TINY_POOLED, tiny_unet_config
 
 SD15_UNET = {
     "use_checkpoint": False,
@@ -68,8 +69,43 @@ TINY_DIFFUSERS = {
 }
 """The same toy UNet in diffusers terms."""
 
-SIZES = {"sd15": (SD15_UNET, SD15_DIFFUSERS_UNET), "tiny": (TINY_UNET, TINY_DIFFUSERS)}
+SDXL_UNET = {
+    **SD15_UNET,
+    "adm_in_channels": 2816,
+    "num_classes": "sequential",
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10,
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+}
+"""ComfyUI's UNet config of SDXL 1.0 (as its model detection produces it)."""
+
+TINY_SDXL_UNET = {
+    **SDXL_UNET,
+    "adm_in_channels": SDXL_TINY_POOLED + 6 * 256,
+    "model_channels": 64,
+    "num_res_blocks": [1, 1],
+    "transformer_depth": [0, 2],
+    "channel_mult": [1, 2],
+    "transformer_depth_middle": 2,
+    "context_dim": 64,
+    "transformer_depth_output": [0, 0, 2, 2],
+}
+"""A toy UNet of SDXL's structure (``spire_core.models.tiny_unet_config("sdxl")``): checks the harness in seconds."""
+
+SIZES = {
+    "sd15": (SD15_UNET, SD15_DIFFUSERS_UNET),
+    "tiny": (TINY_UNET, TINY_DIFFUSERS),
+    "sdxl": (SDXL_UNET, SDXL_DIFFUSERS_UNET),
+    "tiny_sdxl": (TINY_SDXL_UNET, tiny_unet_config("sdxl", cross_attention_dim=64)),
+}
 """Benchmark sizes: (ComfyUI UNet config, diffusers config)."""
+
+POOLED = {"sdxl": SDXL_POOLED, "tiny_sdxl": SDXL_TINY_POOLED}
+"""SDXL sizes: width of the pooled text embedding (the model's and the adaptor's added conditioning)."""
 
 VARIANTS = ("bare", "controlnet", "spire")
 
@@ -86,9 +122,16 @@ def _fill(module: torch.nn.Module, seed: int) -> None:
                 p.copy_((torch.randn(p.shape, generator=g, device=p.device) * 0.02).to(p.dtype))
 
 
-def build(device: torch.device, dtype: torch.dtype, size: str = "sd15", variants: tuple[str, ...] = VARIANTS):
+def build(
+    device: torch.device,
+    dtype: torch.dtype,
+    size: str = "sd15",
+    variants: tuple[str, ...] = VARIANTS,
+    trunk: str = "full",
+):
     """(model patcher, {variant: control or None}, adaptor config) with random weights; controls are built only
-    for the ``variants`` asked for (the others map to None)."""
+    for the ``variants`` asked for (the others map to None). ``trunk``: the SPIRE adaptor's width (the core
+    ControlNet is always the full copy of the encoder)."""
     import comfy.cldm.cldm
     import comfy.controlnet
     import comfy.model_base
@@ -97,18 +140,29 @@ def build(device: torch.device, dtype: torch.dtype, size: str = "sd15", variants
     import comfy.supported_models
 
     from ...spire_core.models.comfy_layout import cldm_kwargs
-    from ...spire_core.models.config import AdaptorConfig, controlnet_config_from_unet
+    from ...spire_core.models.config import AdaptorConfig, controlnet_config_from_unet, narrow_controlnet_config
     from ..adaptor_model import ComfyAdaptor
     from ..spire_control import SpireControl
 
     unet_config, diffusers_config = SIZES[size]
-    cfg = comfy.supported_models.SD15(dict(unet_config))
+    sdxl = size in POOLED
+    cfg = (comfy.supported_models.SDXL if sdxl else comfy.supported_models.SD15)(dict(unet_config))
     cfg.set_inference_dtype(dtype, None)
-    base = comfy.model_base.BaseModel(cfg, device=device)
+    base = (comfy.model_base.SDXL if sdxl else comfy.model_base.BaseModel)(cfg, device=device)
     _fill(base.diffusion_model, 0)
     model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
     ops = comfy.ops.disable_weight_init
-    config = AdaptorConfig(controlnet_config=controlnet_config_from_unet(diffusers_config), base_family="sd1")
+    with torch.device("meta"):  # diffusers' defaults for the fields a config leaves out
+        from diffusers import UNet2DConditionModel
+
+        full_config = dict(UNet2DConditionModel(**diffusers_config).config)
+    family = "sdxl" if sdxl else "sd1"
+    full = controlnet_config_from_unet(full_config)
+    config = AdaptorConfig(controlnet_config=full, base_family=family)
+    narrow = narrow_controlnet_config(full, trunk)
+    spire_config = config
+    if narrow != full:
+        spire_config = AdaptorConfig(narrow, base_family=family, base_block_out_channels=full["block_out_channels"])
     kwargs = cldm_kwargs(config)
     kwargs.pop("upcast_attention")
     controls = dict.fromkeys(VARIANTS)
@@ -117,7 +171,7 @@ def build(device: torch.device, dtype: torch.dtype, size: str = "sd15", variants
         _fill(trunk, 1)
         controls["controlnet"] = comfy.controlnet.ControlNet(trunk, load_device=device)
     if "spire" in variants:
-        adaptor = ComfyAdaptor(config, dtype=dtype, device=device, operations=ops)
+        adaptor = ComfyAdaptor(spire_config, dtype=dtype, device=device, operations=ops)
         _fill(adaptor, 1)
         controls["spire"] = SpireControl(adaptor, load_device=device, info={"text_encoder_layer": "last"})
     return model, controls, config
@@ -134,12 +188,19 @@ def make_step(model, control, batch: int, device: torch.device, dtype: torch.dty
     hint = torch.rand(batch, 3, 8 * latent, 8 * latent, generator=g)
     width = model.model.model_config.unet_config["context_dim"]
     sem_p, sem_n, rest = (torch.randn(batch, 77, width, generator=g) for _ in range(3))
+    pooled_width = model.model.model_config.unet_config.get("adm_in_channels")
+    pooled_width = pooled_width - 6 * 256 if pooled_width else None  # SDXL: pooled text, then six size ids
+    pooled = {n: torch.randn(batch, pooled_width, generator=g) for n in ("positive", "negative", "restoration")}
     conds = {}
     attached = None
     if control is not None:
         attached = control.copy().set_cond_hint(hint, 1.0, (0.0, 1.0))
+        if pooled_width and hasattr(attached, "set_restoration"):
+            attached.set_restoration(rest, pooled["restoration"], None)
     for name, semantic in (("positive", sem_p), ("negative", sem_n)):
         options = {"cross_attn_controlnet": rest}
+        if pooled_width:
+            options["pooled_output"] = pooled[name]
         if attached is not None:
             options["control"] = attached
         conds[name] = comfy.sampler_helpers.convert_cond([[semantic, options]])
@@ -192,12 +253,13 @@ def run_time(
     latent: int = 64,
     inner: int = 1,
     size: str = "sd15",
+    trunk: str = "full",
 ) -> dict:
     """``repeats`` rounds per batch size; each round times ``inner`` consecutive steps of each variant in turn,
     so the per-round ratios divide times taken side by side (``common.ratio_report``)."""
     from ...spire_core.bench.common import ratio_report
 
-    model, controls, _ = build(device, dtype, size)
+    model, controls, _ = build(device, dtype, size, trunk=trunk)
     counted = flops(model, controls, device, dtype, latent)
     result: dict = {"latent": latent, "steps_per_sample": inner, "batches": {}}
     for batch in batches:
@@ -234,9 +296,15 @@ def run_time(
 
 
 def run_memory(
-    device: torch.device, dtype: torch.dtype, variant: str, batch: int, latent: int = 64, size: str = "sd15"
+    device: torch.device,
+    dtype: torch.dtype,
+    variant: str,
+    batch: int,
+    latent: int = 64,
+    size: str = "sd15",
+    trunk: str = "full",
 ) -> dict:
-    model, controls, _ = build(device, dtype, size, variants=(variant,))
+    model, controls, _ = build(device, dtype, size, variants=(variant,), trunk=trunk)
     step, cleanup = make_step(model, controls[variant], batch, device, dtype, latent=latent)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -267,11 +335,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latent", type=int, default=64)
     parser.add_argument("--inner", type=int, default=1)
     parser.add_argument("--size", choices=tuple(SIZES), default="sd15")
+    parser.add_argument("--trunk", default="full")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     batches = [int(b) for b in args.batches.split(",")]
     if args.mode == "time":
-        out = run_time(device, dtype, batches, args.repeats, args.latent, args.inner, args.size)
+        out = run_time(device, dtype, batches, args.repeats, args.latent, args.inner, args.size, args.trunk)
     else:
-        out = run_memory(device, dtype, args.variant, batches[0], args.latent, args.size)
+        out = run_memory(device, dtype, args.variant, batches[0], args.latent, args.size, args.trunk)
     print("SPIRE_BENCH_RESULT " + json.dumps(out))

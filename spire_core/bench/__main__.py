@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     smp.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     smp.add_argument("--latent", type=int, default=64, help="latent side (64 = 512 px)")
     smp.add_argument("--inner", type=int, default=1, help="steps per timed sample")
-    smp.add_argument("--size", default="sd15", choices=("sd15", "tiny"))
+    smp.add_argument("--size", default="sd15", choices=("sd15", "tiny", "sdxl", "tiny_sdxl"))
+    smp.add_argument("--trunk", default="full", help="SPIRE adaptor width: full, half, quarter")
     smp.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory processes")
     smp.add_argument("--out", default=None, help="results folder (default: the repository's results/)")
     trn = sub.add_parser("training", help="training step: SPIRE adaptor vs plain diffusers ControlNet, same trunk")
@@ -105,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             inner=args.inner,
             size=args.size,
             memory=not args.no_memory,
+            trunk=args.trunk,
         )
-        path = write_result(f"sampling-{args.device.split(':')[0]}", result, args.out)
+        name = "sampling" if args.size == "sd15" and args.trunk == "full" else f"sampling-{args.size}-{args.trunk}"
+        path = write_result(f"{name}-{args.device.split(':')[0]}", result, args.out)
         sys.stdout.write(json.dumps(result, indent=2) + f"\nwrote {path}\n")
         return 0
 

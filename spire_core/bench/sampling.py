@@ -47,6 +47,14 @@ def _worker(root: Path, device: str, *argv: str, timeout: float = 3600) -> dict[
     raise RuntimeError(f"benchmark worker failed ({done.returncode}):\n{done.stderr[-4000:]}")
 
 
+ARCHITECTURES = {
+    "sd15": "SD1.5-architecture",
+    "tiny": "toy SD1.5-structured",
+    "sdxl": "SDXL-architecture",
+    "tiny_sdxl": "toy SDXL-structured",
+}
+
+
 def run(
     device: str = "cpu",
     batches: tuple[int, ...] = (1, 2),
@@ -57,6 +65,7 @@ def run(
     size: str = "sd15",
     memory: bool = True,
     memory_batches: tuple[int, ...] | None = None,
+    trunk: str = "full",
 ) -> dict:
     """Run the benchmark; returns the JSON-ready result.
 
@@ -65,7 +74,9 @@ def run(
         batches: batch sizes (each: ``repeats`` rounds of the three variants side by side).
         repeats: rounds per batch size; each round times ``inner`` consecutive steps of each variant.
         latent: latent side (64 = 512 px; 32 makes the full-width UNet affordable on a small CPU).
-        size: ``"sd15"`` (the real architecture) or ``"tiny"`` (a toy of its structure, for checking the harness).
+        size: ``"sd15"`` or ``"sdxl"`` (the real architectures) or ``"tiny"``/``"tiny_sdxl"`` (toys of their
+            structure, for checking the harness).
+        trunk: the SPIRE adaptor's width (``"full"``, ``"half"``, ``"quarter"``); the core ControlNet is full.
         memory: also measure each variant's peak memory in a fresh process per variant and batch size.
         memory_batches: the batch sizes whose memory is measured (default: ``batches``).
 
@@ -79,7 +90,7 @@ def run(
             "in ComfyUI/custom_nodes)"
         )
     batch_list = ",".join(str(b) for b in batches)
-    shape = ("--latent", str(latent), "--size", size, "--dtype", dtype)
+    shape = ("--latent", str(latent), "--size", size, "--dtype", dtype, "--trunk", trunk)
     # one bar over the worker processes: the timing one, then one per variant and batch size
     memory_list = (memory_batches or batches) if memory else ()
     bar = progress(total=1 + len(memory_list) * len(VARIANTS), desc="sampling", unit="process")
@@ -109,8 +120,8 @@ def run(
         "benchmark": "sampling",
         "what": (
             f"one CFG step (positive + negative through comfy.samplers.calc_cond_batch) of an "
-            f"{'SD1.5-architecture' if size == 'sd15' else 'toy SD1.5-structured'} UNet with random weights at a "
-            f"{latent}x{latent} latent: bare UNet, + standard ComfyUI ControlNet (same trunk), + SPIRE adaptor; "
+            f"{ARCHITECTURES[size]} UNet with random weights at a {latent}x{latent} latent: bare UNet, + standard "
+            f"ComfyUI ControlNet (the full copy of the encoder), + SPIRE adaptor ({trunk} trunk); "
             "the three timed side by side, round by round, in one process (ratios are medians of per-round ratios "
             "with a 95% confidence interval); peak memory in one fresh process per variant"
         ),
@@ -118,6 +129,7 @@ def run(
         "comfyui": _comfy_version(root),
         "dtype": dtype,
         "size": size,
+        "trunk": trunk,
         "time": timing,
         "memory": memory_result,
         "targets": {

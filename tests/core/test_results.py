@@ -69,3 +69,19 @@ def test_projection_row_quotes_results_training_memory_projection():
     for case in result["cases"].values():
         if case.get("projected_batch4_gib") is not None:
             assert f"| {case['projected_batch1_gib']:.1f} | {case['projected_batch4_gib']:.1f} |" in docs
+
+
+def test_sdxl_sampling_row_quotes_results_per_trunk_size():
+    for trunk in ("full", "half", "quarter"):
+        result = _load(f"sampling-sdxl-{trunk}-cpu.json")
+        assert (result["size"], result["trunk"], result["dtype"]) == ("sdxl", trunk, "bfloat16")
+        batch = result["time"]["batches"]["1"]
+        cn, bare = batch["spire_over_controlnet"], batch["spire_over_bare"]
+        memory = result["memory"]["1"]["spire_over_controlnet"]
+        text = (
+            f"{trunk}: SPIRE / ControlNet **{cn['median']:.2f}** ({_interval(cn)}, FLOP ratio {cn['flop_ratio']:.2f}), "
+            f"SPIRE / bare {bare['median']:.2f} ({_interval(bare)}, FLOP ratio {bare['flop_ratio']:.2f}), "
+            f"peak memory {memory:.2f}"
+        )
+        assert text in README, text
+        assert result["targets"]["time_met"] and result["targets"]["spire_over_bare_near_flop_ratio"]
