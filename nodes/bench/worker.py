@@ -190,7 +190,8 @@ def make_step(model, control, batch: int, device: torch.device, dtype: torch.dty
     sem_p, sem_n, rest = (torch.randn(batch, 77, width, generator=g) for _ in range(3))
     pooled_width = model.model.model_config.unet_config.get("adm_in_channels")
     pooled_width = pooled_width - 6 * 256 if pooled_width else None  # SDXL: pooled text, then six size ids
-    pooled = {n: torch.randn(batch, pooled_width, generator=g) for n in ("positive", "negative", "restoration")}
+    names = ("positive", "negative", "restoration") if pooled_width else ()
+    pooled = {n: torch.randn(batch, pooled_width, generator=g) for n in names}
     conds = {}
     attached = None
     if control is not None:
