@@ -172,22 +172,7 @@ def degradation_preview() -> Graph:
         notes="Load an image, degrade it with SPIRE's paper pipeline, preview it and its restoration prompt.",
         nodes=[
             load_image(1, (40, 80)),
-            Node(
-                2,
-                "SPIRE_DegradeImage",
-                (400, 80),
-                (340, 260),
-                widgets=[
-                    ("seed", 0, ["fixed"]),
-                    ("preset", "paper", []),
-                    ("blur_sigma", 0.0, []),
-                    ("downscale", 1.0, []),
-                    ("noise_sigma", 0.0, []),
-                    ("jpeg_quality", 0, []),
-                ],
-                inputs=[("image", "IMAGE", (1, 0))],
-                outputs=[("degraded", "IMAGE"), ("restoration_prompt", "STRING"), ("params_json", "STRING")],
-            ),
+            degrade_node(2, (400, 80), (1, 0)),
             Node(3, "PreviewImage", (780, 80), (400, 420), inputs=[("images", "IMAGE", (2, 0))], title="Degraded"),
             Node(4, "PreviewAny", (780, 540), (400, 120), inputs=[("source", "*", (2, 1))], title="Restoration prompt"),
             Node(
@@ -236,6 +221,17 @@ def text_encode(node_id: int, pos: tuple[int, int], text: str, clip: tuple[int, 
     )
 
 
+def adaptor_loader(node_id: int, pos: tuple[int, int], name: str = ADAPTOR) -> Node:
+    return Node(
+        node_id,
+        "SPIRE_AdaptorLoader",
+        pos,
+        (340, 80),
+        widgets=[("adaptor_name", name, [])],
+        outputs=[("control_net", "CONTROL_NET")],
+    )
+
+
 def spire_restore() -> Graph:
     return Graph(
         "spire_restore",
@@ -249,91 +245,13 @@ def spire_restore() -> Graph:
             checkpoint(2, (40, 80)),
             text_encode(3, (400, 40), "a sharp, detailed photo", (2, 1), "Semantic prompt"),
             text_encode(4, (400, 220), "blurry, noisy, jpeg artifacts, low quality", (2, 1), "Negative prompt"),
-            Node(
-                5,
-                "SPIRE_AdaptorLoader",
-                (400, 400),
-                (340, 80),
-                widgets=[("adaptor_name", ADAPTOR, [])],
-                outputs=[("control_net", "CONTROL_NET")],
-            ),
-            Node(
-                6,
-                "SPIRE_ApplyAdaptor",
-                (820, 80),
-                (360, 300),
-                widgets=[
-                    ("restoration_prompt", "Remove all degradation", []),
-                    ("strength", 1.0, []),
-                    ("start_percent", 0.0, []),
-                    ("end_percent", 1.0, []),
-                ],
-                inputs=[
-                    ("positive", "CONDITIONING", (3, 0)),
-                    ("negative", "CONDITIONING", (4, 0)),
-                    ("control_net", "CONTROL_NET", (5, 0)),
-                    ("clip", "CLIP", (2, 1)),
-                    ("image", "IMAGE", (1, 0)),
-                ],
-                outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
-            ),
-            Node(
-                7,
-                "VAEEncode",
-                (820, 420),
-                (220, 60),
-                inputs=[("pixels", "IMAGE", (1, 0)), ("vae", "VAE", (2, 2))],
-                outputs=[("LATENT", "LATENT")],
-            ),
-            Node(
-                8,
-                "KSampler",
-                (1220, 80),
-                (320, 270),
-                widgets=[
-                    ("seed", 0, ["fixed"]),
-                    ("steps", 30, []),
-                    ("cfg", 5.0, []),
-                    ("sampler_name", "dpmpp_2m", []),
-                    ("scheduler", "karras", []),
-                    ("denoise", 1.0, []),
-                ],
-                inputs=[
-                    ("model", "MODEL", (2, 0)),
-                    ("positive", "CONDITIONING", (6, 0)),
-                    ("negative", "CONDITIONING", (6, 1)),
-                    ("latent_image", "LATENT", (7, 0)),
-                ],
-                outputs=[("LATENT", "LATENT")],
-            ),
-            Node(
-                9,
-                "VAEDecode",
-                (1220, 400),
-                (220, 60),
-                inputs=[("samples", "LATENT", (8, 0)), ("vae", "VAE", (2, 2))],
-                outputs=[("IMAGE", "IMAGE")],
-            ),
-            Node(
-                10,
-                "SaveImage",
-                (1580, 80),
-                (400, 440),
-                widgets=[("filename_prefix", "spire_restore", [])],
-                inputs=[("images", "IMAGE", (9, 0))],
-            ),
+            adaptor_loader(5, (400, 400)),
+            apply_adaptor(6, (820, 80), "Remove all degradation", 3, 4),
+            vae_encode(7, (820, 420), (1, 0)),
+            ksampler(8, (1220, 80), ((6, 0), (6, 1)), (7, 0), steps=30, cfg=5.0, denoise=1.0),
+            vae_decode(9, (1220, 400), (8, 0)),
+            save(10, (1580, 80), (9, 0), "spire_restore"),
         ],
-    )
-
-
-def adaptor_loader(node_id: int, pos: tuple[int, int], name: str = ADAPTOR) -> Node:
-    return Node(
-        node_id,
-        "SPIRE_AdaptorLoader",
-        pos,
-        (340, 80),
-        widgets=[("adaptor_name", name, [])],
-        outputs=[("control_net", "CONTROL_NET")],
     )
 
 
@@ -394,6 +312,150 @@ def save(node_id: int, pos: tuple[int, int], image: tuple[int, int], prefix: str
         (400, 440),
         widgets=[("filename_prefix", prefix, [])],
         inputs=[("images", "IMAGE", image)],
+    )
+
+
+def apply_adaptor(node_id: int, pos: tuple[int, int], restoration: str, positive: int, negative: int) -> Node:
+    """'Apply Adaptor (SPIRE)' on the conditioning of nodes ``positive`` and ``negative``, with the checkpoint (2),
+    the adaptor (5) and the photo (1)."""
+    return Node(
+        node_id,
+        "SPIRE_ApplyAdaptor",
+        pos,
+        (360, 300),
+        widgets=[
+            ("restoration_prompt", restoration, []),
+            ("strength", 1.0, []),
+            ("start_percent", 0.0, []),
+            ("end_percent", 1.0, []),
+        ],
+        inputs=[
+            ("positive", "CONDITIONING", (positive, 0)),
+            ("negative", "CONDITIONING", (negative, 0)),
+            ("control_net", "CONTROL_NET", (5, 0)),
+            ("clip", "CLIP", (2, 1)),
+            ("image", "IMAGE", (1, 0)),
+        ],
+        outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+    )
+
+
+def ksampler(
+    node_id: int,
+    pos: tuple[int, int],
+    conditioning: tuple[tuple[int, int], tuple[int, int]],
+    latent: tuple[int, int],
+    steps: int,
+    cfg: float,
+    denoise: float,
+) -> Node:
+    """KSampler (dpmpp_2m, karras, seed 0) on the checkpoint's model (2)."""
+    positive, negative = conditioning
+    return Node(
+        node_id,
+        "KSampler",
+        pos,
+        (320, 270),
+        widgets=[
+            ("seed", 0, ["fixed"]),
+            ("steps", steps, []),
+            ("cfg", cfg, []),
+            ("sampler_name", "dpmpp_2m", []),
+            ("scheduler", "karras", []),
+            ("denoise", denoise, []),
+        ],
+        inputs=[
+            ("model", "MODEL", (2, 0)),
+            ("positive", "CONDITIONING", positive),
+            ("negative", "CONDITIONING", negative),
+            ("latent_image", "LATENT", latent),
+        ],
+        outputs=[("LATENT", "LATENT")],
+    )
+
+
+def vae_encode(
+    node_id: int, pos: tuple[int, int], pixels: tuple[int, int], width: int = 220, title: str | None = None
+) -> Node:
+    """VAEEncode with the checkpoint's VAE (2)."""
+    return Node(
+        node_id,
+        "VAEEncode",
+        pos,
+        (width, 60),
+        inputs=[("pixels", "IMAGE", pixels), ("vae", "VAE", (2, 2))],
+        outputs=[("LATENT", "LATENT")],
+        title=title,
+    )
+
+
+def vae_decode(node_id: int, pos: tuple[int, int], samples: tuple[int, int]) -> Node:
+    """VAEDecode with the checkpoint's VAE (2)."""
+    return Node(
+        node_id,
+        "VAEDecode",
+        pos,
+        (220, 60),
+        inputs=[("samples", "LATENT", samples), ("vae", "VAE", (2, 2))],
+        outputs=[("IMAGE", "IMAGE")],
+    )
+
+
+def degrade_node(node_id: int, pos: tuple[int, int], image: tuple[int, int]) -> Node:
+    """'Degrade Image (SPIRE)' with the paper preset, seed 0, no fixed levels."""
+    return Node(
+        node_id,
+        "SPIRE_DegradeImage",
+        pos,
+        (340, 260),
+        widgets=[
+            ("seed", 0, ["fixed"]),
+            ("preset", "paper", []),
+            ("blur_sigma", 0.0, []),
+            ("downscale", 1.0, []),
+            ("noise_sigma", 0.0, []),
+            ("jpeg_quality", 0, []),
+        ],
+        inputs=[("image", "IMAGE", image)],
+        outputs=[("degraded", "IMAGE"), ("restoration_prompt", "STRING"), ("params_json", "STRING")],
+    )
+
+
+def image_metrics(node_id: int, pos: tuple[int, int], image: tuple[int, int], title: str) -> Node:
+    """'Image Metrics (SPIRE)' of ``image`` against the loaded photo (1), without LPIPS weights."""
+    return Node(
+        node_id,
+        "SPIRE_ImageMetrics",
+        pos,
+        (320, 200),
+        widgets=[("lpips_weights", "none", [])],
+        inputs=[("image", "IMAGE", image), ("reference", "IMAGE", (1, 0))],
+        outputs=[
+            ("psnr", "FLOAT"),
+            ("ssim", "FLOAT"),
+            ("lpips", "FLOAT"),
+            ("table", "STRING"),
+            ("metrics_json", "STRING"),
+        ],
+        title=title,
+    )
+
+
+def image_stitch(node_id: int, pos: tuple[int, int], image1: tuple[int, int], image2: tuple[int, int]) -> Node:
+    """ImageStitch: ``image2`` right of ``image1``, 8 white pixels between."""
+    return Node(
+        node_id,
+        "ImageStitch",
+        pos,
+        (300, 170),
+        widgets=[
+            ("direction", "right", []),
+            ("match_image_size", True, []),
+            ("spacing_width", 8, []),
+            ("spacing_color", "white", []),
+        ],
+        inputs=[("image1", "IMAGE", image1), ("image2", "IMAGE", image2)],
+        outputs=[("IMAGE", "IMAGE")],
     )
 
 
@@ -458,26 +520,7 @@ def spire_semantic_restore() -> Graph:
             text_encode(3, (400, 40), "a portrait photo of a woman, detailed skin, natural light", (2, 1), "Semantic"),
             text_encode(4, (400, 220), "", (2, 1), "Empty (the unconditional branch)"),
             adaptor_loader(5, (400, 400)),
-            Node(
-                6,
-                "SPIRE_ApplyAdaptor",
-                (820, 40),
-                (360, 300),
-                widgets=[
-                    ("restoration_prompt", "Deblur with sigma 1.5; Denoise with sigma 0.05", []),
-                    ("strength", 1.0, []),
-                    ("start_percent", 0.0, []),
-                    ("end_percent", 1.0, []),
-                ],
-                inputs=[
-                    ("positive", "CONDITIONING", (3, 0)),
-                    ("negative", "CONDITIONING", (4, 0)),
-                    ("control_net", "CONTROL_NET", (5, 0)),
-                    ("clip", "CLIP", (2, 1)),
-                    ("image", "IMAGE", (1, 0)),
-                ],
-                outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
-            ),
+            apply_adaptor(6, (820, 40), "Deblur with sigma 1.5; Denoise with sigma 0.05", 3, 4),
             Node(
                 7,
                 "SPIRE_RestorationGuider",
@@ -517,15 +560,8 @@ def spire_semantic_restore() -> Graph:
                 inputs=[("model", "MODEL", (2, 0))],
                 outputs=[("SIGMAS", "SIGMAS")],
             ),
-            Node(
-                11,
-                "VAEEncode",
-                (820, 380),
-                (370, 60),  # the frontend widens it to fit the title
-                inputs=[("pixels", "IMAGE", (1, 0)), ("vae", "VAE", (2, 2))],
-                outputs=[("LATENT", "LATENT")],
-                title="Latent of the input's size (sampling starts from noise)",
-            ),
+            # the frontend widens it to fit the title
+            vae_encode(11, (820, 380), (1, 0), 370, "Latent of the input's size (sampling starts from noise)"),
             Node(
                 12,
                 "SamplerCustomAdvanced",
@@ -540,14 +576,7 @@ def spire_semantic_restore() -> Graph:
                 ],
                 outputs=[("output", "LATENT"), ("denoised_output", "LATENT")],
             ),
-            Node(
-                13,
-                "VAEDecode",
-                (1580, 420),
-                (220, 60),
-                inputs=[("samples", "LATENT", (12, 0)), ("vae", "VAE", (2, 2))],
-                outputs=[("IMAGE", "IMAGE")],
-            ),
+            vae_decode(13, (1580, 420), (12, 0)),
             Node(
                 14,
                 "SPIRE_ColorFix",
@@ -571,38 +600,8 @@ def spire_strength_sweep() -> Graph:
                 10 + i, (420 + 380 * i, 80), (1, 0), restoration=prompt, color_fix="none", title=f"Restore: {prompt}"
             )
         )
-    nodes.append(
-        Node(
-            20,
-            "ImageStitch",
-            (420, 660),
-            (300, 170),
-            widgets=[
-                ("direction", "right", []),
-                ("match_image_size", True, []),
-                ("spacing_width", 8, []),
-                ("spacing_color", "white", []),
-            ],
-            inputs=[("image1", "IMAGE", (10, 0)), ("image2", "IMAGE", (11, 0))],
-            outputs=[("IMAGE", "IMAGE")],
-        )
-    )
-    nodes.append(
-        Node(
-            21,
-            "ImageStitch",
-            (760, 660),
-            (300, 170),
-            widgets=[
-                ("direction", "right", []),
-                ("match_image_size", True, []),
-                ("spacing_width", 8, []),
-                ("spacing_color", "white", []),
-            ],
-            inputs=[("image1", "IMAGE", (20, 0)), ("image2", "IMAGE", (12, 0))],
-            outputs=[("IMAGE", "IMAGE")],
-        )
-    )
+    nodes.append(image_stitch(20, (420, 660), (10, 0), (11, 0)))
+    nodes.append(image_stitch(21, (760, 660), (20, 0), (12, 0)))
     nodes.append(save(22, (1100, 660), (21, 0), "spire_sweep"))
     return Graph(
         "spire_strength_sweep",
@@ -623,55 +622,10 @@ def spire_degrade_restore_metrics() -> Graph:
             load_image(1, (40, 300)),
             checkpoint(2, (40, 80)),
             adaptor_loader(5, (40, 200)),
-            Node(
-                3,
-                "SPIRE_DegradeImage",
-                (420, 300),
-                (340, 260),
-                widgets=[
-                    ("seed", 0, ["fixed"]),
-                    ("preset", "paper", []),
-                    ("blur_sigma", 0.0, []),
-                    ("downscale", 1.0, []),
-                    ("noise_sigma", 0.0, []),
-                    ("jpeg_quality", 0, []),
-                ],
-                inputs=[("image", "IMAGE", (1, 0))],
-                outputs=[("degraded", "IMAGE"), ("restoration_prompt", "STRING"), ("params_json", "STRING")],
-            ),
+            degrade_node(3, (420, 300), (1, 0)),
             restore_node(6, (800, 80), (3, 0), color_fix="wavelet", restoration_link=(3, 1), upsample=False),
-            Node(
-                7,
-                "SPIRE_ImageMetrics",
-                (1200, 80),
-                (320, 200),
-                widgets=[("lpips_weights", "none", [])],
-                inputs=[("image", "IMAGE", (6, 0)), ("reference", "IMAGE", (1, 0))],
-                outputs=[
-                    ("psnr", "FLOAT"),
-                    ("ssim", "FLOAT"),
-                    ("lpips", "FLOAT"),
-                    ("table", "STRING"),
-                    ("metrics_json", "STRING"),
-                ],
-                title="Restored vs clean",
-            ),
-            Node(
-                8,
-                "SPIRE_ImageMetrics",
-                (1200, 320),
-                (320, 200),
-                widgets=[("lpips_weights", "none", [])],
-                inputs=[("image", "IMAGE", (3, 0)), ("reference", "IMAGE", (1, 0))],
-                outputs=[
-                    ("psnr", "FLOAT"),
-                    ("ssim", "FLOAT"),
-                    ("lpips", "FLOAT"),
-                    ("table", "STRING"),
-                    ("metrics_json", "STRING"),
-                ],
-                title="Degraded vs clean",
-            ),
+            image_metrics(7, (1200, 80), (6, 0), "Restored vs clean"),
+            image_metrics(8, (1200, 320), (3, 0), "Degraded vs clean"),
             Node(
                 9,
                 "SPIRE_SaveMetrics",
@@ -703,45 +657,11 @@ def spire_restore_to_generation() -> Graph:
                 inputs=[("image", "IMAGE", (6, 0))],
                 outputs=[("IMAGE", "IMAGE")],
             ),
-            Node(
-                8,
-                "VAEEncode",
-                (820, 220),
-                (220, 60),
-                inputs=[("pixels", "IMAGE", (7, 0)), ("vae", "VAE", (2, 2))],
-                outputs=[("LATENT", "LATENT")],
-            ),
+            vae_encode(8, (820, 220), (7, 0)),
             text_encode(9, (820, 320), "a detailed photo of a cat, sharp focus", (2, 1), "Generation prompt"),
             text_encode(10, (820, 500), "blurry, low quality", (2, 1), "Negative"),
-            Node(
-                11,
-                "KSampler",
-                (1240, 80),
-                (320, 270),
-                widgets=[
-                    ("seed", 0, ["fixed"]),
-                    ("steps", 25, []),
-                    ("cfg", 6.0, []),
-                    ("sampler_name", "dpmpp_2m", []),
-                    ("scheduler", "karras", []),
-                    ("denoise", 0.35, []),
-                ],
-                inputs=[
-                    ("model", "MODEL", (2, 0)),
-                    ("positive", "CONDITIONING", (9, 0)),
-                    ("negative", "CONDITIONING", (10, 0)),
-                    ("latent_image", "LATENT", (8, 0)),
-                ],
-                outputs=[("LATENT", "LATENT")],
-            ),
-            Node(
-                12,
-                "VAEDecode",
-                (1240, 400),
-                (220, 60),
-                inputs=[("samples", "LATENT", (11, 0)), ("vae", "VAE", (2, 2))],
-                outputs=[("IMAGE", "IMAGE")],
-            ),
+            ksampler(11, (1240, 80), ((9, 0), (10, 0)), (8, 0), steps=25, cfg=6.0, denoise=0.35),
+            vae_decode(12, (1240, 400), (11, 0)),
             save(13, (1600, 80), (12, 0), "spire_generation"),
         ],
     )
