@@ -45,7 +45,15 @@ import pytest
 import torch
 from spire_test_support import tiny_comfy
 from spire_test_support.adaptors import randomize_heads
-from spire_test_support.export import SHARPEN, export_components, node_restore, photo, sharpened_checkpoint
+from spire_test_support.export import (
+    RESTORE_SETTINGS,
+    SHARPEN,
+    ddim_simple,
+    export_components,
+    photo,
+    restore_both,
+    sharpened_checkpoint,
+)
 
 from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
 from spire_core.restoration.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
@@ -128,26 +136,15 @@ CASES = {
 }
 
 
-SETTINGS = {
-    "semantic_prompt": "an astronaut",
-    "restoration_prompt": "Remove all degradation",
-    "steps": 4,
-    "semantic_scale": 4.0,
-    "restoration_scale": 1.0,
-    "seed": 7,
-    "strength": 1.0,
-    "color_fix": "none",
-}
+SETTINGS = RESTORE_SETTINGS
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_pipeline_matches_the_restore_node(setup, case):
-    comfy, pipe, control, model = setup
     node_sampling, sampler, options, overrides = CASES[case]
     settings = {**SETTINGS, **overrides}
     image = photo(45, 61)  # not a multiple of 8: padded by reflection, cropped back on both sides
-    theirs = node_restore(comfy, "sd1", model, control, image, **node_sampling, **settings)
-    ours = pipe.restore(image.movedim(-1, 1), sampler=sampler, scheduler_options=options, **settings)
+    ours, theirs = restore_both(setup, "sd1", image, node_sampling, sampler, options, **settings)
     factor = 2 if "Upsample" in settings["restoration_prompt"] else 1
     assert ours.shape == theirs.shape == (1, 3, 45 * factor, 61 * factor)
     difference = float((ours - theirs).abs().max())
@@ -158,13 +155,12 @@ def test_pipeline_matches_the_tiled_restore_node(setup, monkeypatch):
     """Tiled sampling on both sides (``spire_core.restoration.tiles``: the same windows, hint crops and blend).
     The node also decodes in tiles when the latent is larger than a tile, the pipeline decodes whole; so the
     node's VAE decodes whole here too, and the comparison is of the tiled sampling itself."""
-    comfy, pipe, control, model = setup
+    pipe = setup[1]
     vae = tiny_comfy.tiny_vae()
     monkeypatch.setattr(vae, "decode_tiled", lambda samples, **_: vae.decode(samples))
     settings = {**SETTINGS, "tile_size": 32, "tile_overlap": 8}  # a 6 x 8 latent in 4-cell tiles: 2 x 3 tiles
     image = photo(45, 61)
-    theirs = node_restore(comfy, "sd1", model, control, image, sampler_name="ddim", scheduler="simple", **settings)
-    ours = pipe.restore(image.movedim(-1, 1), sampler="ddim", scheduler_options=COMFY_SIMPLE_SCHEDULE, **settings)
+    ours, theirs = restore_both(setup, "sd1", image, *ddim_simple(), **settings)
     difference = float((ours - theirs).abs().max())
     assert difference <= TOLERANCE, f"tiled: max abs pixel difference {difference:.3g}"
     whole = pipe.restore(image.movedim(-1, 1), sampler="ddim", scheduler_options=COMFY_SIMPLE_SCHEDULE, **SETTINGS)

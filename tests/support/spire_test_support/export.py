@@ -197,3 +197,33 @@ def node_restore(comfy, family: str, model, control, image, **values):  # noqa: 
     with torch.no_grad():  # as ComfyUI's executor runs nodes
         out = comfy.nodes.NODE_CLASS_MAPPINGS["SPIRE_Restore"].execute(model, clip, vae, control, image, **values)
     return out.result[0].movedim(-1, 1)
+
+
+RESTORE_SETTINGS = {
+    "semantic_prompt": "an astronaut",
+    "restoration_prompt": "Remove all degradation",
+    "steps": 4,
+    "semantic_scale": 4.0,
+    "restoration_scale": 1.0,
+    "seed": 7,
+    "strength": 1.0,
+    "color_fix": "none",
+}
+"""The settings both pipeline-vs-node proofs start from (each case overrides some)."""
+
+
+def ddim_simple() -> tuple[dict, str, dict]:
+    """``restore_both``'s sampling arguments for DDIM on ComfyUI's "simple" schedule, on both sides."""
+    from spire_core.restoration.pipeline import COMFY_SIMPLE_SCHEDULE
+
+    return {"sampler_name": "ddim", "scheduler": "simple"}, "ddim", COMFY_SIMPLE_SCHEDULE
+
+
+def restore_both(setup, family: str, image, node_sampling: dict, sampler: str, options: dict, **settings):  # noqa: ANN001, ANN201
+    """(pipeline's image, node's image), each (B, 3, H, W), for one photo and one set of settings: the node with
+    ``node_sampling`` (its sampler and scheduler names), the pipeline with ``sampler`` and ``options``
+    (``scheduler_options``). ``setup`` is the tests' (comfy, pipeline, control, model) fixture."""
+    comfy, pipe, control, model = setup
+    theirs = node_restore(comfy, family, model, control, image, **node_sampling, **settings)
+    ours = pipe.restore(image.movedim(-1, 1), sampler=sampler, scheduler_options=options, **settings)
+    return ours, theirs
