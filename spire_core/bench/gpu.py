@@ -21,7 +21,10 @@ measured:
    projection in ``docs/training.md`` (``spire_core.bench.training``);
 5. ``training_run``: 50 real ``Trainer`` steps (tiny random base, bf16, on the GPU) with a checkpoint at step 25
    and a resume from it: every loss finite, the resumed losses equal to the uninterrupted run's;
-6. ``tests_comfy``: the whole comfy tier with ComfyUI on CUDA in library mode (``python -m pytest --gpu
+6. ``sampling_sdxl``, ``sampling_sdxl_quarter``: the sampling benchmark for the SDXL architecture at its native
+   128x128 latent, fp16, with the full and with the quarter SPIRE trunk against core ControlNet (full): time,
+   peak memory, FLOP ratios (one section each, so that one cut short leaves the other);
+7. ``tests_comfy``: the whole comfy tier with ComfyUI on CUDA in library mode (``python -m pytest --gpu
    tests/comfy``), in the time left.
 
 It writes ``results/gpu-<device name>.json`` and a short ``results/gpu-<device name>.log`` and prints one line
@@ -55,9 +58,11 @@ from .gpu_env import PACK_DIR, device_slug, prepare_environment, versions
 SECTIONS: dict[str, float] = {
     "tests_gpu": 60.0,
     "degradation": 35.0,
-    "sampling": 90.0,
+    "sampling": 70.0,
     "training_step": 80.0,
     "training_run": 45.0,
+    "sampling_sdxl": 75.0,
+    "sampling_sdxl_quarter": 75.0,
     "tests_comfy": 0.0,
 }
 """Sections in the order they run, with their planned seconds (``tests_comfy`` gets what is left)."""
@@ -249,6 +254,17 @@ class Run:
             summary["sampling_flop_ratio_spire_over_bare"] = smp["time"]["flop_ratio_unet_plus_trunk_over_unet"]
             summary["sampling_memory"] = {b: m["spire_over_controlnet"] for b, m in smp["memory"].items()}
             summary["sampling_targets"] = smp["targets"]
+        for name in ("sampling_sdxl", "sampling_sdxl_quarter"):
+            entry = sections.get(name, {}).get("result")
+            if not entry:
+                continue
+            trunk = entry["trunk"]
+            batch = entry["time"]["batches"]["1"]
+            summary[f"sampling_sdxl_{trunk}_spire_over_controlnet"] = batch["spire_over_controlnet"]["median"]
+            summary[f"sampling_sdxl_{trunk}_spire_over_bare"] = batch["spire_over_bare"]["median"]
+            summary[f"sampling_sdxl_{trunk}_flop_ratio_spire_over_bare"] = batch["spire_over_bare"]["flop_ratio"]
+            if entry.get("memory"):
+                summary[f"sampling_sdxl_{trunk}_memory"] = entry["memory"]["1"]["spire_over_controlnet"]
         trn = sections.get("training_step", {}).get("result")
         if trn:
             case = next(iter(trn["cases"].values()))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -73,6 +74,29 @@ def section_sampling(device: str, tiny: bool) -> dict[str, Any]:
         return run(device=device, batches=(1,), repeats=3, dtype="float32", latent=8, size="tiny", memory=False)
     dtype = "float16" if device.startswith("cuda") else "float32"
     return run(device=device, batches=(1, 2), repeats=20, dtype=dtype, latent=64, inner=5, memory_batches=(1,))
+
+
+def section_sampling_sdxl(device: str, tiny: bool, trunk: str = "full") -> dict[str, Any]:
+    """The sampling benchmark for the SDXL architecture at its native 128x128 latent (1024 px) with a SPIRE trunk
+    of size ``trunk`` against core ControlNet (tiny: the toy SDXL at an 8x8 latent, whose quarter trunk is 32
+    channels wide)."""
+    from .sampling import find_comfyui, run
+
+    if find_comfyui() is None:
+        return {"status": "skipped", "reason": "no ComfyUI (set COMFYUI_DIR or pass --comfyui)"}
+    if tiny:
+        return run(
+            device=device,
+            batches=(1,),
+            repeats=3,
+            dtype="float32",
+            latent=8,
+            size="tiny_sdxl",
+            memory=False,
+            trunk=trunk,
+        )
+    dtype = "float16" if device.startswith("cuda") else "float32"
+    return run(device=device, batches=(1,), repeats=8, dtype=dtype, latent=128, inner=2, size="sdxl", trunk=trunk)
 
 
 def section_training_step(device: str, tiny: bool) -> dict[str, Any]:
@@ -177,6 +201,8 @@ def _reset_accelerate() -> None:
 SECTION_FUNCTIONS = {
     "degradation": section_degradation,
     "sampling": section_sampling,
+    "sampling_sdxl": section_sampling_sdxl,
+    "sampling_sdxl_quarter": functools.partial(section_sampling_sdxl, trunk="quarter"),
     "training_step": section_training_step,
 }
 

@@ -79,7 +79,7 @@ def test_tiny_mode_runs_every_section_and_writes_the_report(tmp_path):
     assert list(sections) == list(SECTIONS)
     has_comfy = find_comfyui() is not None
     for name, entry in sections.items():
-        expected = "skipped" if name == "sampling" and not has_comfy else "ok"
+        expected = "skipped" if name.startswith("sampling") and not has_comfy else "ok"
         assert entry["status"] == expected, (name, entry)
     assert done.returncode == 0, done.stderr[-3000:]
     assert report["not_run"] == line
@@ -103,6 +103,15 @@ def test_tiny_mode_runs_every_section_and_writes_the_report(tmp_path):
         assert entry["rounds"] == 3 and len(entry["per_round"]) == 3 and entry["flop_ratio"] > 1.0
         assert timing["flop_ratio_unet_plus_trunk_over_unet"] > 1.0
         assert report["summary"]["sampling_b1_spire_over_controlnet"] == entry["median"]
+        sdxl = {"full": sections["sampling_sdxl"]["result"], "quarter": sections["sampling_sdxl_quarter"]["result"]}
+        for trunk, result in sdxl.items():
+            assert result["size"] == "tiny_sdxl" and result["trunk"] == trunk
+            entry = result["time"]["batches"]["1"]["spire_over_controlnet"]
+            assert entry["rounds"] == 3 and all(math.isfinite(r) and r > 0 for r in entry["per_round"])
+            assert report["summary"][f"sampling_sdxl_{trunk}_spire_over_controlnet"] == entry["median"]
+        # the quarter trunk is narrower than core ControlNet's full copy: fewer FLOPs than it
+        flops = {t: r["time"]["flops_per_step_batch1"] for t, r in sdxl.items()}
+        assert flops["quarter"]["spire"] < flops["quarter"]["controlnet"] == flops["full"]["controlnet"]
     assert report["summary"]["training_run_finite"] is True
 
 
