@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     smp.add_argument("--out", default=None, help="results folder (default: the repository's results/)")
     trn = sub.add_parser("training", help="training step: SPIRE adaptor vs plain diffusers ControlNet, same trunk")
     trn.add_argument("--device", default="cpu")
-    trn.add_argument("--sizes", default="tiny,sd15")
+    trn.add_argument(
+        "--sizes", default=None, help="comma-separated sizes (default: tiny,sd15; with --project: sd15,sdxl)"
+    )
     trn.add_argument("--batch", type=int, default=1)
     trn.add_argument("--steps", type=int, default=3)
     trn.add_argument("--no-memory", action="store_true", help="skip the per-candidate peak-memory subprocesses")
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark == "training" and args.project:
         from .projection import project
 
-        sizes = tuple(args.sizes.split(",")) if args.sizes != "tiny,sd15" else ("sd15", "sdxl")
+        sizes = tuple((args.sizes or "sd15,sdxl").split(","))
         result = project(sizes=sizes, trunks=tuple(args.trunks.split(",")), latent=args.latent or 16)
         path = write_result("training-memory-projection", result, args.out)
         sys.stdout.write(json.dumps(result, indent=2) + f"\nwrote {path}\n")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         from .training import run as run_training
 
         result = run_training(
-            sizes=tuple(args.sizes.split(",")),
+            sizes=tuple((args.sizes or "tiny,sd15").split(",")),
             batch=args.batch,
             steps=args.steps,
             device=args.device,
