@@ -71,7 +71,8 @@ class AdaptorLoader(io.ComfyNode):
             category="SPIRE/adaptor",
             description=(
                 "Load a SPIRE adaptor (.safetensors) from ComfyUI/models/spire. It travels as a CONTROL_NET: attach it "
-                "with 'Apply Adaptor (SPIRE)' (or core 'Apply ControlNet' after 'Encode Restoration Prompt'). The file "
+                "with 'Apply Adaptor (SPIRE)' (or, SD 1.x/2.x adaptors only, core 'Apply ControlNet' after 'Encode "
+                "Restoration Prompt'). The file "
                 "is checked before anything is loaded; base checkpoints, plain ControlNets, pickles and damaged "
                 "files are refused with a message saying what they are."
             ),
@@ -186,7 +187,8 @@ class EncodeRestorationPrompt(io.ComfyNode):
                 "conditioning as the ControlNet cross-attention input (cross_attn_controlnet), for graphs that "
                 "attach the SPIRE adaptor with core 'Apply ControlNet'. Text the grammar rejects stops with the "
                 "parser's message. Only the CLIP embedding travels this way: an adaptor with a numeric channel "
-                "then cannot read the prompt's numbers (use 'Apply Adaptor (SPIRE)' for that)."
+                "then cannot read the prompt's numbers (use 'Apply Adaptor (SPIRE)' for that), and an SDXL "
+                "adaptor, which also reads the prompt's pooled embedding, cannot be used this way at all."
             ),
             inputs=[
                 io.Clip.Input(
@@ -208,13 +210,11 @@ class EncodeRestorationPrompt(io.ComfyNode):
     @classmethod
     def execute(cls, clip, conditioning, restoration_prompt) -> io.NodeOutput:
         prompts = restoration_batch(restoration_prompt).texts
-        embedding, pooled = encode_restoration(clip, prompts, None)
+        embedding, _ = encode_restoration(clip, prompts, None)  # core Apply ControlNet has no pooled input
         out = []
         for emb, options in conditioning:
             options = options.copy()
             options["cross_attn_controlnet"] = embedding
-            if pooled is not None:  # as core CLIPTextEncodeControlnet
-                options["pooled_output_controlnet"] = pooled
             out.append([emb, options])
         return io.NodeOutput(out, "\n".join(prompts))
 

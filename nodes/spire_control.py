@@ -241,7 +241,7 @@ class SpireControl(ControlBase):
             raise ValueError(
                 "The SPIRE adaptor needs a restoration prompt on the conditioning. Use 'Apply Adaptor (SPIRE)', or "
                 "'Encode Restoration Prompt (SPIRE)' / core 'CLIPTextEncodeControlnet' on the conditioning "
-                "before 'Apply ControlNet'."
+                "before 'Apply ControlNet' (SD 1.x/2.x adaptors only: an SDXL adaptor needs 'Apply Adaptor (SPIRE)')."
             )
         dtype = self.manual_cast_dtype if self.manual_cast_dtype is not None else self.adaptor.dtype
         hint = self._hint(x_noisy, batched_number, dtype, transformer_options.get("spire_tile"))

@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         "--trunk",
         default="full",
         help="trunk width: full (the paper's copy of the encoder), half, quarter, or a first-level channel count "
-        "(a multiple of 32); narrower trunks train on smaller GPUs (docs/training.md, Memory)",
+        "(a multiple of 32 for Stable Diffusion bases); narrower trunks train on smaller GPUs "
+        "(docs/training.md, Memory)",
     )
     init.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     inspect = commands.add_parser("inspect", help="print an adaptor's metadata and parameter counts")

@@ -166,11 +166,13 @@ class SpireAdaptor(nn.Module):
 
         A narrower ``trunk`` (``"half"``, ``"quarter"`` or a first-level width, ``config.trunk_channels``; modulation
         fusion) is initialised channel-sliced from that copy: every tensor keeps the leading entries of each of its
-        dimensions (the first channels of each layer, all of the text and added-conditioning inputs), so the trunk
-        starts from the base's features restricted to its width rather than from random weights.
+        dimensions (the first channels of each layer, all of the text and added-conditioning inputs): a subset of the
+        base's weights rather than random ones. It does not compute the base's features restricted to its width
+        (GroupNorm groups fewer channels together, the heads split differently, the dropped input channels change
+        every convolution); it is a starting point that training adapts.
 
         Args:
-            unet: a diffusers ``UNet2DConditionModel`` (SD1.x/SD2.x style); it is not modified.
+            unet: a diffusers ``UNet2DConditionModel`` (SD1.x/SD2.x/SDXL style); it is not modified.
             fusion: ``"modulation"`` (SPIRE) or ``"additive"`` (plain ControlNet).
             base_family: ``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"custom"``; ``None`` infers it from the UNet config.
             prediction_type: what ``unet`` predicts (``"epsilon"`` or ``"v_prediction"``).

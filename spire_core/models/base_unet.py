@@ -1,4 +1,4 @@
-"""Load a base model's UNet offline, from a diffusers folder or a single-file SD1.x/SD2.x checkpoint.
+"""Load a base model's UNet offline, from a diffusers folder or a single-file SD1.x/SD2.x/SDXL checkpoint.
 
 Nothing is downloaded: diffusers folders load with ``local_files_only=True`` and safetensors weights only;
 single files get their diffusers config rebuilt from tensor shapes (``ldm.unet_config_from_ldm``).
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .config import PREDICTION_TYPES, infer_base_family
-from .ldm import LDM_UNET_PREFIX, LdmLayoutError, ldm_to_diffusers_unet, unet_config_from_ldm
+from .config import PREDICTION_TYPES, check_unet_supported, infer_base_family
+from .ldm import LDM_UNET_PREFIX, ldm_to_diffusers_unet, unet_config_from_ldm
 from .safetensors_header import (
     DIFFUSERS_UNET,
     SD_CHECKPOINT,
@@ -124,8 +124,9 @@ def _load_single_file(path: Path) -> tuple[Any, dict[str, str], bool]:
     shapes = {key[len(LDM_UNET_PREFIX) :]: info["shape"] for key, info in header.tensors.items() if key in unet_keys}
     try:
         config = unet_config_from_ldm(shapes)
-    except LdmLayoutError as error:
-        raise BaseModelFileError(f"{path}: the UNet is not an SD1.x/SD2.x UNet: {error}") from None
+        check_unet_supported(config)
+    except ValueError as error:  # LdmLayoutError included
+        raise BaseModelFileError(f"{path}: the UNet is not an SD1.x/SD2.x/SDXL UNet: {error}") from None
     with safe_open(str(path), framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in unet_keys}
     converted = ldm_to_diffusers_unet(tensors, config)
@@ -144,7 +145,7 @@ def load_base_unet(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[Any, BaseModelInfo]:
-    """Load the UNet of a base SD1.x/SD2.x model, offline.
+    """Load the UNet of a base SD1.x/SD2.x/SDXL model, offline.
 
     Args:
         path: a diffusers folder (``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors``, or the

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from .config import ADDED_CONDITIONING, HEAD_PREFIX, HINT_ENCODER_CHANNELS, AdaptorConfig
+from .config import ADDED_CONDITIONING, HEAD_PREFIX, HINT_ENCODER_CHANNELS, SD_NORM_GROUPS, AdaptorConfig
 from .ldm import diffusers_to_ldm_unet
 
 _REQUIRED = {
-    "norm_num_groups": 32,
+    "norm_num_groups": SD_NORM_GROUPS,
     "act_fn": "silu",
     "resnet_time_scale_shift": "default",
     "flip_sin_to_cos": True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,10 @@ from ..prompt import GRAMMAR_VERSION, NUMERIC_FEATURES_VERSION
 FORMAT_VERSION = 3
 """Newest on-disk adaptor format (``spire.format_version``). Format 2 adds the numeric side channel; format 3 a
 trunk narrower than the base (``spire.base_block_out_channels``, the heads then map the trunk's width onto the
-base's). An adaptor is written in the oldest format that holds it (a full trunk without the channel: format 1,
-which every version of the pack reads). Readers refuse versions they do not know (``READABLE_FORMAT_VERSIONS``)
-with a message to update the pack."""
+base's) and SDXL's added conditioning (an SDXL adaptor is always format 3, so that packs from before SDXL refuse it
+with a message to update rather than a puzzling one). An adaptor is written in the oldest format that holds it (an
+SD 1.x/2.x full trunk without the channel: format 1, which every version of the pack reads). Readers refuse
+versions they do not know (``READABLE_FORMAT_VERSIONS``) with a message to update the pack."""
 
 READABLE_FORMAT_VERSIONS = (1, 2, 3)
 
@@ -33,8 +35,14 @@ trunks (``narrow_controlnet_config``) train on smaller GPUs, their heads map eac
 NARROW_TRUNK_HEADS = 8
 """Attention heads of every level of a narrower trunk (SD 1.x's rule, which divides any multiple of 32)."""
 
+SD_NORM_GROUPS = 32
+"""GroupNorm groups of every Stable Diffusion UNet (diffusers' default ``norm_num_groups``; the only count the
+original layout and ComfyUI build)."""
+
 NARROW_TRUNK_GRANULARITY = 32
-"""A narrower trunk's channels are multiples of this (GroupNorm's 32 groups, in diffusers and ComfyUI alike)."""
+"""A narrower trunk's channels are multiples of this for every Stable Diffusion base: its ``SD_NORM_GROUPS``
+groups, which ``NARROW_TRUNK_HEADS`` divides. A custom base with fewer groups (``norm_num_groups``) has a finer
+step: the least common multiple of its groups and the heads (``trunk_granularity``)."""
 
 FUSIONS = ("modulation", "additive")
 """``modulation``: SPIRE, ``f <- f * (1 + s*gamma) + s*beta``; ``additive``: plain ControlNet residuals."""
@@ -150,29 +158,48 @@ def check_unet_supported(unet_config: Mapping[str, Any]) -> None:
             f"timestep embedding, SDXL's pooled-text and size conditioning); this UNet has {', '.join(bad)}. "
             "LCM-distilled, upscaler and class-conditioned UNets are not supported."
         )
+    if unet_config.get("addition_embed_type") == ADDED_CONDITIONING:
+        adm = unet_config.get("projection_class_embeddings_input_dim")
+        ids = unet_config.get("addition_time_embed_dim")
+        context = unet_config.get("cross_attention_dim")
+        if isinstance(adm, int) and isinstance(ids, int) and adm - 5 * ids == context:
+            raise ValueError(
+                "this UNet reads a pooled text embedding as wide as its cross-attention and five size ids: the SDXL "
+                "refiner (CLIP-G only, an aesthetic score instead of the target size). SPIRE adaptors are made for "
+                "SDXL base-style UNets (two text encoders, six size ids); restore with the base checkpoint"
+            )
 
 
-def trunk_channels(base_channels: list[int], trunk: str | int) -> list[int]:
+def trunk_granularity(norm_groups: int = SD_NORM_GROUPS) -> int:
+    """The step of a narrower trunk's channels for a base with ``norm_groups`` GroupNorm groups: every level must
+    split into those groups and into ``NARROW_TRUNK_HEADS`` heads (32 for every Stable Diffusion base)."""
+    if isinstance(norm_groups, bool) or not isinstance(norm_groups, int) or norm_groups < 1:
+        raise ValueError(f"norm_num_groups must be a positive integer; got {norm_groups!r}")
+    return math.lcm(norm_groups, NARROW_TRUNK_HEADS)
+
+
+def trunk_channels(base_channels: list[int], trunk: str | int, norm_groups: int = SD_NORM_GROUPS) -> list[int]:
     """A trunk's channels per level for base channels ``base_channels`` and a size: ``"full"``, ``"half"``,
     ``"quarter"`` (``TRUNK_SIZES``: the first level's width times the fraction, rounded to the nearest multiple of
-    32, at least 32), or the first level's width itself (an int multiple of 32). The levels keep the base's
-    multipliers of the first level."""
+    the granularity, at least one granularity), or the first level's width itself (an int multiple of the
+    granularity). The granularity is ``trunk_granularity(norm_groups)``: 32 for every Stable Diffusion base (its
+    32 GroupNorm groups), finer only for a custom base with fewer groups. The levels keep the base's multipliers
+    of the first level."""
     first = base_channels[0]
+    step = trunk_granularity(norm_groups)
     if isinstance(trunk, str):
         if trunk not in TRUNK_SIZES:
             raise ValueError(f"trunk {trunk!r} is unknown; expected one of {', '.join(TRUNK_SIZES)} or a channel count")
         width = first * TRUNK_SIZES[trunk]
-        step = NARROW_TRUNK_GRANULARITY
         channels = max(step, step * int(width / step + 0.5))
     elif isinstance(trunk, bool) or not isinstance(trunk, int):
         raise ValueError(f"trunk must be a size name or an integer channel count; got {trunk!r}")
     else:
         channels = trunk
-    if channels % NARROW_TRUNK_GRANULARITY or not 0 < channels <= first or any(c % first for c in base_channels):
+    if channels % step or not 0 < channels <= first or any(c % first for c in base_channels):
         raise ValueError(
             f"a trunk of {channels} channels does not fit base channels {base_channels}: it must be a positive "
-            f"multiple of {NARROW_TRUNK_GRANULARITY} no wider than {first}, and the base's levels multiples of "
-            "its first"
+            f"multiple of {step} no wider than {first}, and the base's levels multiples of its first"
         )
     return [c // first * channels for c in base_channels]
 
@@ -182,7 +209,8 @@ def narrow_controlnet_config(controlnet_config: Mapping[str, Any], trunk: str | 
     ``controlnet_config``: its channels scaled, ``NARROW_TRUNK_HEADS`` heads at every level; the rest (depths,
     block types, cross-attention and added conditioning widths) as the base's. ``"full"`` returns a copy."""
     config = dict(controlnet_config)
-    channels = trunk_channels(list(config["block_out_channels"]), trunk)
+    groups = config.get("norm_num_groups", SD_NORM_GROUPS)
+    channels = trunk_channels(list(config["block_out_channels"]), trunk, groups)
     if channels != list(config["block_out_channels"]):
         config.update(block_out_channels=channels, attention_head_dim=NARROW_TRUNK_HEADS, num_attention_heads=None)
     return _jsonable(config)
@@ -270,7 +298,7 @@ class AdaptorConfig:
         base_block_out_channels: the base UNet's channels per level when the trunk is narrower
             (``narrow_controlnet_config``; modulation fusion only), else ``None`` (the trunk is as wide as the base).
         format_version: on-disk format version: 1 without the numeric channel, 2 with it, 3 with a narrower trunk
-            (set from the other fields when omitted).
+            or SDXL's added conditioning (set from the other fields when omitted).
     """
 
     controlnet_config: dict[str, Any]
@@ -296,7 +324,14 @@ class AdaptorConfig:
         added = isinstance(self.controlnet_config, Mapping) and (
             self.controlnet_config.get("addition_embed_type") == ADDED_CONDITIONING
         )
-        sdxl = self.base_family == "sdxl" or added  # SDXL-shaped, whatever the family says
+        if added != (self.base_family == "sdxl") and self.base_family != "custom":
+            raise ValueError(
+                f"AdaptorConfig: base_family={self.base_family!r} with "
+                f"{'SDXL' if added else 'no'} added conditioning (controlnet_config.addition_embed_type="
+                f"{self.controlnet_config.get('addition_embed_type')!r}): SDXL adaptors have SDXL's pooled-text and "
+                "size conditioning, SD 1.x/2.x adaptors do not"
+            )
+        sdxl = self.base_family == "sdxl" or added  # SDXL-shaped (a custom base with added conditioning too)
         if self.text_encoder_layer is None:
             default = "penultimate" if sdxl else DEFAULT_TEXT_ENCODER_LAYER[self.base_family]
             object.__setattr__(self, "text_encoder_layer", default)
@@ -306,11 +341,16 @@ class AdaptorConfig:
                 "AdaptorConfig.text_encoder_layer must be 'penultimate' for SDXL: SDXL reads both of its text encoders "
                 "there, and ComfyUI's SDXL CLIP offers no other layer for both"
             )
-        if self.base_block_out_channels is not None:
-            object.__setattr__(self, "base_block_out_channels", [int(c) for c in self.base_block_out_channels])
+        base = self.base_block_out_channels
+        if base is not None:
+            if not isinstance(base, (list, tuple)) or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in base
+            ):
+                raise ValueError(f"AdaptorConfig.base_block_out_channels must be positive integers; got {base!r}")
+            object.__setattr__(self, "base_block_out_channels", list(base))
+        needs_3 = base is not None or added
         if self.format_version is None:
-            narrow = self.base_block_out_channels is not None
-            object.__setattr__(self, "format_version", 3 if narrow else 2 if self.numeric_tokens else 1)
+            object.__setattr__(self, "format_version", 3 if needs_3 else 2 if self.numeric_tokens else 1)
         for name in ("prompt_grammar_version", "hint_channels", "format_version", "numeric_features_version"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -324,10 +364,11 @@ class AdaptorConfig:
                 f"AdaptorConfig: format version {self.format_version} with numeric_tokens={tokens}: format 1 has no "
                 "numeric channel and format 2 always has one"
             )
-        if (self.base_block_out_channels is not None) != (self.format_version >= 3):
+        if needs_3 != (self.format_version >= 3):
             raise ValueError(
                 f"AdaptorConfig: format version {self.format_version} with base_block_out_channels="
-                f"{self.base_block_out_channels}: format 3 is the format of narrower trunks, and only it has them"
+                f"{self.base_block_out_channels} and {'SDXL' if added else 'no'} added conditioning: format 3 is "
+                "the format of narrower trunks and of SDXL adaptors, and only it has them"
             )
         if tokens and self.numeric_features_version != NUMERIC_FEATURES_VERSION:
             raise ValueError(
@@ -367,8 +408,14 @@ class AdaptorConfig:
                     f"{self.fusion} fusion: it is for trunks narrower than the base, in modulation fusion (plain "
                     "ControlNet residuals must have the base's width)"
                 )
-            if len(base) != len(config["block_out_channels"]):
+            trunk = list(config["block_out_channels"])
+            if len(base) != len(trunk):
                 raise ValueError(f"AdaptorConfig: base_block_out_channels={base} has another number of levels")
+            if any(b < t for b, t in zip(base, trunk)) or any(b * trunk[0] != t * base[0] for b, t in zip(base, trunk)):
+                raise ValueError(
+                    f"AdaptorConfig: base_block_out_channels={base} does not fit a trunk of {trunk}: the base must be "
+                    "at least as wide at every level, with the same ratios between levels"
+                )
         channels = config.setdefault("conditioning_channels", self.hint_channels)
         if channels != self.hint_channels:
             raise ValueError(

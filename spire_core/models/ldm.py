@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .config import SD_NORM_GROUPS
+
 LDM_UNET_PREFIX = "model.diffusion_model."
 """Prefix of UNet tensors in a single-file Stable Diffusion checkpoint."""
 
@@ -32,8 +34,8 @@ SD2_HEAD_CHANNELS = 64
 SDXL_TIME_EMBED = 256
 """SDXL: sinusoidal values per size/crop id (six ids) in its added conditioning."""
 
-LDM_NORM_GROUPS = 32
-"""GroupNorm groups in the original UNet (``normalization()`` in ldm)."""
+LDM_NORM_GROUPS = SD_NORM_GROUPS
+"""GroupNorm groups in the original UNet (``normalization()`` in ldm): Stable Diffusion's 32."""
 
 _RESNET_RENAMES = (
     ("norm1", "in_layers.0"),
@@ -55,7 +57,7 @@ _TOP_LEVEL = {
 
 
 class LdmLayoutError(ValueError):
-    """The tensors do not form an SD1.x/SD2.x-style UNet in the original layout."""
+    """The tensors do not form an SD1.x/SD2.x/SDXL-style UNet in the original layout."""
 
 
 def _depth(shapes: Mapping[str, Any], prefix: str) -> int:
@@ -117,8 +119,15 @@ def unet_config_from_ldm(shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
         up_index = (levels - 1 - level) * (layers + 1)
         if (f"output_blocks.{up_index}.1.proj_in.weight" in shapes) != attention[level]:
             raise LdmLayoutError(f"output block {up_index} does not mirror input level {level} (attention differs)")
+    if added and attention[0]:
+        raise LdmLayoutError(
+            "the UNet has a label_emb and attention at its first level: an SD 2.x unCLIP UNet, not SDXL (whose "
+            "first level has no attention); only SD1.x/SD2.x/SDXL text-to-image UNets are supported"
+        )
     if "middle_block.1.proj_in.weight" not in shapes:
-        raise LdmLayoutError("the middle block has no attention; SD1.x/SD2.x UNets have a cross-attention middle block")
+        raise LdmLayoutError(
+            "the middle block has no attention; SD1.x/SD2.x/SDXL UNets have a cross-attention middle block"
+        )
     proj_in = shapes["middle_block.1.proj_in.weight"]
     linear = len(proj_in) == 2
     context = shapes["middle_block.1.transformer_blocks.0.attn2.to_k.weight"][1]
@@ -149,7 +158,7 @@ def unet_config_from_ldm(shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
     down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention]
     up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)]
     return {
-        "sample_size": 64,
+        "sample_size": 128 if added else 64,  # latent side: SDXL 1024 px, SD 512 px
         "in_channels": shapes["input_blocks.0.0.weight"][1],
         "out_channels": shapes["out.2.weight"][0],
         "down_block_types": down,
@@ -194,7 +203,7 @@ def diffusers_to_ldm_unet(state_dict: Mapping[str, torch.Tensor], config: Mappin
     """Rename a diffusers ``UNet2DConditionModel`` state dict to the original layout (no prefix).
 
     Args:
-        state_dict: ``unet.state_dict()`` of an SD1.x/SD2.x-style UNet (cross-attention middle block).
+        state_dict: ``unet.state_dict()`` of an SD1.x/SD2.x/SDXL-style UNet (cross-attention middle block).
         config: its config (``layers_per_block`` and ``up_block_types`` are used).
 
     Returns:

@@ -6,7 +6,7 @@
         --adaptor ../../models/spire/spire_sd15.safetensors \\
         [--semantic "a photo of an astronaut"] [--restoration "Remove all degradation"] [--steps 50] [--seed 0]
 
-``--base`` is a single-file SD1.x/SD2.x checkpoint or a diffusers folder; a single file needs
+``--base`` is a single-file SD1.x/SD2.x/SDXL checkpoint or a diffusers folder; a single file needs
 ``--components``, a diffusers folder of the same model for the VAE, text encoder and tokenizer (a single
 file lacks the tokenizer's vocabulary and the configurations, and nothing is downloaded). Run from the pack's
 folder, ``ComfyUI/custom_nodes/spire_restoration``, ComfyUI's models are under ``../../models``. The

@@ -107,7 +107,7 @@ class SpirePipeline:
         """Load a base model and an adaptor, offline.
 
         Args:
-            base: a diffusers Stable Diffusion folder, or a single-file SD1.x/SD2.x ``.safetensors`` checkpoint
+            base: a diffusers Stable Diffusion folder, or a single-file SD1.x/SD2.x/SDXL ``.safetensors`` checkpoint
                 (its UNet is used; see ``spire_core.models.load_base_unet``).
             adaptor: a SPIRE adaptor ``.safetensors`` file (validated before loading), or a ``SpireAdaptor`` (used
                 in place: cast to ``dtype``, put in eval mode and moved with the pipeline).
@@ -126,7 +126,7 @@ class SpirePipeline:
         if not base.exists():
             raise BaseModelFileError(
                 f"base model {base} does not exist: give a diffusers Stable Diffusion folder or a single-file "
-                "SD1.x/SD2.x .safetensors checkpoint"
+                "SD1.x/SD2.x/SDXL .safetensors checkpoint"
             )
         if components is None and not base.is_dir():
             raise BaseModelFileError(

@@ -9,6 +9,7 @@ import torch
 
 from ..models import SpireAdaptor, check_fits_unet, load_adaptor
 from ..models.components import FrozenComponents
+from ..models.config import SD_NORM_GROUPS, trunk_channels
 from .config import ConfigError, ModelConfig
 from .seeds import seed_for
 
@@ -24,6 +25,19 @@ def build_adaptor(model: ModelConfig, components: FrozenComponents, seed: int) -
     if model.init_adaptor:
         adaptor = load_adaptor(model.init_adaptor, dtype=torch.float32)
         check_fits_unet(adaptor.config, info.unet_config)
+        if model.trunk != "full":  # a trunk asked for explicitly must be the one the file has
+            groups = info.unet_config.get("norm_num_groups", SD_NORM_GROUPS)
+            try:
+                wanted = trunk_channels(adaptor.config.base_channels, model.trunk, groups)
+            except ValueError as error:
+                raise ConfigError(f"model.trunk: {error}") from None
+            have = list(adaptor.config.controlnet_config["block_out_channels"])
+            if wanted != have:
+                raise ConfigError(
+                    f"model.trunk = {model.trunk!r} asks for a trunk of {wanted} channels, but model.init_adaptor "
+                    f"{model.init_adaptor} has {have}: remove model.trunk (the adaptor file decides) or start from "
+                    "an adaptor of that size"
+                )
         if adaptor.config.prediction_type != info.prediction_type:
             raise ConfigError(
                 f"model.init_adaptor {model.init_adaptor} was made for a {adaptor.config.prediction_type} base but "

@@ -55,7 +55,7 @@ class ModelConfig:
 
     Attributes:
         base: diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) or a
-            single-file SD1.x/SD2.x ``.safetensors`` checkpoint; its UNet is loaded with
+            single-file SD1.x/SD2.x/SDXL ``.safetensors`` checkpoint; its UNet is loaded with
             ``spire_core.models.load_base_unet``.
         components: diffusers folder holding ``vae/``, ``text_encoder/`` and ``tokenizer/`` (and optionally
             ``scheduler/``); ``None``: ``base`` itself, which must then be a folder. Needed for single files.

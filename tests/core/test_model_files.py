@@ -650,7 +650,7 @@ def test_adaptor_with_wrong_or_missing_metadata(adaptor_file, tmp_path):
     )
     # format 3 is the narrow trunks': a full-width file that claims it is refused, saying why
     narrow_claim = rewrite(adaptor_file, tmp_path / "v3.safetensors", same, {**metadata, "spire.format_version": "3"})
-    assert "format 3 is the format of narrower trunks" in adaptor_error(narrow_claim)
+    assert "format 3 is the format of narrower trunks and of SDXL adaptors" in adaptor_error(narrow_claim)
     # a format-1 file never has a numeric channel, and a channel needs the features this version computes
     old = rewrite(adaptor_file, tmp_path / "v1.safetensors", same, {**metadata, "spire.format_version": "1"})
     assert "format 1 has no numeric channel" in adaptor_error(old)

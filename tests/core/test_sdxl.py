@@ -180,6 +180,7 @@ def test_file_round_trip_cli_init_and_inspect(tmp_path, capsys):
         metadata = f.metadata()
     assert metadata["spire.base_family"] == "sdxl"
     assert json.loads(metadata["spire.controlnet_config"])["addition_embed_type"] == "text_time"
+    assert metadata["spire.format_version"] == "3"  # SDXL adaptors: format 3, which packs before SDXL refuse clearly
     loaded = load_adaptor(path)
     sample, timestep, _, restoration, hint, _, restoration_added = inputs()
     with torch.no_grad():
@@ -211,6 +212,24 @@ def test_single_file_sdxl_unet_round_trip():
     assert torch.equal(got, want)
     with pytest.raises(Exception, match="not SDXL's pooled-text and size conditioning"):
         unet_config_from_ldm({**ldm, "label_emb.0.0.weight": torch.zeros(256, 12)})
+
+
+def test_the_refiner_unclip_and_mismatched_families_are_refused():
+    refiner = {**sdxl_config(), "projection_class_embeddings_input_dim": 1280 + 5 * 256, "cross_attention_dim": 1280}
+    with pytest.raises(ValueError, match="the SDXL refiner"):
+        check_unet_supported(refiner)
+    # an unCLIP-style label_emb on a UNet with attention at its first level (SD 2.x unCLIP): not SDXL
+    sd1 = UNet2DConditionModel(**tiny_unet_config("sd1", cross_attention_dim=CONTEXT))
+    ldm = diffusers_to_ldm_unet(sd1.state_dict(), sd1.config)
+    time_dim = ldm["time_embed.0.weight"].shape[0]
+    unclip = {**ldm, "label_emb.0.0.weight": torch.zeros(time_dim, 2048), "label_emb.0.2.weight": torch.zeros(1, 1)}
+    with pytest.raises(Exception, match="an SD 2.x unCLIP UNet, not SDXL"):
+        unet_config_from_ldm(unclip)
+    xl = controlnet_config_from_unet(sdxl_config())
+    with pytest.raises(ValueError, match="base_family='sd1' with SDXL added conditioning"):
+        AdaptorConfig(xl, base_family="sd1")
+    with pytest.raises(ValueError, match="base_family='sdxl' with no added conditioning"):
+        AdaptorConfig(controlnet_config_from_unet(dict(sd1.config)), base_family="sdxl")
 
 
 def test_single_file_sdxl_base_loads(tmp_path):

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from spire_core.training import (
 )
 from spire_core.training import checkpoints as checkpoints_module
 from spire_core.training.__main__ import main as cli_main
+from spire_core.training.components import build_adaptor
 from spire_core.training.config import DataConfig, PromptConfig
 
 PACK_DIR = Path(__file__).resolve().parents[2]
@@ -696,3 +698,13 @@ def test_a_narrower_trunk_trains_and_exports_format_3(tmp_path):
     assert exported.config.format_version == 3 and exported.config.base_block_out_channels == [64, 128]
     with pytest.raises(ConfigError, match="model.trunk must be one of full, half, quarter"):
         tiny_config(base, folder, tmp_path / "bad", model={"trunk": "tiny"})
+    # starting from that adaptor: its own size (or none named) is accepted, another size is refused by name
+    model = trainer.config.model
+    start = str(tmp_path / "run" / "adaptor.safetensors")
+    for trunk in ("full", "half", 32):
+        again = build_adaptor(replace(model, init_adaptor=start, trunk=trunk), trainer.components, 0)
+        assert again.config.controlnet_config["block_out_channels"] == [32, 64]
+    with pytest.raises(ConfigError, match="asks for a trunk of \\[64, 128\\] channels, but model.init_adaptor"):
+        build_adaptor(replace(model, init_adaptor=start, trunk=64), trainer.components, 0)
+    with pytest.raises(ConfigError, match="model.trunk: a trunk of 48 channels does not fit"):
+        build_adaptor(replace(model, init_adaptor=start, trunk=48), trainer.components, 0)

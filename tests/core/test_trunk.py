@@ -24,8 +24,9 @@ from spire_core.models import (
     tiny_unet_config,
 )
 from spire_core.models.__main__ import main as cli_main
+from spire_core.models.comfy_layout import ComfyLayoutError, cldm_kwargs
 from spire_core.models.components import sdxl_time_ids
-from spire_core.models.config import narrow_controlnet_config, trunk_channels
+from spire_core.models.config import narrow_controlnet_config, trunk_channels, trunk_granularity
 from spire_core.models.file_layout import adaptor_file_shapes
 from spire_core.models.safetensors_header import AdaptorFileError
 
@@ -52,6 +53,34 @@ def test_trunk_widths():
     for bad in (48, 352, 0, "tiny", True, 1.5):
         with pytest.raises(ValueError):
             trunk_channels([320, 640, 1280], bad)
+
+
+def test_a_custom_base_with_fewer_norm_groups_has_a_finer_step():
+    # every level must split into the base's GroupNorm groups and into the trunk's 8 heads
+    assert [trunk_granularity(g) for g in (32, 16, 8, 4, 12)] == [32, 16, 8, 8, 24]
+    assert trunk_channels([64, 128], "half", 16) == [32, 64]
+    assert trunk_channels([64, 128], "quarter", 16) == [16, 32]
+    assert trunk_channels([64, 128], "quarter") == [32, 64]  # Stable Diffusion's 32 groups: the default
+    with pytest.raises(ValueError, match="multiple of 16"):
+        trunk_channels([64, 128], 24, 16)
+    with pytest.raises(ValueError, match="norm_num_groups must be a positive integer"):
+        trunk_granularity(0)
+    torch.manual_seed(0)
+    config = {**tiny_unet_config("sd1"), "block_out_channels": [64, 128], "norm_num_groups": 16}
+    unet = UNet2DConditionModel(**config).eval().requires_grad_(False)
+    adaptor = SpireAdaptor.from_unet(unet, trunk="quarter")
+    trunk = adaptor.config.controlnet_config
+    assert trunk["block_out_channels"] == [16, 32] and trunk["norm_num_groups"] == 16
+    g = torch.Generator().manual_seed(2)
+    sample, hint = torch.randn(1, 4, 8, 8, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    semantic, restoration = torch.randn(1, 7, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    with torch.no_grad():
+        bare = unet(sample, torch.tensor([300]), encoder_hidden_states=semantic).sample
+        got = predict_noise(unet, adaptor, sample, torch.tensor([300]), semantic, restoration, hint)
+    assert torch.equal(got, bare)
+    # ComfyUI builds only Stable Diffusion's 32 groups: such an adaptor is refused by name, not built wrong
+    with pytest.raises(ComfyLayoutError, match="norm_num_groups=16 \\(needs 32\\)"):
+        cldm_kwargs(adaptor.config)
 
 
 @pytest.mark.parametrize("name", ["sd15", "sdxl"])
@@ -107,33 +136,26 @@ def test_a_fresh_narrow_adaptor_is_an_exact_identity_and_acts_once_trained(famil
         kwargs = {"added_cond_kwargs": {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": time_ids}}
         added = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": time_ids}
     timestep = torch.tensor([10, 500])
+
+    def predict() -> torch.Tensor:
+        return predict_noise(
+            unet,
+            adaptor,
+            sample,
+            timestep,
+            semantic,
+            restoration,
+            hint,
+            unet_kwargs=kwargs,
+            restoration_added_cond=added,
+        )
+
     with torch.no_grad():
         bare = unet(sample, timestep, encoder_hidden_states=semantic, **kwargs).sample
-        got = predict_noise(
-            unet,
-            adaptor,
-            sample,
-            timestep,
-            semantic,
-            restoration,
-            hint,
-            unet_kwargs=kwargs,
-            restoration_added_cond=added,
-        )
-        assert torch.equal(got, bare)
+        assert torch.equal(predict(), bare)
         for p in adaptor.head_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        acted = predict_noise(
-            unet,
-            adaptor,
-            sample,
-            timestep,
-            semantic,
-            restoration,
-            hint,
-            unet_kwargs=kwargs,
-            restoration_added_cond=added,
-        )
+        acted = predict()
     assert float((acted - bare).abs().max()) > 1e-3
 
 
@@ -147,6 +169,14 @@ def test_narrow_trunks_need_modulation_and_are_checked(tmp_path):
         AdaptorConfig(config.controlnet_config, base_block_out_channels=[64, 128], format_version=2, numeric_tokens=4)
     with pytest.raises(ValueError, match="narrower than the base, in modulation fusion"):
         AdaptorConfig(config.controlnet_config, base_block_out_channels=[32, 64])
+    for bad, why in (
+        ([64.5, 128], "positive integers"),
+        ([32, 64], "narrower than the base, in modulation"),
+        ([48, 128], "the same ratios"),
+        ([16, 32], "at least as wide"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            AdaptorConfig(config.controlnet_config, base_block_out_channels=bad, numeric_tokens=4)
     check_fits_unet(config, unet.config)  # it fits the base it was made for
     with pytest.raises(AdaptorFileError, match="block_out_channels: adaptor \\[64, 128\\], base \\[32, 64\\]"):
         check_fits_unet(config, tiny("sd1").config)
