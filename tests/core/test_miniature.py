@@ -11,7 +11,8 @@ import torch
 
 from spire_core.degradation import degrade, manual_params
 from spire_core.eval.estimators import residual_blur_sigma, residual_noise
-from spire_core.experiments.miniature import ARMS, PhotoCrops, main
+from spire_core.experiments.miniature import PhotoCrops, main
+from spire_core.experiments.miniature.config import RECIPE_ARMS, TRUNK_ARMS, MiniatureConfig
 from spire_core.experiments.minicodec import LappedGrainCodec, PatchPCACodec
 
 
@@ -31,8 +32,6 @@ def _numbers(value):
 @pytest.fixture(scope="module")
 def photo_crops():
     """(training crops in [-1, 1], held-out crops in [0, 1]) of the bundled photos."""
-    from spire_core.experiments.miniature import MiniatureConfig
-
     config = MiniatureConfig()
     crops = PhotoCrops(config.images, 64, 128, seed=0)
     return crops.train("codec-crop", range(256)).float() / 127.5 - 1, crops.heldout(8)
@@ -84,17 +83,17 @@ def test_miniature_cli_writes_every_number(tmp_path, one_thread):
     assert result["backbone"]["steps"] >= 1 and result["adaptors"]["steps"] == 2
     assert (
         list(result["adaptors"]["per_arm"])
-        == list(ARMS)
+        == list(RECIPE_ARMS)
         == ["modulation_numeric", "modulation_clip", "additive_numeric"]
     )
     assert result["adaptors"]["per_arm"]["modulation_clip"]["numeric_tokens"] == 0
     psnr = result["restoration"]["psnr_db"]
-    assert set(psnr) == {"degraded", *ARMS, "codec_roundtrip_clean", "codec_roundtrip_degraded"}
+    assert set(psnr) == {"degraded", *RECIPE_ARMS, "codec_roundtrip_clean", "codec_roundtrip_degraded"}
     assert (
         result["restoration"]["crops"] == 3 and len(result["restoration"]["psnr_per_crop_db"]["additive_numeric"]) == 3
     )
     control = result["control"]["restorers"]
-    assert list(control) == [*ARMS, "codec(exact targets)"]
+    assert list(control) == [*RECIPE_ARMS, "codec(exact targets)"]
     for name, entry in control.items():
         assert entry["crops"] == 3 and len(entry["noise_ladder"]["points"]) == 5, name
         assert isinstance(entry["met"]["noise_monotonic"], bool)
@@ -113,3 +112,30 @@ def test_miniature_cli_writes_every_number(tmp_path, one_thread):
     assert "| steps | start 1 | start 0.7 | start 0.5 |" in table
     for name in ("eval.png", "ladder.png", "control.json", "control.md", "ladder_noise.png", "ladder_blur.png"):
         assert (out / name).is_file(), name
+
+
+def test_trunk_arms_need_three_distinct_widths():
+    config = MiniatureConfig(arms=TRUNK_ARMS, backbone_width=64, backbone_norm_groups=16)
+    assert [config.trunk_width(arm) for arm in TRUNK_ARMS] == [64, 32, 16]
+    with pytest.raises(ValueError, match="both have a trunk of 32 channels"):
+        MiniatureConfig(arms=TRUNK_ARMS)  # the default backbone: 32 wide, 32 groups
+    with pytest.raises(ValueError, match="not a multiple of backbone_norm_groups"):
+        MiniatureConfig(backbone_width=40, backbone_norm_groups=16)
+
+
+def test_miniature_compares_trunk_sizes(tmp_path, one_thread):
+    out = tmp_path / "trunks"
+    caps = ["--backbone-steps", "1", "--adaptor-steps", "2", "--eval-crops", "2", "--ddim-steps", "2"]
+    wide = ["--backbone-width", "64", "--backbone-norm-groups", "16", "--arms", *TRUNK_ARMS]
+    assert main(["--out", str(out), "--budget-minutes", "0.5", "--threads", "1", *wide, *caps]) == 0
+    result = json.loads((out / "miniature.json").read_text())
+    assert result["config"]["backbone_channels"] == [64, 128] and result["config"]["backbone_norm_groups"] == 16
+    per_arm = result["adaptors"]["per_arm"]
+    assert list(per_arm) == list(TRUNK_ARMS)
+    assert [per_arm[arm]["trunk_channels"] for arm in TRUNK_ARMS] == [[64, 128], [32, 64], [16, 32]]
+    sizes = [per_arm[arm]["parameters"] for arm in TRUNK_ARMS]
+    assert sizes[0] > 2 * sizes[1] and sizes[1] > 1.5 * sizes[2]  # measured: 2.15 M, 0.87 M, 0.52 M
+    # the same first micro-batch for every arm, and every arm starts as an exact identity on the backbone
+    assert len({per_arm[arm]["loss_first"] for arm in TRUNK_ARMS}) == 1
+    assert set(result["control"]["restorers"]) == {*TRUNK_ARMS, "codec(exact targets)"}
+    assert "trunk quarter 16/32 channels" in (out / "miniature.md").read_text()

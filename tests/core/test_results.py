@@ -85,3 +85,23 @@ def test_sdxl_sampling_row_quotes_results_per_trunk_size():
         )
         assert text in README, text
         assert result["targets"]["time_met"] and result["targets"]["spire_over_bare_near_flop_ratio"]
+
+
+def test_trunk_comparison_table_quotes_the_trunk_miniature_results():
+    """``docs/miniature.md``, Trunk sizes: every row of its table is the committed run's numbers."""
+    doc = (PACK_DIR / "docs" / "miniature.md").read_text(encoding="utf-8")
+    for seed in (0, 1):
+        result = _load(f"trunk-miniature-seed{seed}.json")
+        assert result["config"]["seed"] == seed and result["config"]["backbone_channels"] == [64, 128]
+        psnr = result["restoration"]["psnr_db"]
+        for arm, entry in result["adaptors"]["per_arm"].items():
+            control = result["control"]["restorers"][arm]
+            noise = [p["measured"] for p in control["noise_ladder"]["points"]]
+            blur = [p["measured"] for p in control["blur_ladder"]["points"]]
+            row = (
+                f"| {seed} | {entry['trunk']} | {entry['loss_last100_mean']:.3f} | {psnr[arm]:.2f} | "
+                f"{noise[0]:.3f} -> {noise[-1]:.3f} ({noise[0] - noise[-1]:.3f}) | "
+                f"{blur[0]:.2f} -> {blur[-1]:.2f} ({blur[0] - blur[-1]:.2f}) | "
+                f"{100 * control['decoupling']['deblur_only']['kept']:.0f} % | {control['blind']['gain_db']:+.2f} |"
+            )
+            assert row in doc, row

@@ -14,13 +14,15 @@ The whole SPIRE recipe at toy scale, in one process on the two bundled sample ph
    them clean and half degraded by the preset (as SD saw noisy and soft photos among its training images, so its
    prior covers the targets graded prompts ask for), empty semantic prompt, SD's noise schedule,
    **v-prediction**; its EMA weights are then frozen.
-3. **Adaptors, three arms with equal budgets**, trained **interleaved on the same micro-batches** (steps, batch,
-   learning rate, seed, degradations, prompts, noise and timesteps) with the trainer's own
-   ``make_training_batch`` and ``diffusion_loss``: ``modulation_numeric`` (SPIRE's modulation and the numeric side
-   channel, the default), ``modulation_clip`` (modulation, the prompt through CLIP alone) and ``additive_numeric``
-   (plain ControlNet residuals with the numeric channel). Preset ``control``: isotropic Gaussian blur and Gaussian
-   noise, each present 80 % of the time; the trainer's default ``PromptConfig`` draws full, partial, graded and
-   blind samples (graded targets keep the residual of each named level, ``degradation.degrade_graded``).
+3. **Adaptors, three arms with equal budgets** (``RECIPE_ARMS`` by default), trained **interleaved on the same
+   micro-batches** (steps, batch, learning rate, seed, degradations, prompts, noise and timesteps) with the
+   trainer's own ``make_training_batch`` and ``diffusion_loss``: ``modulation_numeric`` (SPIRE's modulation and the
+   numeric side channel, the default), ``modulation_clip`` (modulation, the prompt through CLIP alone) and
+   ``additive_numeric`` (plain ControlNet residuals with the numeric channel); or, with ``TRUNK_ARMS`` on a wider
+   backbone (``--backbone-width 64 --backbone-norm-groups 16``), the default recipe with a full, half and quarter
+   trunk. Preset ``control``: isotropic Gaussian blur and Gaussian noise, each present 80 % of the time; the
+   trainer's default ``PromptConfig`` draws full, partial, graded and blind samples (graded targets keep the
+   residual of each named level, ``degradation.degrade_graded``).
 4. **Evaluation** on crops of a held-out strip (the rightmost ``holdout`` columns of each photo, never cropped in
    training), restored by ``validation.restore`` (DDIM from pure noise, no guidance, EMA weights): PSNR with the
    full prompts of the preset, and the **control benchmark** (``spire_core.eval.control``: noise and blur
@@ -34,8 +36,18 @@ backbone and minutes of training; it checks that the recipe can teach control an
 paper's scale reaches.
 """
 
-from .config import ARMS, DEFAULT_ARM, MiniatureConfig
+from .config import ARMS, DEFAULT_ARM, RECIPE_ARMS, TRUNK_ARMS, MiniatureConfig
 from .data import PhotoCrops
 from .run import main, markdown, run_miniature
 
-__all__ = ["ARMS", "DEFAULT_ARM", "MiniatureConfig", "PhotoCrops", "main", "markdown", "run_miniature"]
+__all__ = [
+    "ARMS",
+    "DEFAULT_ARM",
+    "RECIPE_ARMS",
+    "TRUNK_ARMS",
+    "MiniatureConfig",
+    "PhotoCrops",
+    "main",
+    "markdown",
+    "run_miniature",
+]

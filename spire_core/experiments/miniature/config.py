@@ -6,18 +6,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...models import NUMERIC_TOKENS_DEFAULT
+from ...models.config import trunk_channels
 
 SAMPLES_DIR = Path(__file__).resolve().parents[3] / "docs" / "samples"
 SAMPLE_PHOTOS = ("astronaut.png", "coffee.png")
 
-ARMS: dict[str, tuple[str, int]] = {
-    "modulation_numeric": ("modulation", NUMERIC_TOKENS_DEFAULT),
-    "modulation_clip": ("modulation", 0),
-    "additive_numeric": ("additive", NUMERIC_TOKENS_DEFAULT),
+ARMS: dict[str, tuple[str, int, str]] = {
+    "modulation_numeric": ("modulation", NUMERIC_TOKENS_DEFAULT, "full"),
+    "modulation_clip": ("modulation", 0, "full"),
+    "additive_numeric": ("additive", NUMERIC_TOKENS_DEFAULT, "full"),
+    "modulation_numeric_half": ("modulation", NUMERIC_TOKENS_DEFAULT, "half"),
+    "modulation_numeric_quarter": ("modulation", NUMERIC_TOKENS_DEFAULT, "quarter"),
 }
-"""Arm -> (fusion, numeric tokens). ``modulation_numeric`` is the default recipe."""
+"""Arm -> (fusion, numeric tokens, trunk size). ``modulation_numeric`` is the default recipe; the ``_half`` and
+``_quarter`` arms are the same recipe with a narrower trunk (``SpireAdaptor.from_unet(trunk=...)``)."""
 
 DEFAULT_ARM = "modulation_numeric"
+
+RECIPE_ARMS = ("modulation_numeric", "modulation_clip", "additive_numeric")
+"""The default comparison: the recipe against the prompt through CLIP alone and against additive fusion."""
+
+TRUNK_ARMS = ("modulation_numeric", "modulation_numeric_half", "modulation_numeric_quarter")
+"""The trunk-size comparison: the recipe with a full, half and quarter trunk. It needs a backbone wide enough for
+three distinct widths: ``backbone_width=64, backbone_norm_groups=16`` gives trunks of 64, 32 and 16 channels."""
 
 
 @dataclass
@@ -36,7 +47,10 @@ class MiniatureConfig:
         backbone_batch, backbone_lr, backbone_steps: backbone training (``None`` steps: until its deadline).
         backbone_degraded: share of each backbone batch degraded by the preset (the rest clean).
         adaptor_batch, adaptor_lr, adaptor_steps: per adaptor, identical for every arm.
-        arms: which of ``ARMS`` to train (default all three).
+        arms: which of ``ARMS`` to train (default ``RECIPE_ARMS``; ``TRUNK_ARMS`` compares trunk sizes).
+        backbone_width: the backbone's first-level channels (the second level has twice as many).
+        backbone_norm_groups: the backbone's GroupNorm groups; a narrower trunk's channels are multiples of them
+            (and of its 8 heads), so a trunk-size comparison needs ``backbone_width`` at least four times this.
         prediction_type: what the backbone (and so the adaptors) predict: ``"v_prediction"`` or ``"epsilon"``.
         ema_decay: EMA of the backbone and of each adaptor (evaluation uses the EMA weights).
         max_grad_norm: gradient clipping (adaptors).
@@ -61,7 +75,9 @@ class MiniatureConfig:
     adaptor_batch: int = 8
     adaptor_lr: float = 1e-3
     adaptor_steps: int | None = None
-    arms: tuple[str, ...] = tuple(ARMS)
+    arms: tuple[str, ...] = RECIPE_ARMS
+    backbone_width: int = 32
+    backbone_norm_groups: int = 32
     prediction_type: str = "v_prediction"
     ema_decay: float = 0.99
     max_grad_norm: float = 1.0
@@ -78,3 +94,28 @@ class MiniatureConfig:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
             raise ValueError(f"miniature arms {unknown or '()'} unknown; expected some of {tuple(ARMS)}")
+        if self.backbone_width % self.backbone_norm_groups:
+            raise ValueError(
+                f"backbone_width {self.backbone_width} is not a multiple of backbone_norm_groups "
+                f"{self.backbone_norm_groups}"
+            )
+        widths: dict[int, str] = {}
+        for arm in self.arms:
+            width = self.trunk_width(arm)
+            if width in widths and ARMS[arm][2] != ARMS[widths[width]][2]:
+                raise ValueError(
+                    f"arms {widths[width]} and {arm} would both have a trunk of {width} channels on a backbone "
+                    f"{self.backbone_width} wide with {self.backbone_norm_groups} norm groups; a trunk-size "
+                    "comparison needs a wider backbone or finer groups (backbone_width=64, backbone_norm_groups=16 "
+                    "gives 64, 32 and 16)"
+                )
+            widths.setdefault(width, arm)
+
+    @property
+    def backbone_channels(self) -> list[int]:
+        """The backbone's channels per level."""
+        return [self.backbone_width, 2 * self.backbone_width]
+
+    def trunk_width(self, arm: str) -> int:
+        """First-level channels of ``arm``'s trunk on this backbone."""
+        return trunk_channels(self.backbone_channels, ARMS[arm][2], self.backbone_norm_groups)[0]

@@ -110,7 +110,7 @@ def build_adaptors(components: FrozenComponents, arms: tuple[str, ...], seed: in
     from one seed: every arm starts from the same weights where they share a part."""
     adaptors = {}
     for arm in arms:
-        fusion, tokens = ARMS[arm]
+        fusion, tokens, trunk = ARMS[arm]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(seed, "adaptor-init"))
             adaptors[arm] = SpireAdaptor.from_unet(
@@ -119,6 +119,7 @@ def build_adaptors(components: FrozenComponents, arms: tuple[str, ...], seed: in
                 base_family="custom",
                 prediction_type=components.info.prediction_type,
                 numeric_tokens=tokens,
+                trunk=trunk,
             )
     return adaptors
 
@@ -182,10 +183,12 @@ def train_adaptors(
     }
     for arm, adaptor in adaptors.items():
         tail = losses[arm][-min(100, step) :]
-        fusion, tokens = ARMS[arm]
+        fusion, tokens, trunk = ARMS[arm]
         summary["per_arm"][arm] = {
             "fusion": fusion,
             "numeric_tokens": tokens,
+            "trunk": trunk,
+            "trunk_channels": list(adaptor.config.controlnet_config["block_out_channels"]),
             "parameters": sum(p.numel() for p in adaptor.parameters()),
             "loss_first": round(losses[arm][0], 5),
             "loss_last100_mean": round(sum(tail) / len(tail), 5),

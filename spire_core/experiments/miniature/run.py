@@ -16,8 +16,10 @@ from torch import nn
 
 from ...degradation import get_preset
 from ...eval.control import control_markdown
+from ...models.components import FrozenComponents
+from ...models.tiny import tiny_unet_config
 from ..minicodec import LappedGrainCodec, PatchPCACodec
-from .config import ARMS, MiniatureConfig
+from .config import ARMS, RECIPE_ARMS, TRUNK_ARMS, MiniatureConfig
 from .data import PhotoCrops
 from .evaluate import evaluate
 from .phases import build_adaptors, mean_psnr, train_adaptors, train_backbone
@@ -52,6 +54,29 @@ def fit_codecs(crops: PhotoCrops, clean: torch.Tensor, config: MiniatureConfig) 
     return codec, info
 
 
+def backbone_components(config: MiniatureConfig, codec: nn.Module) -> FrozenComponents:
+    """The tiny SD1-shaped stack with ``codec`` as its VAE and a fresh backbone of ``config.backbone_width`` and
+    ``config.backbone_norm_groups`` (the defaults: ``tiny_unet_config``'s 32 and 32, as the recipe comparison
+    always ran)."""
+    from diffusers import UNet2DConditionModel
+
+    from ...training.tiny import TINY_TEXT_DIM, build_tiny_components
+
+    components = build_tiny_components(prediction_type=config.prediction_type, seed=config.seed)
+    default = tiny_unet_config("sd1", cross_attention_dim=TINY_TEXT_DIM)  # what build_tiny_components built
+    unet_config = {
+        **default,
+        "block_out_channels": config.backbone_channels,
+        "norm_num_groups": config.backbone_norm_groups,
+    }
+    if unet_config == default:
+        return replace(components, vae=codec)
+    torch.manual_seed(config.seed)  # as tiny_unet draws the default backbone
+    unet = UNet2DConditionModel(**unet_config).eval()
+    info = replace(components.info, unet_config={k: v for k, v in dict(unet.config).items() if not k.startswith("_")})
+    return replace(components, vae=codec, unet=unet, info=info).freeze()
+
+
 def run_miniature(out: str | Path, config: MiniatureConfig | None = None, command: str | None = None) -> dict:
     """Run the whole miniature and write ``out/miniature.json``, ``out/miniature.md``, the control report and
     two grids.
@@ -64,8 +89,6 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
     Returns:
         The result dict written to ``miniature.json``.
     """
-    from ...training.tiny import build_tiny_components
-
     config = config or MiniatureConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +103,7 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
     tick = time.perf_counter()
     codec, codec_info = fit_codecs(crops, clean, config)
     codec = codec.to(device)
-    components = replace(build_tiny_components(prediction_type=config.prediction_type, seed=config.seed), vae=codec)
+    components = backbone_components(config, codec)
     nn.Module.to(components.unet, device)
     nn.Module.to(components.text_encoder, device)
     wall["setup_and_codec"] = round(time.perf_counter() - tick, 1)
@@ -99,13 +122,18 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
     wall["total"] = round(time.perf_counter() - started, 1)
 
     result = {
-        "what": "SPIRE miniature control check: three adaptor arms, equal budgets, tiny latent-diffusion stack on CPU",
+        "what": f"SPIRE miniature control check: {len(config.arms)} adaptor arms, equal budgets, tiny latent-diffusion "
+        "stack on CPU",
         "command": command
         or f"python -m spire_core.experiments.miniature --out {out} --budget-minutes {config.budget_minutes:g} "
         f"--seed {config.seed}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(device),
-        "config": {**asdict(config), "images": [Path(p).name for p in config.images]},
+        "config": {
+            **asdict(config),
+            "backbone_channels": config.backbone_channels,
+            "images": [Path(p).name for p in config.images],
+        },
         "prompts": "trainer defaults (PromptConfig: partial 0.3, graded 0.3, blind 0.3 of the rest); semantic empty",
         "wall_seconds": wall,
         "codec": codec_info,
@@ -161,6 +189,18 @@ def markdown(result: dict) -> str:
             "",
         ]
     lines.append(control_markdown(result["control"]["restorers"]))
+    per_arm = result["adaptors"]["per_arm"]
+    lines += [
+        "Arms: "
+        + "; ".join(
+            f"{arm} ({entry['fusion']}, {entry['numeric_tokens']} numeric tokens, trunk {entry['trunk']} "
+            f"{'/'.join(map(str, entry['trunk_channels']))} channels, {entry['parameters']:,} parameters)"
+            for arm, entry in per_arm.items()
+        )
+        + f". Backbone channels {'/'.join(map(str, result['config']['backbone_channels']))}, "
+        f"{result['config']['backbone_norm_groups']} norm groups, {result['backbone']['parameters']:,} parameters.",
+        "",
+    ]
     machine, wall = result["machine"], result["wall_seconds"]
     training, backbone = result["adaptors"], result["backbone"]
     lines += [
@@ -187,7 +227,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default=MiniatureConfig.preset, help="degradation preset (default: control)")
-    parser.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(ARMS), help="arms to train")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=tuple(ARMS),
+        default=list(RECIPE_ARMS),
+        help=f"arms to train (default: {' '.join(RECIPE_ARMS)}; trunk sizes: {' '.join(TRUNK_ARMS)} with "
+        "--backbone-width 64 --backbone-norm-groups 16)",
+    )
+    parser.add_argument(
+        "--backbone-width", type=int, default=MiniatureConfig.backbone_width, help="backbone's first-level channels"
+    )
+    parser.add_argument(
+        "--backbone-norm-groups",
+        type=int,
+        default=MiniatureConfig.backbone_norm_groups,
+        help="backbone's GroupNorm groups",
+    )
     parser.add_argument(
         "--prediction-type", default="v_prediction", choices=("v_prediction", "epsilon"), help="backbone objective"
     )
@@ -206,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         preset=args.preset,
         arms=tuple(args.arms),
+        backbone_width=args.backbone_width,
+        backbone_norm_groups=args.backbone_norm_groups,
         prediction_type=args.prediction_type,
         device=args.device,
         backbone_steps=args.backbone_steps,
