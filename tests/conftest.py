@@ -86,3 +86,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         terminalreporter.write_line("!" * 100, red=True, bold=True)
         terminalreporter.write_line(NO_COMFYUI, red=True, bold=True)
         terminalreporter.write_line("!" * 100, red=True, bold=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module that asks for it: tiny models and small images gain nothing from intra-op
+    threads, and on a busy machine OpenMP threads spinning against other processes make each step tens of times
+    slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

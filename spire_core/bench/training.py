@@ -40,6 +40,7 @@ from torch import nn
 
 from ..degradation.scratch import release_free_heap
 from ..models import SpireAdaptor, predict_noise, tiny_unet_config
+from ..models.components import sdxl_time_ids
 from ..progress import progress
 from .common import (
     SD15_DIFFUSERS_UNET,
@@ -109,7 +110,7 @@ def _added(spec: dict[str, Any], batch: int, latent: int, g: torch.Generator) ->
     """SDXL sizes: the UNet's and the adaptor's added conditioning (pooled text, the output's size ids)."""
     if "pooled" not in spec:
         return {}
-    ids = torch.tensor([[8.0 * latent, 8.0 * latent, 0, 0, 8.0 * latent, 8.0 * latent]]).expand(batch, -1)
+    ids = sdxl_time_ids(8 * latent, 8 * latent).expand(batch, -1)
     return {
         "unet_added": {"text_embeds": torch.randn(batch, spec["pooled"], generator=g), "time_ids": ids},
         "restoration_added": {"text_embeds": torch.randn(batch, spec["pooled"], generator=g), "time_ids": ids},

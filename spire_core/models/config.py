@@ -39,11 +39,6 @@ SD_NORM_GROUPS = 32
 """GroupNorm groups of every Stable Diffusion UNet (diffusers' default ``norm_num_groups``; the only count the
 original layout and ComfyUI build)."""
 
-NARROW_TRUNK_GRANULARITY = 32
-"""A narrower trunk's channels are multiples of this for every Stable Diffusion base: its ``SD_NORM_GROUPS``
-groups, which ``NARROW_TRUNK_HEADS`` divides. A custom base with fewer groups (``norm_num_groups``) has a finer
-step: the least common multiple of its groups and the heads (``trunk_granularity``)."""
-
 FUSIONS = ("modulation", "additive")
 """``modulation``: SPIRE, ``f <- f * (1 + s*gamma) + s*beta``; ``additive``: plain ControlNet residuals."""
 

@@ -44,46 +44,29 @@ from __future__ import annotations
 import pytest
 import torch
 from spire_test_support import tiny_comfy
-from spire_test_support.adaptors import randomize_heads
 from spire_test_support.export import (
     RESTORE_SETTINGS,
     SHARPEN,
+    assert_case_matches,
     ddim_simple,
-    export_components,
+    match_setup,
     photo,
     restore_both,
-    sharpened_checkpoint,
 )
 
-from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
-from spire_core.restoration.pipeline import COMFY_SIMPLE_SCHEDULE, SpirePipeline
+from spire_core.restoration.pipeline import COMFY_SIMPLE_SCHEDULE
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 ADAPTOR = "pipeline_match_sd1.safetensors"
 TOLERANCE = 1e-4
 """Max abs pixel difference (images in [0, 1], float32) allowed between the pipeline and the node."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup(comfy, tmp_path_factory):
     """(comfy, pipeline, control, model): the same UNet, VAE, CLIP and adaptor on both sides."""
-    work = tmp_path_factory.mktemp("pipeline_match")
-    checkpoint, model = sharpened_checkpoint(work, "sd1", SHARPEN)
-    components = export_components(work / "components", "sd1")
-    unet, info = load_base_unet(checkpoint)
-    adaptor = SpireAdaptor.from_unet(unet, base_family="sd1", prediction_type=info.prediction_type)
-    randomize_heads(adaptor, seed=1, scale=0.1, attention_gain=10.0)
-    save_adaptor(adaptor, comfy.models_dir("spire") / ADAPTOR)
-    pipe = SpirePipeline.load(checkpoint, comfy.models_dir("spire") / ADAPTOR, components=components)
-    control = comfy.nodes.NODE_CLASS_MAPPINGS["SPIRE_AdaptorLoader"].execute(ADAPTOR).result[0]
-    return comfy, pipe, control, model
+    return match_setup(comfy, tmp_path_factory.mktemp("pipeline_match"), "sd1", SHARPEN, ADAPTOR)
 
 
 def test_exported_text_encoder_vae_and_noise_are_comfyui_s(setup):
@@ -141,14 +124,7 @@ SETTINGS = RESTORE_SETTINGS
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_pipeline_matches_the_restore_node(setup, case):
-    node_sampling, sampler, options, overrides = CASES[case]
-    settings = {**SETTINGS, **overrides}
-    image = photo(45, 61)  # not a multiple of 8: padded by reflection, cropped back on both sides
-    ours, theirs = restore_both(setup, "sd1", image, node_sampling, sampler, options, **settings)
-    factor = 2 if "Upsample" in settings["restoration_prompt"] else 1
-    assert ours.shape == theirs.shape == (1, 3, 45 * factor, 61 * factor)
-    difference = float((ours - theirs).abs().max())
-    assert difference <= TOLERANCE, f"{case}: max abs pixel difference {difference:.3g}"
+    assert_case_matches(setup, "sd1", case, CASES[case], TOLERANCE)
 
 
 def test_pipeline_matches_the_tiled_restore_node(setup, monkeypatch):

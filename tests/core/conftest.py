@@ -35,12 +35,3 @@ def chelsea() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def camera() -> torch.Tensor:
     return photo("camera")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models and small images gain nothing from intra-op threads (and lose a lot on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

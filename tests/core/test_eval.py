@@ -31,17 +31,10 @@ from spire_core.eval.report import FID_MISSING, LPIPS_MISSING, frechet_distance,
 from spire_core.imageio import load_image, save_image
 from spire_core.prompt import BLIND_PROMPT, parse
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 SIZE = 64
 PHOTOS = ("astronaut", "coffee", "chelsea")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads (and lose a lot on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,8 @@ from spire_core.models.comfy_layout import ComfyLayoutError, cldm_kwargs, level_
 from spire_core.models.safetensors_header import MAX_HEADER_BYTES
 from spire_core.prompt import GRAMMAR_VERSION
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 REPO = Path(__file__).resolve().parents[2]
 FAMILIES = ("sd1", "sd2")
 FUSIONS = ("modulation", "additive")
@@ -144,15 +146,6 @@ def numel(state) -> int:
 
 def leftovers(folder: Path, keep: set[str]) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in keep)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one CPU thread is fastest and keeps timings steady on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,8 @@ from spire_core.training.__main__ import main as cli_main
 from spire_core.training.components import build_adaptor
 from spire_core.training.config import DataConfig, PromptConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 PACK_DIR = Path(__file__).resolve().parents[2]
 
 LOSS_REDUCTION = 2.0
@@ -53,16 +55,6 @@ LOSS_REDUCTION = 2.0
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP threads spinning against
-    other processes make each step tens of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def reset_accelerate() -> None:

@@ -227,3 +227,37 @@ def restore_both(setup, family: str, image, node_sampling: dict, sampler: str, o
     theirs = node_restore(comfy, family, model, control, image, **node_sampling, **settings)
     ours = pipe.restore(image.movedim(-1, 1), sampler=sampler, scheduler_options=options, **settings)
     return ours, theirs
+
+
+def assert_case_matches(setup, family: str, case: str, spec: tuple, tolerance: float) -> None:  # noqa: ANN001
+    """One case of a pipeline-vs-node proof: ``spec`` = (node sampling, pipeline sampler, scheduler options,
+    setting overrides) on the 45 x 61 photo (not a multiple of 8: padded by reflection, cropped back on both
+    sides); the images have the size the prompt asks for and differ by at most ``tolerance`` anywhere."""
+    node_sampling, sampler, options, overrides = spec
+    settings = {**RESTORE_SETTINGS, **overrides}
+    ours, theirs = restore_both(setup, family, photo(45, 61), node_sampling, sampler, options, **settings)
+    factor = 2 if "Upsample" in settings["restoration_prompt"] else 1
+    assert ours.shape == theirs.shape == (1, 3, 45 * factor, 61 * factor)
+    difference = float((ours - theirs).abs().max())
+    assert difference <= tolerance, f"{case}: max abs pixel difference {difference:.3g}"
+
+
+def match_setup(comfy, work: Path, family: str, sharpen: dict[str, float], adaptor_name: str):  # noqa: ANN001, ANN201
+    """The pipeline-vs-node proofs' fixture: a sharpened tiny checkpoint of ``family`` and its components folder
+    in ``work``, an adaptor made from its UNet with visibly acting heads saved as ``adaptor_name`` in ComfyUI's
+    spire folder, the ``SpirePipeline`` on them and the adaptor as ComfyUI's loader loads it. Returns (comfy,
+    pipeline, control, model): the same UNet, VAE, CLIP(s) and adaptor on both sides."""
+    from spire_core.models import SpireAdaptor, load_base_unet, save_adaptor
+    from spire_core.restoration.pipeline import SpirePipeline
+
+    from .adaptors import randomize_heads
+
+    checkpoint, model = sharpened_checkpoint(work, family, sharpen)
+    components = export_components(work / "components", family)
+    unet, info = load_base_unet(checkpoint)
+    adaptor = SpireAdaptor.from_unet(unet, base_family=family, prediction_type=info.prediction_type)
+    randomize_heads(adaptor, seed=1, scale=0.1, attention_gain=10.0)
+    save_adaptor(adaptor, comfy.models_dir("spire") / adaptor_name)
+    pipe = SpirePipeline.load(checkpoint, comfy.models_dir("spire") / adaptor_name, components=components)
+    control = comfy.nodes.NODE_CLASS_MAPPINGS["SPIRE_AdaptorLoader"].execute(adaptor_name).result[0]
+    return comfy, pipe, control, model
