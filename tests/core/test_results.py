@@ -75,6 +75,7 @@ def test_sdxl_sampling_row_quotes_results_per_trunk_size():
     for trunk in ("full", "half", "quarter"):
         result = _load(f"sampling-sdxl-{trunk}-cpu.json")
         assert (result["size"], result["trunk"], result["dtype"]) == ("sdxl", trunk, "bfloat16")
+        assert result["time"]["latent"] == 128  # SDXL's native size, as the target names it
         batch = result["time"]["batches"]["1"]
         cn, bare = batch["spire_over_controlnet"], batch["spire_over_bare"]
         memory = result["memory"]["1"]["spire_over_controlnet"]
@@ -85,6 +86,7 @@ def test_sdxl_sampling_row_quotes_results_per_trunk_size():
         )
         assert text in README, text
         assert result["targets"]["time_met"] and result["targets"]["spire_over_bare_near_flop_ratio"]
+        assert result["targets"]["memory_met"] and cn["within_bound"] and bare["within_bound"]
 
 
 def test_trunk_comparison_table_quotes_the_trunk_miniature_results():
