@@ -26,7 +26,7 @@ import json
 import sys
 
 from ..progress import echo
-from .benchmark_set import SETTINGS, BenchmarkError, build_benchmark, restore_benchmark
+from .benchmark_set import SETTINGS, BenchmarkError, build_benchmark, check_captions, load_manifest, restore_benchmark
 
 _DTYPES = ("float32", "float16", "bfloat16")
 SCHEDULES = {
@@ -176,6 +176,7 @@ def _restore(args: argparse.Namespace) -> int:
     from ..restoration.pipeline import SpirePipeline
     from ..restoration.plan import RestoreSettings
 
+    check_captions(load_manifest(args.bench), args.setting)  # before any model loads
     pipe = SpirePipeline.load(
         args.base, args.adaptor, args.components, device=args.device, dtype=getattr(torch, args.dtype)
     )

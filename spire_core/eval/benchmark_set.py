@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from ..captions import read_coco_captions as _read_coco
+from ..models.prompt_windows import PromptTextError, parse_weights
 from ..progress import progress
 from ..restoration.plan import RestoreSettings
 
@@ -303,6 +304,20 @@ def prompts_for(image: BenchmarkImage, setting: str) -> tuple[str, str]:
     )
 
 
+def check_captions(manifest: Manifest, setting: str = "full") -> None:
+    """Refuse, before anything is restored, a semantic prompt of ``setting`` that the prompt reader cannot
+    encode (``spire_core.models.prompt_windows``: a non-finite weight, a textual-inversion embedding).
+
+    Raises:
+        PromptTextError: naming the manifest and the image.
+    """
+    for image in manifest.images:
+        try:
+            parse_weights(prompts_for(image, setting)[1])
+        except PromptTextError as error:
+            raise PromptTextError(f"{manifest.root / MANIFEST}: {image.name}'s caption: {error}") from None
+
+
 def restore_benchmark(
     pipeline: Any,
     bench: str | os.PathLike,
@@ -324,6 +339,10 @@ def restore_benchmark(
 
     Returns:
         The written (or, with ``skip_existing``, kept) image paths in manifest order.
+
+    Raises:
+        PromptTextError: a caption the prompt reader refuses (``spire_core.models.prompt_windows``), before any
+            image is restored; the message names the image.
     """
     from ..imageio import load_image, save_image
 
@@ -337,6 +356,7 @@ def restore_benchmark(
         **{k: v for k, v in asdict(settings).items() if k != "upsample"},
         "scheduler_options": dict(scheduler_options or {}),
     }
+    check_captions(manifest, setting)
     (out / RESTORE_SETTINGS).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     written = []
     for image in progress(manifest.images, desc="restore", unit="image"):

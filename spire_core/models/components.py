@@ -6,10 +6,11 @@ tokenizer come from a diffusers folder (``vae/``, ``text_encoder/``, ``tokenizer
 and safetensors weights only; the noise schedule from its ``scheduler/scheduler_config.json`` when present, else
 Stable Diffusion's own (``SD_SCHEDULER_CONFIG``).
 
-Prompts are encoded the way diffusers' Stable Diffusion pipelines do: ``text_encoder(ids).last_hidden_state``
-over 77 padded tokens. That output is each family's own layer (SD2 diffusers folders ship OpenCLIP-H already
-cut to its penultimate layer), so it is used for the semantic prompt and, unless the adaptor asks for another
-layer, for the restoration prompt too.
+Prompts are encoded the way diffusers' Stable Diffusion pipelines do, ``text_encoder(ids).last_hidden_state``
+over 77 padded tokens, with the prompt read as ComfyUI reads it (emphasis weights, long prompts in further
+77-token windows: ``prompt_windows``), so a prompt means the same in a workflow and here. That output is each
+family's own layer (SD2 diffusers folders ship OpenCLIP-H already cut to its penultimate layer), so it is used
+for the semantic prompt and, unless the adaptor asks for another layer, for the restoration prompt too.
 
 SDXL bases have a second text encoder (``text_encoder_2``, ``tokenizer_2``): prompts are encoded as diffusers'
 SDXL pipelines do, the penultimate hidden states of both encoders side by side (2048 values per token) and the
@@ -30,6 +31,7 @@ from torch import nn
 
 from .base_unet import BaseModelInfo, load_base_unet
 from .config import ADDED_CONDITIONING, DEFAULT_TEXT_ENCODER_LAYER
+from .prompt_windows import encode_windows
 from .safetensors_header import BaseModelFileError
 
 LOGGER = logging.getLogger(__name__)
@@ -216,29 +218,20 @@ def make_noise_scheduler(config: dict[str, Any]):  # noqa: ANN201 - diffusers ty
     return DDPMScheduler.from_config(config)
 
 
-def _token_ids(tokenizer: Any, prompts: list[str]) -> torch.Tensor:
-    length = int(getattr(tokenizer, "model_max_length", 77))
-    length = 77 if length > 10_000 else length  # tokenizers without a limit report a huge sentinel
-    return tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+def _encoder_at(encoder: nn.Module, layer: str, device: torch.device):  # noqa: ANN202 - a hidden-state reader
+    """ids -> (hidden states at ``layer``, pooled or None) for one encoder (see ``encode_prompts``)."""
 
+    def hidden(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = ids.to(device)
+        if layer == "sdxl":  # penultimate hidden states, projected pooled embedding (CLIP-G's; CLIP-L's unused)
+            out = encoder(ids, output_hidden_states=True)
+            return out.hidden_states[-2], getattr(out, "text_embeds", None)
+        if layer == "family":
+            return encoder(ids).last_hidden_state, None
+        hidden_states = encoder(ids, output_hidden_states=True).hidden_states[-2]  # clip skip, normalised
+        return encoder.text_model.final_layer_norm(hidden_states), None
 
-def _encode_sdxl(
-    components: FrozenComponents, prompts: list[str], layer: str, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDXL: both encoders' hidden states side by side, and the second encoder's pooled embedding."""
-    if layer not in ("family", "penultimate"):
-        raise ValueError(
-            f"text-encoder layer {layer!r} is not used with SDXL bases: SDXL reads both encoders at the penultimate "
-            "layer (in diffusers and in ComfyUI alike); train with model.text_encoder_layer unset"
-        )
-    hidden = []
-    for tokenizer, encoder in (
-        (components.tokenizer, components.text_encoder),
-        (components.tokenizer_2, components.text_encoder_2),
-    ):
-        out = encoder(_token_ids(tokenizer, prompts).to(device), output_hidden_states=True)
-        hidden.append(out.hidden_states[-2])
-    return torch.cat(hidden, dim=-1), out.text_embeds
+    return hidden
 
 
 def encode_prompts(
@@ -250,36 +243,51 @@ def encode_prompts(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """CLIP hidden states for ``prompts`` (and, with ``pooled``, SDXL's pooled embeddings).
 
+    Prompts are read in ComfyUI's prompt language (``prompt_windows``): ``(text:1.2)`` emphasis, and a prompt
+    longer than one 77-token window continues in further windows (never cut off); prompts of different window
+    counts are repeated to a common length (``tile_contexts``).
+
     Args:
         components: holds the tokenizer(s) and text encoder(s).
         prompts: B strings (``""`` is the empty prompt).
         layer: ``"family"`` (the folder's own output, see the module docstring), ``"last"`` or ``"penultimate"``
             in the sense of ``AdaptorConfig.text_encoder_layer`` for this base's family.
         device: where the token ids go (default: the text encoder's device).
-        pooled: also return the pooled embeddings: (B, P) for SDXL bases, ``None`` for the others.
+        pooled: also return the pooled embeddings: (B, P) for SDXL bases (the first window's), ``None`` for the
+            others.
 
     Returns:
-        (B, 77, D) hidden states in the text encoder's dtype; with ``pooled``, (hidden states, pooled).
+        (B, 77 * C, D) hidden states in the text encoder's dtype (C = 1 for prompts of up to 75 tokens); with
+        ``pooled``, (hidden states, pooled).
+
+    Raises:
+        PromptTextError: a prompt weight that is not a finite number, or a textual-inversion embedding.
     """
     tokenizer, encoder = components.tokenizer, components.text_encoder
     device = device or next(encoder.parameters()).device
     if components.sdxl:
-        hidden, pooled_embeds = _encode_sdxl(components, prompts, layer, device)
+        if layer not in ("family", "penultimate"):
+            raise ValueError(
+                f"text-encoder layer {layer!r} is not used with SDXL bases: SDXL reads both encoders at the "
+                "penultimate layer (in diffusers and in ComfyUI alike); train with model.text_encoder_layer unset"
+            )
+        hidden_l, _ = encode_windows(tokenizer, _encoder_at(encoder, "sdxl", device), prompts)
+        hidden_g, pooled_embeds = encode_windows(
+            components.tokenizer_2, _encoder_at(components.text_encoder_2, "sdxl", device), prompts
+        )
+        hidden = torch.cat([hidden_l, hidden_g], dim=-1)
         return (hidden, pooled_embeds) if pooled else hidden
-    if pooled:
-        return encode_prompts(components, prompts, layer, device), None
-    ids = _token_ids(tokenizer, prompts)
     family_layer = DEFAULT_TEXT_ENCODER_LAYER[components.info.base_family]
     if layer in ("family", family_layer):
-        return encoder(ids.to(device)).last_hidden_state
-    if layer == "penultimate":  # a family whose own layer is the last: take the one before, normalised (clip skip)
-        hidden = encoder(ids.to(device), output_hidden_states=True).hidden_states[-2]
-        return encoder.text_model.final_layer_norm(hidden)
-    raise ValueError(
-        f"text-encoder layer {layer!r} cannot be computed for base family {components.info.base_family!r}: its "
-        f"diffusers text encoder already ends at the {family_layer} layer; train with model.text_encoder_layer "
-        f"unset (= {family_layer!r})"
-    )
+        layer = "family"
+    elif layer != "penultimate":  # a family whose own layer is the last: "penultimate" is the one before
+        raise ValueError(
+            f"text-encoder layer {layer!r} cannot be computed for base family {components.info.base_family!r}: its "
+            f"diffusers text encoder already ends at the {family_layer} layer; train with model.text_encoder_layer "
+            f"unset (= {family_layer!r})"
+        )
+    hidden, _ = encode_windows(tokenizer, _encoder_at(encoder, layer, device), prompts)
+    return (hidden, None) if pooled else hidden
 
 
 def sdxl_time_ids(

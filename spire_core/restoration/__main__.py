@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..models.prompt_windows import parse_weights
 from .plan import RestoreSettings
 
 WHAT_GOES_WHERE = """\
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = RestoreSettings.from_options(args)
     try:
         settings.validate()  # before any model loads (the pipeline checks again against its VAE)
+        parse_weights(args.semantic)  # a prompt ComfyUI's reader would refuse, before any model loads
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -50,6 +50,7 @@ from ..models import (
     predict_noise,
 )
 from ..models.components import FrozenComponents, added_conditioning, encode_prompts, load_components
+from ..models.prompt_windows import tile_contexts
 from ..prompt import BLIND_PROMPT, restoration_batch, restoration_features
 from .guidance import combine_guidance
 from .plan import HINT_RESIZE, MIN_LATENT_SIDE, RestoreSettings, apply_color_fix, output_size, pad_to_multiple
@@ -321,7 +322,10 @@ class SpirePipeline:
             return [e if e is None or e.shape[0] != 1 else e.expand(batch, *e.shape[1:]) for e in encoded]
 
         def stack(*parts: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-            return [None if p[0] is None else torch.cat(p) for p in zip(*parts)]
+            # contexts (a long semantic prompt's windows beside the empty prompt's one) repeated to one length
+            return [
+                None if p[0] is None else torch.cat(tile_contexts(p) if p[0].dim() == 3 else p) for p in zip(*parts)
+            ]
 
         layer = self.adaptor.config.text_encoder_layer
         restoration = repeat(self.encode_prompts(prompts.texts, layer))

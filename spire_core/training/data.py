@@ -26,14 +26,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..captions import read_coco_captions
+from ..models.prompt_windows import PromptTextError, parse_weights
 from .config import DataConfig
 from .seeds import generator_for, seed_for
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 """File extensions the scan treats as images (case-insensitive)."""
 
-BAD_REASONS = ("unreadable", "too_small", "missing_caption")
-"""Why an image was left out: not a decodable image, smaller than the crop allows, no caption."""
+BAD_REASONS = ("unreadable", "too_small", "missing_caption", "bad_caption")
+"""Why an image was left out: not a decodable image, smaller than the crop allows, no caption, or a caption the
+prompt reader refuses (``spire_core.models.prompt_windows``: a non-finite weight, a textual-inversion embedding)."""
 
 _EXAMPLES = 5  # bad files named per reason in logs and errors
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
@@ -129,6 +131,16 @@ def _resolve_caption_source(config: DataConfig, images: list[Path]) -> str:
     return "txt" if any(p.with_suffix(".txt").is_file() for p in images) else "none"
 
 
+def _refused_caption(captions: list[str]) -> str | None:
+    """Why the prompt reader refuses one of ``captions`` (the first such), or ``None``."""
+    for caption in captions:
+        try:
+            parse_weights(caption)
+        except PromptTextError as error:
+            return f"caption {caption!r} cannot be encoded: {error}"
+    return None
+
+
 def scan_folder(config: DataConfig) -> ScanReport:
     """Find usable images and their captions; never decodes pixels (headers only).
 
@@ -159,6 +171,10 @@ def scan_folder(config: DataConfig) -> ScanReport:
         if captions is None or (source != "none" and not captions):
             what = f"no caption in {config.captions_file}" if source == "coco" else f"no caption in {path.stem}.txt"
             bad("missing_caption", path, what)
+            continue
+        refused = _refused_caption(captions)
+        if refused:
+            bad("bad_caption", path, refused)
             continue
         try:
             with Image.open(path) as image:

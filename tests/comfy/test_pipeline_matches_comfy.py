@@ -53,6 +53,7 @@ from spire_test_support.export import (
     photo,
     restore_both,
 )
+from spire_test_support.prompts import LONG_PROMPT, PROMPT_TEXTS
 
 from spire_core.restoration.pipeline import COMFY_SIMPLE_SCHEDULE
 
@@ -74,10 +75,17 @@ def test_exported_text_encoder_vae_and_noise_are_comfyui_s(setup):
 
     pipe = setup[1]
     clip = tiny_comfy.tiny_clip("sd1")
-    for text in ("", "an astronaut", "Remove all degradation", "Deblur with sigma 2.0; Denoise with sigma 0.05"):
+    for text in ("Remove all degradation", "Deblur with sigma 2.0; Denoise with sigma 0.05", *PROMPT_TEXTS):
         ours, _ = pipe.encode_prompts([text], pipe.adaptor.config.text_encoder_layer)
         theirs = clip.encode_from_tokens(clip.tokenize(text))
         assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) <= 1e-5, text
+    # a batch of prompts of 1, 3 and 2 windows: each tiled to 6 windows (cross-attention reads them unchanged)
+    texts = ("an astronaut", LONG_PROMPT, LONG_PROMPT[:400])
+    batch, _ = pipe.encode_prompts(list(texts))
+    assert batch.shape == (3, 6 * 77, 32)
+    for row, text in zip(batch, texts):
+        alone = clip.encode_from_tokens(clip.tokenize(text))[0]
+        assert float((row - alone.repeat(6 * 77 // alone.shape[0], 1)).abs().max()) <= 1e-5, text
     latent = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = ((pipe.components.vae.decode(latent / pipe.components.scaling_factor).sample + 1) / 2).clamp(0, 1)
@@ -115,6 +123,13 @@ CASES = {
         "euler",
         COMFY_SIMPLE_SCHEDULE,
         {"denoise": 0.5},
+    ),
+    # a semantic prompt of three windows with emphasis beside the empty prompt's one window, three branches
+    "long-weighted-semantic": (
+        {"sampler_name": "ddim", "scheduler": "simple"},
+        "ddim",
+        COMFY_SIMPLE_SCHEDULE,
+        {"semantic_prompt": LONG_PROMPT, "restoration_prompt": "Deblur with sigma 2.0", "restoration_scale": 2.5},
     ),
 }
 
@@ -159,9 +174,17 @@ def test_the_match_is_not_vacuous(setup):
         "restoration scale": {"restoration_prompt": "Deblur with sigma 2.0", "restoration_scale": 2.5},
         "adaptor strength": {"strength": 0.0},
         "seed": {"seed": 8},
+        "prompt weights": {"semantic_prompt": "(an astronaut:2.5)"},  # the same tokens as "an astronaut"
+        "second window": {"semantic_prompt": LONG_PROMPT},
     }
     effects = {name: float((restore(**change) - reference).abs().max()) for name, change in changes.items()}
     effects["restoration scale"] = float(
         (restore(**changes["restoration scale"]) - restore(restoration_prompt="Deblur with sigma 2.0")).abs().max()
+    )
+    first_window = pipe.components.tokenizer.decode(
+        pipe.components.tokenizer(LONG_PROMPT, add_special_tokens=False)["input_ids"][:75]
+    )
+    effects["second window"] = float(
+        (restore(**changes["second window"]) - restore(semantic_prompt=first_window)).abs().max()
     )
     assert all(effect > 10 * TOLERANCE for effect in effects.values()), effects

@@ -39,8 +39,9 @@ from spire_test_support.export import (
     photo,
     restore_both,
 )
+from spire_test_support.prompts import LONG_PROMPT, PROMPT_TEXTS
 
-from spire_core.models.components import _token_ids
+from spire_core.models.prompt_windows import prompt_windows
 from spire_core.restoration import pipeline as pipeline_module
 from spire_core.restoration.pipeline import COMFY_SIMPLE_SCHEDULE
 
@@ -51,7 +52,7 @@ SHARPEN_SDXL = {**SHARPEN, "model.diffusion_model.label_emb.0.0.": 10.0}
 """SD1's factors, and the first layer of the pooled-text/size embedding (see the module docstring)."""
 TOLERANCE = 1e-4
 """Max abs pixel difference (images in [0, 1], float32) allowed between the pipeline and the node."""
-TEXTS = ("", "an astronaut", "Remove all degradation", "Deblur with sigma 2.0; Denoise with sigma 0.05")
+TEXTS = ("Remove all degradation", "Deblur with sigma 2.0; Denoise with sigma 0.05", *PROMPT_TEXTS)
 
 
 @pytest.fixture(scope="module")
@@ -66,20 +67,21 @@ def setup(comfy, tmp_path_factory):
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_exported_encoders_give_comfyui_s_tokens_cond_and_pooled(setup, text):
-    """Token ids of both tokenizers exactly (CLIP-G padded with 0, CLIP-L with the end token), then the
-    concatenated penultimate hidden states and CLIP-G's projected pooled embedding to 1e-5."""
+    """Token ids of both tokenizers exactly (CLIP-G padded with 0, CLIP-L with the end token; every window of a
+    long prompt), then the concatenated penultimate hidden states (weights applied) and CLIP-G's projected pooled
+    embedding of the first window to 1e-5."""
     pipe = setup[1]
     clip = tiny_comfy.tiny_clip("sdxl")
     tokens = clip.tokenize(text)
     parts = pipe.components
     for key, tokenizer, pad in (("l", parts.tokenizer, 49407), ("g", parts.tokenizer_2, 0)):
-        theirs = [pair[0] for pair in tokens[key][0]]  # (token, weight) pairs of the one 77-token window
-        ours = _token_ids(tokenizer, [text])[0].tolist()
+        theirs = [[pair[0] for pair in window] for window in tokens[key]]  # (token, weight) pairs per window
+        ours = prompt_windows(tokenizer, text).ids.tolist()
         assert ours == theirs, (key, text)
-        assert ours[-1] == pad  # the padding differs between the two, as in ComfyUI
+        assert ours[-1][-1] == pad  # the padding differs between the two, as in ComfyUI
     ours, ours_pooled = pipe.encode_prompts([text], pipe.adaptor.config.text_encoder_layer)
     theirs, theirs_pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-    assert ours.shape == theirs.shape == (1, 77, 64)
+    assert ours.shape == theirs.shape == (1, 77 * len(tokens["g"]), 64)
     assert ours_pooled.shape == theirs_pooled.shape == (1, 32)
     assert float((ours - theirs).abs().max()) <= 1e-5, text
     assert float((ours_pooled - theirs_pooled).abs().max()) <= 1e-5, text
@@ -128,6 +130,13 @@ CASES = {
         "euler",
         COMFY_SIMPLE_SCHEDULE,
         {"denoise": 0.5, "restoration_scale": 2.0},
+    ),
+    # a weighted semantic prompt of three windows (its first window's pooled embedding) beside the empty prompt
+    "long-weighted-semantic": (
+        {"sampler_name": "ddim", "scheduler": "simple"},
+        "ddim",
+        COMFY_SIMPLE_SCHEDULE,
+        {"semantic_prompt": LONG_PROMPT},
     ),
 }
 

@@ -25,6 +25,7 @@ from spire_core.eval.benchmark_set import (
     load_manifest,
     match_outputs,
     prompts_for,
+    restore_benchmark,
 )
 from spire_core.eval.metrics import LPIPS_FILENAME, load_lpips, psnr_per_image, ssim
 from spire_core.eval.report import FID_MISSING, LPIPS_MISSING, frechet_distance, load_fid_statistics
@@ -280,6 +281,27 @@ def tiny_models(tmp_path_factory):
     save_adaptor(fresh, folder / "fresh.safetensors")
     save_adaptor(randomize_heads(fresh, seed=3, scale=0.2), folder / "random.safetensors")
     return base, folder / "fresh.safetensors", folder / "random.safetensors"
+
+
+def test_restore_benchmark_refuses_a_caption_before_restoring_anything(bench, tmp_path, capsys):
+    """A caption that cannot be encoded (here a weight of inf) stops ``restore`` before any model loads or any
+    image is written, naming the image; the same benchmark in the blind setting (no captions) is not refused."""
+    from spire_core.models.prompt_windows import PromptTextError
+
+    manifest = json.loads((bench / MANIFEST).read_text())
+    manifest["images"][1]["caption"] = "a cup of (coffee:inf)"
+    edited = tmp_path / "edited"
+    shutil.copytree(bench, edited)
+    (edited / MANIFEST).write_text(json.dumps(manifest))
+    out = tmp_path / "restored"
+    name = manifest["images"][1]["name"]
+    with pytest.raises(PromptTextError, match=rf"{name}'s caption: prompt weight 'inf' .* not a finite number"):
+        restore_benchmark(None, edited, out, setting="full")  # no pipeline is needed to refuse it
+    assert not out.exists() or not any(out.iterdir())
+    args = ["restore", "--bench", str(edited), "--base", "missing", "--adaptor", "missing", "--out", str(out)]
+    assert main(args) == 2 and "not a finite number" in capsys.readouterr().err
+    with pytest.raises(AttributeError):  # blind: the caption is not used, the run gets as far as the pipeline
+        restore_benchmark(None, edited, out, setting="blind")
 
 
 def test_restore_benchmark_end_to_end_with_the_pipeline(bench, tiny_models, tmp_path):

@@ -48,6 +48,8 @@ def test_bad_settings_fail_before_any_model_loads(tmp_path, capsys):
     assert "tile_overlap (32) must be less than half of tile_size (64)" in capsys.readouterr().err
     assert main([*args, "--denoise", "0"]) == 2
     assert "denoise must be in (0, 1]" in capsys.readouterr().err
+    assert main([*args, "--semantic", "a (dog:nan) on grass"]) == 2  # ComfyUI would read a NaN weight
+    assert "prompt weight 'nan' in '(dog:nan)' is not a finite number" in capsys.readouterr().err
 
 
 def test_restores_the_bundled_sample_end_to_end(models, tmp_path, capsys):

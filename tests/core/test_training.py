@@ -196,7 +196,7 @@ def test_caption_sources_coco_txt_none(tmp_path):
         "photo0.png": ("A zebra grazing.", "A striped horse."),
         "photo1.png": ("Oranges in a bowl.",),
     }
-    assert report.counts() == {"unreadable": 0, "too_small": 0, "missing_caption": 1}
+    assert report.counts() == {"unreadable": 0, "too_small": 0, "missing_caption": 1, "bad_caption": 0}
     stream = CropStream(report.records, config, seed=0)
     captions = {stream[k]["caption"] for k in range(40)}
     assert captions == {"A zebra grazing.", "A striped horse.", "Oranges in a bowl."}  # one drawn per sample
@@ -246,6 +246,8 @@ def make_bad_folder(root: Path) -> Path:
     truncated = write_photo(root / "truncated.png", 11).read_bytes()
     (root / "truncated.png").write_bytes(truncated[: len(truncated) // 2])  # header fine, pixels cut off
     (root / "truncated.txt").write_text("a truncated file\n")
+    write_photo(root / "weighted.png", 12)
+    (root / "weighted.txt").write_text("a dog on grass\na (dog:nan) on grass\n")  # one caption the reader refuses
     return root
 
 
@@ -256,10 +258,11 @@ def test_bad_data_is_skipped_and_counted_in_the_log(tiny_base, tmp_path):
     history = trainer.train()  # 4 samples over 4 usable images: the truncated one is hit and replaced
     scan = read_log(tmp_path / "run" / "logs" / "train.jsonl", "data_scan")[0]
     assert scan["images"] == 4  # photo0-2 and truncated (its header is readable)
-    assert scan["skipped"] == {"unreadable": 1, "too_small": 1, "missing_caption": 1}
+    assert scan["skipped"] == {"unreadable": 1, "too_small": 1, "missing_caption": 1, "bad_caption": 1}
     assert scan["examples"]["unreadable"][0].endswith("broken.jpg")
     assert scan["examples"]["too_small"][0].endswith("tiny.png")
     assert scan["examples"]["missing_caption"][0].endswith("uncaptioned.png")
+    assert scan["examples"]["bad_caption"][0].endswith("weighted.png")
     steps = read_log(tmp_path / "run" / "logs" / "train.jsonl", "step")
     assert [s["step"] for s in steps] == [1, 2]
     assert steps[-1]["skipped_while_loading"]["unreadable"] == 1
@@ -272,6 +275,9 @@ def test_bad_data_error_mode_names_the_file(tiny_base, tmp_path):
         scan_folder(DataConfig(folder=str(folder), resolution=64, on_bad="error"))
     for name in ("broken.jpg", "tiny.png", "uncaptioned.png"):
         (folder / name).unlink()
+    with pytest.raises(DataError, match=r"weighted\.png: caption 'a \(dog:nan\) on grass' cannot be encoded.*finite"):
+        scan_folder(DataConfig(folder=str(folder), resolution=64, on_bad="error"))
+    (folder / "weighted.png").unlink()
     config = tiny_config(tiny_base, folder, tmp_path / "run", data={"on_bad": "error"}, train={"steps": 2})
     trainer = Trainer(config)
     with pytest.raises(DataError, match=r"truncated\.png: cannot decode image"):
