@@ -31,7 +31,7 @@ from torch import nn
 
 from .base_unet import BaseModelInfo, load_base_unet
 from .config import ADDED_CONDITIONING, DEFAULT_TEXT_ENCODER_LAYER
-from .prompt_windows import encode_windows
+from .prompt_windows import encode_windows, window_length
 from .safetensors_header import BaseModelFileError
 
 LOGGER = logging.getLogger(__name__)
@@ -275,6 +275,12 @@ def encode_prompts(
         hidden_g, pooled_embeds = encode_windows(
             components.tokenizer_2, _encoder_at(components.text_encoder_2, "sdxl", device), prompts
         )
+        if hidden_l.shape[1] != hidden_g.shape[1]:  # the two tokenizers read the prompt into different windows
+            raise ValueError(
+                f"SDXL's two tokenizers split these prompts into {hidden_l.shape[1] // window_length(tokenizer)} and "
+                f"{hidden_g.shape[1] // window_length(tokenizer)} windows; tokenizer/ and tokenizer_2/ must share one "
+                "vocabulary (CLIP's)"
+            )
         hidden = torch.cat([hidden_l, hidden_g], dim=-1)
         return (hidden, pooled_embeds) if pooled else hidden
     family_layer = DEFAULT_TEXT_ENCODER_LAYER[components.info.base_family]

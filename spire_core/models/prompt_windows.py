@@ -37,6 +37,9 @@ EMPHASIS = 1.1
 """Weight factor of one pair of brackets without a number."""
 UNSPLIT_GROUP = 8
 """A token group shorter than this moves whole into the next window instead of being split across two."""
+TILE_LIMIT = 4
+"""Contexts of different lengths share a batch when their common length is at most this many times the longest
+(``tile_contexts``); any mix of 1 to 4 windows does (at most 12 windows)."""
 _OPEN, _CLOSE = "\ue000", "\ue001"  # escaped brackets while the groups are parsed (private-use characters)
 _EMBEDDING = re.compile(r"(?:^|(?<=\s))embedding:(\S*)")
 
@@ -120,7 +123,13 @@ def parse_weights(text: str) -> list[tuple[str, float]]:
         PromptTextError: a weight that is not a finite number, or a textual-inversion embedding.
     """
     escaped = text.replace("\\)", _CLOSE).replace("\\(", _OPEN)
-    pieces = [(p.replace(_CLOSE, ")").replace(_OPEN, "("), weight) for p, weight in _weighted(escaped, 1.0)]
+    try:
+        weighted = _weighted(escaped, 1.0)
+    except RecursionError:
+        raise PromptTextError(
+            "the prompt's brackets are nested too deeply to read; write (text:1.5) instead of many nested brackets"
+        ) from None
+    pieces = [(p.replace(_CLOSE, ")").replace(_OPEN, "("), weight) for p, weight in weighted]
     for piece, _ in pieces:  # a piece's start or any word in it (ComfyUI looks inside brackets too)
         found = _EMBEDDING.search(piece)
         if found:
@@ -138,6 +147,23 @@ def window_length(tokenizer: Any) -> int:
     return 77 if length > 10_000 else length  # tokenizers without a limit report a huge sentinel
 
 
+def special_tokens(tokenizer: Any) -> tuple[int, int, int]:
+    """The tokenizer's (start, end, padding) token ids.
+
+    Raises:
+        ValueError: one is missing (a tokenizer folder that is not a CLIP tokenizer's, or an incomplete one).
+    """
+    ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    missing = [name for name, value in zip(("start (bos)", "end (eos)", "padding"), ids) if value is None]
+    if missing:
+        raise ValueError(
+            f"the tokenizer ({type(tokenizer).__name__}, {getattr(tokenizer, 'name_or_path', '?')}) has no "
+            f"{' and no '.join(missing)} token; a Stable Diffusion tokenizer folder (tokenizer/ with "
+            "special_tokens_map.json) names all three"
+        )
+    return ids
+
+
 def prompt_windows(tokenizer: Any, text: str) -> PromptWindows:
     """``text`` as token windows with weights (the tokenizer's start, end and padding tokens).
 
@@ -145,7 +171,7 @@ def prompt_windows(tokenizer: Any, text: str) -> PromptWindows:
         PromptTextError: see ``parse_weights``.
     """
     length = window_length(tokenizer)
-    start, end, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    start, end, pad = special_tokens(tokenizer)
     room = length - 1  # the prompt tokens plus the start token; the end token closes every window
     windows: list[list[tuple[int, float]]] = [[(start, 1.0)]]
     for piece, weight in parse_weights(text):
@@ -174,8 +200,8 @@ def prompt_windows(tokenizer: Any, text: str) -> PromptWindows:
 
 def empty_window(tokenizer: Any) -> torch.Tensor:
     """(1, L) ids of the empty prompt's window (start, end, padding): the reference that weights scale from."""
-    length = window_length(tokenizer)
-    ids = [tokenizer.bos_token_id, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * (length - 2)
+    start, end, pad = special_tokens(tokenizer)
+    ids = [start, end] + [pad] * (window_length(tokenizer) - 2)
     return torch.tensor([ids], dtype=torch.long)
 
 
@@ -184,8 +210,21 @@ def tile_contexts(contexts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
     Cross-attention over a context repeated k times gives exactly what it gives over the context once (each key
     appears k times with k times less weight each), so prompts of different window counts can share a batch;
-    ComfyUI batches conditionings of different lengths the same way."""
-    target = math.lcm(*(int(c.shape[1]) for c in contexts))
+    ComfyUI batches conditionings of different lengths the same way, up to the same bound (``TILE_LIMIT``).
+
+    Raises:
+        ValueError: the common length would be more than ``TILE_LIMIT`` times the longest context (e.g. prompts
+            of 3, 4 and 5 windows, 60 windows each): the batch would cost far more than its longest prompt.
+    """
+    lengths = [int(c.shape[1]) for c in contexts]
+    target = math.lcm(*lengths)
+    if target > TILE_LIMIT * max(lengths):
+        counts = sorted({length // math.gcd(*lengths) for length in lengths})
+        raise ValueError(
+            f"prompts of {counts} token windows cannot share a batch: repeated to a common length, each would be "
+            f"{target // math.gcd(*lengths)} windows long (more than {TILE_LIMIT} times the longest); shorten the "
+            "longest prompts, or restore those images in separate runs"
+        )
     return [c if c.shape[1] == target else c.repeat(1, target // c.shape[1], 1) for c in contexts]
 
 
@@ -231,10 +270,12 @@ __all__ = [
     "UNSPLIT_GROUP",
     "PromptTextError",
     "PromptWindows",
+    "TILE_LIMIT",
     "empty_window",
     "encode_windows",
     "parse_weights",
     "prompt_windows",
+    "special_tokens",
     "tile_contexts",
     "window_length",
 ]

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..captions import read_coco_captions
-from ..models.prompt_windows import PromptTextError, parse_weights
+from ..models.prompt_windows import PromptTextError, parse_weights, prompt_windows
 from .config import DataConfig
 from .seeds import generator_for, seed_for
 
@@ -129,6 +129,40 @@ def _resolve_caption_source(config: DataConfig, images: list[Path]) -> str:
     if config.captions_file:
         return "coco"
     return "txt" if any(p.with_suffix(".txt").is_file() for p in images) else "none"
+
+
+MAX_CAPTION_WINDOWS = 4
+"""The most 77-token windows a training caption may take (300 tokens): a batch of captions of 1 to 4 windows
+always shares one context length within ``spire_core.models.prompt_windows.TILE_LIMIT``."""
+
+
+def refuse_long_captions(report: ScanReport, tokenizer: Any, on_bad: str = "skip") -> ScanReport:
+    """``report`` less the images with a caption of more than ``MAX_CAPTION_WINDOWS`` windows (``bad_caption``),
+    counted like the scan's own. Needs the base's tokenizer, so it runs once the base is loaded; captions of at
+    most 75 bytes (one window: every token covers at least one byte) are not tokenized.
+
+    Raises:
+        DataError: with ``on_bad="error"``, the first such image.
+    """
+    records, skipped = [], {reason: list(paths) for reason, paths in report.skipped.items()}
+    for record in report.records:
+        long = [c for c in record.captions if len(c.encode("utf-8")) > 75]
+        windows = max((prompt_windows(tokenizer, c).ids.shape[0] for c in long), default=1)
+        if windows <= MAX_CAPTION_WINDOWS:
+            records.append(record)
+            continue
+        detail = (
+            f"a caption takes {windows} windows of 75 tokens; training captions take at most {MAX_CAPTION_WINDOWS} "
+            f"({MAX_CAPTION_WINDOWS * 75} tokens)"
+        )
+        if on_bad == "error":
+            raise DataError(
+                f"{record.path}: {detail} (data.on_bad='error'; set data.on_bad='skip' to leave such files out)"
+            )
+        skipped.setdefault("bad_caption", []).append(str(record.path))
+    if not records:
+        raise DataError(f"no usable training image: every caption is over {MAX_CAPTION_WINDOWS * 75} tokens")
+    return ScanReport(records, report.caption_source, skipped)
 
 
 def _refused_caption(captions: list[str]) -> str | None:

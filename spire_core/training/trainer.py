@@ -48,7 +48,7 @@ from .checkpoints import (
 )
 from .components import build_adaptor
 from .config import TrainingConfig
-from .data import BAD_REASONS, CropStream, DataError, make_loader, scan_folder
+from .data import BAD_REASONS, CropStream, DataError, make_loader, refuse_long_captions, scan_folder
 from .ema import EMA
 from .logs import LOGGER, RunLog
 from .loss import TrainingBatch, diffusion_loss, make_training_batch
@@ -113,16 +113,17 @@ class Trainer:
         self._validation: ValidationSet | None = None
         self.bar: Any = None
 
-        self.scan = scan_folder(config.data)
+        scan = scan_folder(config.data)  # before the base loads: a bad data folder fails at once
+
+        if components is None:
+            components = load_components(config.model.base, config.model.components, config.model.prediction_type)
+        self.scan = refuse_long_captions(scan, components.tokenizer, config.data.on_bad)
         self.stream = CropStream(self.scan.records, config.data, config.train.seed)
         summary = self.scan.summary()
         self.log.write("data_scan", **summary)
         if any(summary["skipped"].values()):
             LOGGER.warning("data: left out %s (examples in %s)", summary["skipped"], self.log.path)
         LOGGER.info("data: %d usable images, captions from %s", len(self.scan.records), self.scan.caption_source)
-
-        if components is None:
-            components = load_components(config.model.base, config.model.components, config.model.prediction_type)
         if config.model.base_family:
             components.info.base_family = config.model.base_family
         self.components = components
@@ -496,7 +497,8 @@ class Trainer:
             if config.validation.folder:
                 from dataclasses import replace
 
-                records = scan_folder(replace(config.data, folder=config.validation.folder, on_bad="skip")).records
+                scan = scan_folder(replace(config.data, folder=config.validation.folder, on_bad="skip"))
+                records = refuse_long_captions(scan, self.components.tokenizer).records
             self._validation = build_validation_set(
                 records, config.data, self.spec, config.validation.seed, config.validation.num_images
             )

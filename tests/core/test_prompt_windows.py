@@ -15,6 +15,7 @@ from spire_core.models.prompt_windows import (
     empty_window,
     parse_weights,
     prompt_windows,
+    special_tokens,
     tile_contexts,
 )
 from spire_core.training.tiny import tiny_tokenizer, write_tiny_base
@@ -52,6 +53,20 @@ def test_weights_are_read_as_written(text, pieces):
 def test_prompts_that_cannot_be_encoded_are_refused(text, message):
     with pytest.raises(PromptTextError, match=message):
         parse_weights(text)
+
+
+def test_deeply_nested_brackets_are_refused_not_a_crash():
+    with pytest.raises(PromptTextError, match="nested too deeply"):
+        parse_weights("(" * 5000 + "a" + ")" * 5000)
+    assert parse_weights("(" * 20 + "a" + ")" * 20) == [("a", pytest.approx(1.1**20))]
+
+
+def test_a_tokenizer_without_its_special_tokens_is_refused():
+    tokenizer = tiny_tokenizer()
+    assert special_tokens(tokenizer) == (0, 1, 1)  # the tiny vocabulary: start 0, end 1, padding with the end
+    tokenizer.pad_token = None
+    with pytest.raises(ValueError, match="has no padding token; a Stable Diffusion tokenizer folder"):
+        prompt_windows(tokenizer, "a zebra")
 
 
 def test_embedding_inside_a_word_is_text():
@@ -93,6 +108,13 @@ def test_tiled_contexts_leave_cross_attention_unchanged():
         return F.scaled_dot_product_attention(query, kv, kv)
 
     assert float((attend(tiled_short) - attend(short)).abs().max()) < 1e-12
+
+    def windows(*counts):
+        return [torch.zeros(1, 77 * c, 4) for c in counts]
+
+    assert [c.shape[1] for c in tile_contexts(windows(1, 2, 3, 4))] == [12 * 77] * 4  # within 4 x the longest
+    with pytest.raises(ValueError, match=r"prompts of \[3, 4, 5\] token windows cannot share a batch.*60 windows"):
+        tile_contexts(windows(3, 4, 5))
 
 
 @pytest.fixture(scope="module")

@@ -248,6 +248,8 @@ def make_bad_folder(root: Path) -> Path:
     (root / "truncated.txt").write_text("a truncated file\n")
     write_photo(root / "weighted.png", 12)
     (root / "weighted.txt").write_text("a dog on grass\na (dog:nan) on grass\n")  # one caption the reader refuses
+    write_photo(root / "verbose.png", 13)
+    (root / "verbose.txt").write_text(" ".join(["zebra"] * 80) + "\n")  # 400 tokens: 6 windows, over 4
     return root
 
 
@@ -258,11 +260,11 @@ def test_bad_data_is_skipped_and_counted_in_the_log(tiny_base, tmp_path):
     history = trainer.train()  # 4 samples over 4 usable images: the truncated one is hit and replaced
     scan = read_log(tmp_path / "run" / "logs" / "train.jsonl", "data_scan")[0]
     assert scan["images"] == 4  # photo0-2 and truncated (its header is readable)
-    assert scan["skipped"] == {"unreadable": 1, "too_small": 1, "missing_caption": 1, "bad_caption": 1}
+    assert scan["skipped"] == {"unreadable": 1, "too_small": 1, "missing_caption": 1, "bad_caption": 2}
     assert scan["examples"]["unreadable"][0].endswith("broken.jpg")
     assert scan["examples"]["too_small"][0].endswith("tiny.png")
     assert scan["examples"]["missing_caption"][0].endswith("uncaptioned.png")
-    assert scan["examples"]["bad_caption"][0].endswith("weighted.png")
+    assert [Path(p).name for p in scan["examples"]["bad_caption"]] == ["weighted.png", "verbose.png"]
     steps = read_log(tmp_path / "run" / "logs" / "train.jsonl", "step")
     assert [s["step"] for s in steps] == [1, 2]
     assert steps[-1]["skipped_while_loading"]["unreadable"] == 1
@@ -279,6 +281,9 @@ def test_bad_data_error_mode_names_the_file(tiny_base, tmp_path):
         scan_folder(DataConfig(folder=str(folder), resolution=64, on_bad="error"))
     (folder / "weighted.png").unlink()
     config = tiny_config(tiny_base, folder, tmp_path / "run", data={"on_bad": "error"}, train={"steps": 2})
+    with pytest.raises(DataError, match=r"verbose\.png: a caption takes 6 windows of 75 tokens.*at most 4"):
+        Trainer(config)  # counted once the base's tokenizer is loaded
+    (folder / "verbose.png").unlink()
     trainer = Trainer(config)
     with pytest.raises(DataError, match=r"truncated\.png: cannot decode image"):
         trainer.train()
