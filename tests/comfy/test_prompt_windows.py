@@ -1,7 +1,8 @@
 """Semantic prompts are read as ComfyUI reads them (``spire_core.models.prompt_windows``): the same token
 windows and weights as ComfyUI's own tokenizers for handmade and 300 random prompts (emphasis, escapes, unpaired
-brackets, prompts of up to five windows), for SD1's CLIP-L and SDXL's CLIP-L and CLIP-G; refused text (a
-non-finite weight, a textual-inversion embedding) is what ComfyUI would have read as a weight or an embedding."""
+brackets, prompts of up to five windows), for SD1's CLIP-L, SD2's OpenCLIP-H (padding with 0) and SDXL's CLIP-L
+and CLIP-G; refused text (a non-finite weight, a textual-inversion embedding) is what ComfyUI would have read as a
+weight or an embedding."""
 
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ def as_tensors(windows: list) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, torch.tensor([[pair[1] for pair in window] for window in windows], dtype=torch.float32)
 
 
-@pytest.mark.parametrize(("family", "key", "pad"), [("sd1", "l", "end"), ("sdxl", "l", "end"), ("sdxl", "g", "zero")])
+@pytest.mark.parametrize(
+    ("family", "key", "pad"), [("sd1", "l", "end"), ("sd2", "h", "zero"), ("sdxl", "l", "end"), ("sdxl", "g", "zero")]
+)
 def test_windows_and_weights_are_comfyui_s(tokenizers, family, key, pad):
     clip = tiny_comfy.tiny_clip(family)
     counts = []
