@@ -10,6 +10,7 @@
     python -m spire_core.eval control --out DIR [--restorer adaptor|oracle|identity] [--base MODEL --adaptor FILE
                                       --components FOLDER] [--images PHOTO ...] [--crop 64] [--crops N]
                                       [--noise 0.12] [--blur 2.0] [--seed 0] [--steps 25]
+                                      [--restoration-scale 1 2 ...]
     python -m spire_core.eval estimate [--out results/estimate-accuracy.json] [--plot docs/estimate_accuracy.png]
                                        [--per-photo 4] [--crop 256] [--seed 0] [--sets noise blur jpeg ...]
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from ..progress import echo
@@ -118,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     control.add_argument("--seed", type=int, default=0)
     control.add_argument("--steps", type=int, default=25, help="adaptor: sampling steps")
     control.add_argument("--semantic-scale", type=float, default=1.0, help="adaptor: CFG (default 1: none)")
+    control.add_argument(
+        "--restoration-scale",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="W",
+        help="adaptor: restoration guidance w_r against 'Remove all degradation', one run per value (default 1: none)",
+    )
     control.add_argument("--device", default="cpu", help="adaptor: torch device")
 
     estimate = commands.add_parser(
@@ -227,13 +237,18 @@ def _control(args: argparse.Namespace) -> int:
     )
 
     setting = ControlSetting(noise=args.noise, blur=args.blur, seed=args.seed)
+    scales = list(args.restoration_scale)
+    if any(not math.isfinite(w) or w <= 0 for w in scales) or len(set(scales)) != len(scales):
+        raise ValueError(f"--restoration-scale {scales}: expected distinct finite values above 0")
+    if scales != [1.0] and args.restorer != "adaptor":
+        raise ValueError("--restoration-scale applies to --restorer adaptor only")
     samples = Path(__file__).resolve().parents[2] / "docs" / "samples"
     images = args.images or [str(samples / "astronaut.png"), str(samples / "coffee.png")]
     clean = photo_crops(images, args.crop, args.crops)
     if args.restorer == "identity":
-        restorer = identity_restorer
+        restorers = {"identity": identity_restorer}
     elif args.restorer == "oracle":
-        restorer = OracleRestorer(control_inputs(clean, setting))
+        restorers = {"oracle": OracleRestorer(control_inputs(clean, setting))}
     else:
         if not args.base or not args.adaptor:
             raise ValueError("--restorer adaptor needs --base and --adaptor (and --components for a single file)")
@@ -241,17 +256,22 @@ def _control(args: argparse.Namespace) -> int:
 
         pipe = SpirePipeline.load(args.base, args.adaptor, args.components, device=args.device)
 
-        def restorer(degraded, prompts):  # noqa: ANN001, ANN202
-            return pipe.restore(
-                degraded,
-                restoration_prompt=list(prompts),
-                steps=args.steps,
-                semantic_scale=args.semantic_scale,
-                seed=args.seed,
-                upsample=False,
-            )
+        def guided(scale: float):  # noqa: ANN202
+            def restorer(degraded, prompts):  # noqa: ANN001, ANN202
+                return pipe.restore(
+                    degraded,
+                    restoration_prompt=list(prompts),
+                    steps=args.steps,
+                    semantic_scale=args.semantic_scale,
+                    restoration_scale=scale,
+                    seed=args.seed,
+                    upsample=False,
+                )
 
-    results = {args.restorer: run_control(restorer, clean, setting)}
+            return restorer
+
+        restorers = {"adaptor" if w == 1 else f"adaptor w_r={w:g}": guided(w) for w in scales}
+    results = {name: run_control(restorer, clean, setting) for name, restorer in restorers.items()}
     files = write_control_report(results, args.out, command=args.command_line, images=[Path(p).name for p in images])
     print(control_markdown(results), end="")
     print(json.dumps({"files": [str(f) for f in files]}))

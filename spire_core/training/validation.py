@@ -77,6 +77,7 @@ def restore(
     seed: int = 0,
     autocast: torch.autocast | None = None,
     denoise: float = 1.0,
+    restoration_scale: float = 1.0,
 ) -> torch.Tensor:
     """Restore a batch with the adaptor through ``SpirePipeline`` (DDIM, the paper's sampler; no second sampler):
     the pipeline over the training run's own models, left as they are (no freezing, no moving).
@@ -92,6 +93,7 @@ def restore(
         autocast: an autocast context for mixed precision (``None``: run in the models' dtypes).
         denoise: 1 starts from pure noise; below 1 from the degraded images' latents noised to that level
             (``SpirePipeline.restore``).
+        restoration_scale: w_r, guidance of the restoration prompts against "Remove all degradation" (1: none).
 
     Returns:
         (N, 3, H, W) float32 in [0, 1] on ``degraded``'s device.
@@ -110,6 +112,7 @@ def restore(
             restoration_prompt=list(restoration_prompts),
             steps=steps,
             semantic_scale=guidance_scale,
+            restoration_scale=restoration_scale,
             noise=noise,
             upsample=False,
             denoise=denoise,

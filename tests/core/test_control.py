@@ -142,3 +142,23 @@ def test_control_cli_with_a_tiny_adaptor(tmp_path, capsys):
     assert "| adaptor |" in (out / "control.md").read_text()
     assert eval_main(["control", "--out", str(out), "--images", str(photo)]) == 2
     assert "--restorer adaptor needs --base and --adaptor" in capsys.readouterr().err
+
+    # restoration guidance: one run per scale, named by it; the blind prompt is the null prompt, so guidance
+    # leaves blind restoration as it was, and it moves the ladders
+    guided = tmp_path / "guided"
+    assert eval_main([*args[:2], str(guided), *args[3:], "--restoration-scale", "1", "3"]) == 0
+    runs = json.loads((guided / "control.json").read_text())["results"]
+    assert list(runs) == ["adaptor", "adaptor w_r=3"]
+    assert runs["adaptor"]["noise_ladder"] == result["noise_ladder"]  # w_r = 1 is the run above
+    assert abs(runs["adaptor w_r=3"]["blind"]["psnr_restored_db"] - result["blind"]["psnr_restored_db"]) < 1e-3
+    moved = [
+        abs(a["measured"] - b["measured"])
+        for a, b in zip(runs["adaptor w_r=3"]["noise_ladder"]["points"], result["noise_ladder"]["points"])
+    ]
+    assert max(moved) > 1e-4, moved
+    for bad in (["--restoration-scale", "nan"], ["--restoration-scale", "2", "2"], ["--restoration-scale", "0"]):
+        assert eval_main([*args[:2], str(tmp_path / "bad"), *args[3:], *bad]) == 2
+        assert "expected distinct finite values above 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert eval_main(["control", "--out", str(out), "--restorer", "identity", "--restoration-scale", "2"]) == 2
+    assert "applies to --restorer adaptor only" in capsys.readouterr().err

@@ -76,6 +76,7 @@ def test_grain_codec_keeps_noise_and_blur_without_seams(photo_crops, one_thread)
 def test_miniature_cli_writes_every_number(tmp_path, one_thread):
     out = tmp_path / "mini"
     caps = ["--backbone-steps", "2", "--adaptor-steps", "2", "--eval-crops", "3", "--ddim-steps", "2"]
+    caps += ["--restoration-scales", "2.5"]
     assert main(["--out", str(out), "--budget-minutes", "0.5", "--seed", "3", "--threads", "1", *caps]) == 0
     result = json.loads((out / "miniature.json").read_text())
 
@@ -93,7 +94,11 @@ def test_miniature_cli_writes_every_number(tmp_path, one_thread):
         result["restoration"]["crops"] == 3 and len(result["restoration"]["psnr_per_crop_db"]["additive_numeric"]) == 3
     )
     control = result["control"]["restorers"]
-    assert list(control) == [*RECIPE_ARMS, "codec(exact targets)"]
+    assert list(control) == [*RECIPE_ARMS, "modulation_numeric w_r=2.5", "codec(exact targets)"]
+    assert result["config"]["restoration_scales"] == [2.5]
+    # the blind prompt is the null prompt of restoration guidance: blind restoration is the unguided arm's
+    guided, unguided = control["modulation_numeric w_r=2.5"], control["modulation_numeric"]
+    assert abs(guided["blind"]["psnr_restored_db"] - unguided["blind"]["psnr_restored_db"]) < 1e-3
     for name, entry in control.items():
         assert entry["crops"] == 3 and len(entry["noise_ladder"]["points"]) == 5, name
         assert isinstance(entry["met"]["noise_monotonic"], bool)
@@ -112,6 +117,22 @@ def test_miniature_cli_writes_every_number(tmp_path, one_thread):
     assert "| steps | start 1 | start 0.7 | start 0.5 |" in table
     for name in ("eval.png", "ladder.png", "control.json", "control.md", "ladder_noise.png", "ladder_blur.png"):
         assert (out / name).is_file(), name
+
+
+def test_restoration_scales_are_checked_before_any_work(capsys):
+    for scales, message in (
+        ((1.0,), "other than 1"),
+        ((2.0, 2.0), "distinct"),
+        ((float("nan"),), "finite"),
+        ((-1.0,), "above 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            MiniatureConfig(restoration_scales=scales)
+    with pytest.raises(ValueError, match="modulation_numeric, which is not trained"):
+        MiniatureConfig(arms=("modulation_clip",), restoration_scales=(2.0,))
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--restoration-scales", "1"])
+    assert "other than 1" in capsys.readouterr().err
 
 
 def test_trunk_arms_need_three_distinct_widths():

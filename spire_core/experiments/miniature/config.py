@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,9 @@ class MiniatureConfig:
         eval_crops: held-out crops used (``None``: all of them, 28 with the defaults).
         ddim_steps: sampling steps of every restoration.
         control_noise, control_blur: present levels of the control benchmark's ladders.
+        restoration_scales: restoration guidance scales w_r (other than 1) at which the default arm also runs the
+            control benchmark: its prediction is pushed away from the blind prompt's (``combine_guidance``), as
+            the Restore node's ``restoration_scale`` does (default none: the arm unguided only).
         device: torch device.
         images: the photos to crop (default: the two bundled samples).
     """
@@ -87,6 +91,7 @@ class MiniatureConfig:
     ddim_steps: int = 25
     control_noise: float = 0.12
     control_blur: float = 2.0
+    restoration_scales: tuple[float, ...] = ()
     device: str = "cpu"
     images: tuple[str, ...] = field(default_factory=lambda: tuple(str(SAMPLES_DIR / n) for n in SAMPLE_PHOTOS))
 
@@ -94,6 +99,15 @@ class MiniatureConfig:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
             raise ValueError(f"miniature arms {unknown or '()'} unknown; expected some of {tuple(ARMS)}")
+        if self.restoration_scales:
+            if DEFAULT_ARM not in self.arms:
+                raise ValueError(f"restoration scales are measured on the arm {DEFAULT_ARM}, which is not trained")
+            bad = [s for s in self.restoration_scales if not math.isfinite(s) or s <= 0 or s == 1]
+            if bad or len(set(self.restoration_scales)) != len(self.restoration_scales):
+                raise ValueError(
+                    f"restoration scales {list(self.restoration_scales)}: expected distinct finite values above 0 "
+                    "other than 1 (the unguided arm is always measured)"
+                )
         if self.backbone_width % self.backbone_norm_groups:
             raise ValueError(
                 f"backbone_width {self.backbone_width} is not a multiple of backbone_norm_groups "

@@ -41,9 +41,11 @@ def arm_restorer(
     device: torch.device,
     steps: int | None = None,
     denoise: float = 1.0,
+    restoration_scale: float = 1.0,
 ) -> Restorer:
     """The arm as a control-benchmark restorer: DDIM (``config.ddim_steps`` unless ``steps``) from pure noise
-    (seeded; ``denoise`` below 1: from the noised input), no guidance, EMA weights."""
+    (seeded; ``denoise`` below 1: from the noised input), no semantic guidance, restoration guidance
+    ``restoration_scale`` (1: none), EMA weights."""
 
     def restorer(degraded: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         with ema.swapped():
@@ -57,10 +59,16 @@ def arm_restorer(
                 guidance_scale=1.0,
                 seed=config.seed,
                 denoise=denoise,
+                restoration_scale=restoration_scale,
             )
         return out.cpu()
 
     return restorer
+
+
+def guided_name(arm: str, scale: float) -> str:
+    """How the control results name ``arm`` restored with restoration guidance ``scale``."""
+    return f"{arm} w_r={scale:g}"
 
 
 DENOISE_STARTS = (1.0, 0.7, 0.5)
@@ -129,7 +137,7 @@ def evaluate(
     restorers = {arm: arm_restorer(components, a, emas[arm], config, device) for arm, a in adaptors.items()}
     # one bar over the restoration runs: each arm on the held-out crops, then each arm and the codec ceiling
     # through the control benchmark
-    bar = progress(total=2 * len(restorers) + 1, desc="evaluate", unit="run")
+    bar = progress(total=2 * len(restorers) + 1 + len(config.restoration_scales), desc="evaluate", unit="run")
     restored = {}
     for arm, restorer in restorers.items():
         restored[arm] = restorer(degraded, prompts)
@@ -173,6 +181,12 @@ def evaluate(
     results = {}
     for arm, restorer in restorers.items():
         results[arm] = run_control(restorer, representable, setting)
+        bar.update(1)
+    for scale in config.restoration_scales:  # the default arm pushed away from the blind prompt's prediction
+        guided = arm_restorer(
+            components, adaptors[DEFAULT_ARM], emas[DEFAULT_ARM], config, device, restoration_scale=scale
+        )
+        results[guided_name(DEFAULT_ARM, scale)] = run_control(guided, representable, setting)
         bar.update(1)
     results["codec(exact targets)"] = run_control(codec_ceiling(codec, inputs), representable, setting)
     bar.update(1)

@@ -247,6 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prediction-type", default="v_prediction", choices=("v_prediction", "epsilon"), help="backbone objective"
     )
+    parser.add_argument(
+        "--restoration-scales",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="W",
+        help="also run the control benchmark of modulation_numeric with restoration guidance at these scales "
+        "(as the Restore node's restoration_scale; default: unguided only)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", nargs="+", help="photos to crop (default: the two bundled samples)")
@@ -257,20 +266,24 @@ def main(argv: list[str] | None = None) -> int:
     smoke.add_argument("--ddim-steps", type=int, default=MiniatureConfig.ddim_steps)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = MiniatureConfig(
-        budget_minutes=args.budget_minutes,
-        seed=args.seed,
-        preset=args.preset,
-        arms=tuple(args.arms),
-        backbone_width=args.backbone_width,
-        backbone_norm_groups=args.backbone_norm_groups,
-        prediction_type=args.prediction_type,
-        device=args.device,
-        backbone_steps=args.backbone_steps,
-        adaptor_steps=args.adaptor_steps,
-        eval_crops=args.eval_crops,
-        ddim_steps=args.ddim_steps,
-    )
+    try:
+        config = MiniatureConfig(
+            budget_minutes=args.budget_minutes,
+            seed=args.seed,
+            preset=args.preset,
+            arms=tuple(args.arms),
+            backbone_width=args.backbone_width,
+            backbone_norm_groups=args.backbone_norm_groups,
+            prediction_type=args.prediction_type,
+            device=args.device,
+            backbone_steps=args.backbone_steps,
+            adaptor_steps=args.adaptor_steps,
+            eval_crops=args.eval_crops,
+            ddim_steps=args.ddim_steps,
+            restoration_scales=tuple(args.restoration_scales),
+        )
+    except ValueError as error:
+        parser.error(str(error))
     if args.images:
         config = replace(config, images=tuple(args.images))
     command = "python -m spire_core.experiments.miniature " + " ".join(sys.argv[1:] if argv is None else argv)
