@@ -76,7 +76,7 @@ def test_grain_codec_keeps_noise_and_blur_without_seams(photo_crops, one_thread)
 def test_miniature_cli_writes_every_number(tmp_path, one_thread):
     out = tmp_path / "mini"
     caps = ["--backbone-steps", "2", "--adaptor-steps", "2", "--eval-crops", "3", "--ddim-steps", "2"]
-    caps += ["--restoration-scales", "2.5"]
+    caps += ["--restoration-scales", "2.5", "--control-starts", "0.5"]
     assert main(["--out", str(out), "--budget-minutes", "0.5", "--seed", "3", "--threads", "1", *caps]) == 0
     result = json.loads((out / "miniature.json").read_text())
 
@@ -94,8 +94,9 @@ def test_miniature_cli_writes_every_number(tmp_path, one_thread):
         result["restoration"]["crops"] == 3 and len(result["restoration"]["psnr_per_crop_db"]["additive_numeric"]) == 3
     )
     control = result["control"]["restorers"]
-    assert list(control) == [*RECIPE_ARMS, "modulation_numeric w_r=2.5", "codec(exact targets)"]
-    assert result["config"]["restoration_scales"] == [2.5]
+    variants = ["modulation_numeric w_r=2.5", "modulation_numeric start=0.5", "modulation_numeric w_r=2.5 start=0.5"]
+    assert list(control) == [*RECIPE_ARMS, *variants, "codec(exact targets)"]
+    assert result["config"]["restoration_scales"] == [2.5] and result["config"]["control_starts"] == [0.5]
     # the blind prompt is the null prompt of restoration guidance: blind restoration is the unguided arm's
     guided, unguided = control["modulation_numeric w_r=2.5"], control["modulation_numeric"]
     assert abs(guided["blind"]["psnr_restored_db"] - unguided["blind"]["psnr_restored_db"]) < 1e-3
@@ -119,7 +120,7 @@ def test_miniature_cli_writes_every_number(tmp_path, one_thread):
         assert (out / name).is_file(), name
 
 
-def test_restoration_scales_are_checked_before_any_work(capsys):
+def test_restoration_scales_and_control_starts_are_checked_before_any_work(capsys):
     for scales, message in (
         ((1.0,), "other than 1"),
         ((2.0, 2.0), "distinct"),
@@ -128,8 +129,13 @@ def test_restoration_scales_are_checked_before_any_work(capsys):
     ):
         with pytest.raises(ValueError, match=message):
             MiniatureConfig(restoration_scales=scales)
+    for starts in ((1.0,), (0.0,), (0.5, 0.5), (float("inf"),)):
+        with pytest.raises(ValueError, match="expected distinct values between 0 and 1, exclusive"):
+            MiniatureConfig(control_starts=starts)
     with pytest.raises(ValueError, match="modulation_numeric, which is not trained"):
-        MiniatureConfig(arms=("modulation_clip",), restoration_scales=(2.0,))
+        MiniatureConfig(arms=("modulation_clip",), control_starts=(0.5,))
+    config = MiniatureConfig(restoration_scales=(2.0, 3.0), control_starts=(0.5,))
+    assert config.control_variants() == [(2.0, 1.0), (3.0, 1.0), (1.0, 0.5), (2.0, 0.5), (3.0, 0.5)]
     with pytest.raises(SystemExit):
         main(["--out", "unused", "--restoration-scales", "1"])
     assert "other than 1" in capsys.readouterr().err

@@ -62,6 +62,9 @@ class MiniatureConfig:
         restoration_scales: restoration guidance scales w_r (other than 1) at which the default arm also runs the
             control benchmark: its prediction is pushed away from the blind prompt's (``combine_guidance``), as
             the Restore node's ``restoration_scale`` does (default none: the arm unguided only).
+        control_starts: denoise starts (below 1) at which the default arm also runs the control benchmark, each
+            with every restoration scale and unguided: sampling begins from the degraded input's latent noised to
+            that level, as KSampler's ``denoise`` (default none: from pure noise only, the paper).
         device: torch device.
         images: the photos to crop (default: the two bundled samples).
     """
@@ -92,6 +95,7 @@ class MiniatureConfig:
     control_noise: float = 0.12
     control_blur: float = 2.0
     restoration_scales: tuple[float, ...] = ()
+    control_starts: tuple[float, ...] = ()
     device: str = "cpu"
     images: tuple[str, ...] = field(default_factory=lambda: tuple(str(SAMPLES_DIR / n) for n in SAMPLE_PHOTOS))
 
@@ -99,14 +103,21 @@ class MiniatureConfig:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
             raise ValueError(f"miniature arms {unknown or '()'} unknown; expected some of {tuple(ARMS)}")
-        if self.restoration_scales:
+        if self.restoration_scales or self.control_starts:
             if DEFAULT_ARM not in self.arms:
-                raise ValueError(f"restoration scales are measured on the arm {DEFAULT_ARM}, which is not trained")
-            bad = [s for s in self.restoration_scales if not math.isfinite(s) or s <= 0 or s == 1]
-            if bad or len(set(self.restoration_scales)) != len(self.restoration_scales):
                 raise ValueError(
-                    f"restoration scales {list(self.restoration_scales)}: expected distinct finite values above 0 "
-                    "other than 1 (the unguided arm is always measured)"
+                    f"restoration scales and control starts are measured on the arm {DEFAULT_ARM}, which is not trained"
+                )
+            scales, starts = self.restoration_scales, self.control_starts
+            if any(not math.isfinite(s) or s <= 0 or s == 1 for s in scales) or len(set(scales)) != len(scales):
+                raise ValueError(
+                    f"restoration scales {list(scales)}: expected distinct finite values above 0 other than 1 (the "
+                    "unguided arm is always measured)"
+                )
+            if any(not math.isfinite(s) or not 0 < s < 1 for s in starts) or len(set(starts)) != len(starts):
+                raise ValueError(
+                    f"control starts {list(starts)}: expected distinct values between 0 and 1, exclusive (a start "
+                    "from pure noise is always measured)"
                 )
         if self.backbone_width % self.backbone_norm_groups:
             raise ValueError(
@@ -129,6 +140,12 @@ class MiniatureConfig:
     def backbone_channels(self) -> list[int]:
         """The backbone's channels per level."""
         return [self.backbone_width, 2 * self.backbone_width]
+
+    def control_variants(self) -> list[tuple[float, float]]:
+        """(restoration scale, denoise start) of every extra control run of the default arm, the plain arm
+        (1, 1) excluded."""
+        pairs = [(w, d) for d in (1.0, *self.control_starts) for w in (1.0, *self.restoration_scales)]
+        return pairs[1:]
 
     def trunk_width(self, arm: str) -> int:
         """First-level channels of ``arm``'s trunk on this backbone."""

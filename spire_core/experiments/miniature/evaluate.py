@@ -66,9 +66,9 @@ def arm_restorer(
     return restorer
 
 
-def guided_name(arm: str, scale: float) -> str:
-    """How the control results name ``arm`` restored with restoration guidance ``scale``."""
-    return f"{arm} w_r={scale:g}"
+def variant_name(arm: str, scale: float, start: float) -> str:
+    """How the control results name ``arm`` restored with restoration guidance ``scale`` from denoise ``start``."""
+    return " ".join([arm, *([f"w_r={scale:g}"] if scale != 1 else []), *([f"start={start:g}"] if start != 1 else [])])
 
 
 DENOISE_STARTS = (1.0, 0.7, 0.5)
@@ -137,7 +137,8 @@ def evaluate(
     restorers = {arm: arm_restorer(components, a, emas[arm], config, device) for arm, a in adaptors.items()}
     # one bar over the restoration runs: each arm on the held-out crops, then each arm and the codec ceiling
     # through the control benchmark
-    bar = progress(total=2 * len(restorers) + 1 + len(config.restoration_scales), desc="evaluate", unit="run")
+    variants = config.control_variants()
+    bar = progress(total=2 * len(restorers) + 1 + len(variants), desc="evaluate", unit="run")
     restored = {}
     for arm, restorer in restorers.items():
         restored[arm] = restorer(degraded, prompts)
@@ -182,11 +183,11 @@ def evaluate(
     for arm, restorer in restorers.items():
         results[arm] = run_control(restorer, representable, setting)
         bar.update(1)
-    for scale in config.restoration_scales:  # the default arm pushed away from the blind prompt's prediction
-        guided = arm_restorer(
-            components, adaptors[DEFAULT_ARM], emas[DEFAULT_ARM], config, device, restoration_scale=scale
+    for scale, start in variants:  # the default arm guided away from the blind prompt, or from the noised input
+        variant = arm_restorer(
+            components, adaptors[DEFAULT_ARM], emas[DEFAULT_ARM], config, device, denoise=start, restoration_scale=scale
         )
-        results[guided_name(DEFAULT_ARM, scale)] = run_control(guided, representable, setting)
+        results[variant_name(DEFAULT_ARM, scale, start)] = run_control(variant, representable, setting)
         bar.update(1)
     results["codec(exact targets)"] = run_control(codec_ceiling(codec, inputs), representable, setting)
     bar.update(1)

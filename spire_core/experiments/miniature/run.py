@@ -256,6 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the control benchmark of modulation_numeric with restoration guidance at these scales "
         "(as the Restore node's restoration_scale; default: unguided only)",
     )
+    parser.add_argument(
+        "--control-starts",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="D",
+        help="also run the control benchmark of modulation_numeric from the degraded input noised to these "
+        "denoise starts (below 1), unguided and at each --restoration-scales (default: from pure noise only)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", nargs="+", help="photos to crop (default: the two bundled samples)")
@@ -281,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             eval_crops=args.eval_crops,
             ddim_steps=args.ddim_steps,
             restoration_scales=tuple(args.restoration_scales),
+            control_starts=tuple(args.control_starts),
         )
     except ValueError as error:
         parser.error(str(error))
