@@ -238,8 +238,11 @@ def _control(args: argparse.Namespace) -> int:
 
     setting = ControlSetting(noise=args.noise, blur=args.blur, seed=args.seed)
     scales = list(args.restoration_scale)
-    if any(not math.isfinite(w) or w <= 0 for w in scales) or len(set(scales)) != len(scales):
-        raise ValueError(f"--restoration-scale {scales}: expected distinct finite values above 0")
+    if any(not math.isfinite(w) or w <= 0 for w in scales) or len({f"{w:g}" for w in scales}) != len(scales):
+        raise ValueError(
+            f"--restoration-scale {scales}: expected finite values above 0, distinct to 6 significant digits (the "
+            "report names each run by its value)"
+        )
     if scales != [1.0] and args.restorer != "adaptor":
         raise ValueError("--restoration-scale applies to --restorer adaptor only")
     samples = Path(__file__).resolve().parents[2] / "docs" / "samples"

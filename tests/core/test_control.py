@@ -156,9 +156,13 @@ def test_control_cli_with_a_tiny_adaptor(tmp_path, capsys):
         for a, b in zip(runs["adaptor w_r=3"]["noise_ladder"]["points"], result["noise_ladder"]["points"])
     ]
     assert max(moved) > 1e-4, moved
-    for bad in (["--restoration-scale", "nan"], ["--restoration-scale", "2", "2"], ["--restoration-scale", "0"]):
+    for bad in (
+        ["--restoration-scale", "nan"],
+        ["--restoration-scale", "2", "2.0000001"],
+        ["--restoration-scale", "0"],
+    ):
         assert eval_main([*args[:2], str(tmp_path / "bad"), *args[3:], *bad]) == 2
-        assert "expected distinct finite values above 0" in capsys.readouterr().err
+        assert "expected finite values above 0, distinct to 6 significant digits" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert eval_main(["control", "--out", str(out), "--restorer", "identity", "--restoration-scale", "2"]) == 2
     assert "applies to --restorer adaptor only" in capsys.readouterr().err

@@ -123,14 +123,16 @@ def test_miniature_cli_writes_every_number(tmp_path, one_thread):
 def test_restoration_scales_and_control_starts_are_checked_before_any_work(capsys):
     for scales, message in (
         ((1.0,), "other than 1"),
-        ((2.0, 2.0), "distinct"),
+        ((2.0, 2.0), "distinct to 6 significant digits"),
+        ((2.0, 2.0000001), "distinct to 6 significant digits"),  # both would be named w_r=2
+        ((1.0000001,), "other than 1"),
         ((float("nan"),), "finite"),
         ((-1.0,), "above 0"),
     ):
         with pytest.raises(ValueError, match=message):
             MiniatureConfig(restoration_scales=scales)
     for starts in ((1.0,), (0.0,), (0.5, 0.5), (float("inf"),)):
-        with pytest.raises(ValueError, match="expected distinct values between 0 and 1, exclusive"):
+        with pytest.raises(ValueError, match="expected values between 0 and 1, exclusive"):
             MiniatureConfig(control_starts=starts)
     with pytest.raises(ValueError, match="modulation_numeric, which is not trained"):
         MiniatureConfig(arms=("modulation_clip",), control_starts=(0.5,))

@@ -109,15 +109,17 @@ class MiniatureConfig:
                     f"restoration scales and control starts are measured on the arm {DEFAULT_ARM}, which is not trained"
                 )
             scales, starts = self.restoration_scales, self.control_starts
-            if any(not math.isfinite(s) or s <= 0 or s == 1 for s in scales) or len(set(scales)) != len(scales):
+            named = [f"{s:g}" for s in scales]  # as the results name them
+            if any(not math.isfinite(s) or s <= 0 for s in scales) or "1" in named or len(set(named)) < len(named):
                 raise ValueError(
-                    f"restoration scales {list(scales)}: expected distinct finite values above 0 other than 1 (the "
-                    "unguided arm is always measured)"
+                    f"restoration scales {list(scales)}: expected finite values above 0 other than 1 (the unguided "
+                    "arm is always measured), distinct to 6 significant digits (results are named by them)"
                 )
-            if any(not math.isfinite(s) or not 0 < s < 1 for s in starts) or len(set(starts)) != len(starts):
+            named = [f"{s:g}" for s in starts]
+            if any(not 0 < s < 1 for s in starts) or "1" in named or len(set(named)) < len(named):
                 raise ValueError(
-                    f"control starts {list(starts)}: expected distinct values between 0 and 1, exclusive (a start "
-                    "from pure noise is always measured)"
+                    f"control starts {list(starts)}: expected values between 0 and 1, exclusive (a start from pure "
+                    "noise is always measured), distinct to 6 significant digits (results are named by them)"
                 )
         if self.backbone_width % self.backbone_norm_groups:
             raise ValueError(
