@@ -238,10 +238,13 @@ def _control(args: argparse.Namespace) -> int:
 
     setting = ControlSetting(noise=args.noise, blur=args.blur, seed=args.seed)
     scales = list(args.restoration_scale)
-    if any(not math.isfinite(w) or w <= 0 for w in scales) or len({f"{w:g}" for w in scales}) != len(scales):
+    named = [f"{w:g}" for w in scales]
+    if any(not math.isfinite(w) or w < 0 or (n == "1" and w != 1) for w, n in zip(scales, named)) or len(
+        set(named)
+    ) < len(named):
         raise ValueError(
-            f"--restoration-scale {scales}: expected finite values above 0, distinct to 6 significant digits (the "
-            "report names each run by its value)"
+            f"--restoration-scale {scales}: expected finite values of at least 0, distinct to 6 significant digits "
+            "(the report names each run by its value)"
         )
     if scales != [1.0] and args.restorer != "adaptor":
         raise ValueError("--restoration-scale applies to --restorer adaptor only")

@@ -159,10 +159,11 @@ def test_control_cli_with_a_tiny_adaptor(tmp_path, capsys):
     for bad in (
         ["--restoration-scale", "nan"],
         ["--restoration-scale", "2", "2.0000001"],
-        ["--restoration-scale", "0"],
+        ["--restoration-scale", "-1"],
+        ["--restoration-scale", "1", "1.0000001"],
     ):
         assert eval_main([*args[:2], str(tmp_path / "bad"), *args[3:], *bad]) == 2
-        assert "expected finite values above 0, distinct to 6 significant digits" in capsys.readouterr().err
+        assert "expected finite values of at least 0, distinct to 6 significant digits" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert eval_main(["control", "--out", str(out), "--restorer", "identity", "--restoration-scale", "2"]) == 2
     assert "applies to --restorer adaptor only" in capsys.readouterr().err

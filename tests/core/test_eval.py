@@ -432,6 +432,13 @@ def test_training_validation_restores_through_the_pipeline(tiny_models, coffee):
     noise = torch.randn(pipe.noise_shape(2, 32, 48), generator=generator_for(7, "validation-noise"))
     direct = pipe.restore(image, semantic, prompts, steps=2, semantic_scale=3.0, noise=noise, upsample=False)
     assert torch.equal(out, direct) and out.shape == image.shape
+    # restoration guidance passes through to the pipeline, and it changes the restoration
+    guided = restore(components, adaptor, image, prompts, semantic, steps=2, guidance_scale=3.0, seed=7,
+                     restoration_scale=2.5)  # fmt: skip
+    direct = pipe.restore(
+        image, semantic, prompts, steps=2, semantic_scale=3.0, restoration_scale=2.5, noise=noise, upsample=False
+    )
+    assert torch.equal(guided, direct) and float((guided - out).abs().mean()) > 1e-4
 
 
 def test_pipeline_load_errors_teach(tiny_models, tmp_path):

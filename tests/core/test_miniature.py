@@ -100,6 +100,9 @@ def test_miniature_cli_writes_every_number(tmp_path, one_thread):
     # the blind prompt is the null prompt of restoration guidance: blind restoration is the unguided arm's
     guided, unguided = control["modulation_numeric w_r=2.5"], control["modulation_numeric"]
     assert abs(guided["blind"]["psnr_restored_db"] - unguided["blind"]["psnr_restored_db"]) < 1e-3
+    # a start from the noised input is another restoration (the guidance's effect: test_eval's pass-through test)
+    started = control["modulation_numeric start=0.5"]
+    assert started["blind"]["psnr_restored_db"] != unguided["blind"]["psnr_restored_db"]
     for name, entry in control.items():
         assert entry["crops"] == 3 and len(entry["noise_ladder"]["points"]) == 5, name
         assert isinstance(entry["met"]["noise_monotonic"], bool)
@@ -127,7 +130,7 @@ def test_restoration_scales_and_control_starts_are_checked_before_any_work(capsy
         ((2.0, 2.0000001), "distinct to 6 significant digits"),  # both would be named w_r=2
         ((1.0000001,), "other than 1"),
         ((float("nan"),), "finite"),
-        ((-1.0,), "above 0"),
+        ((-1.0,), "at least 0"),
     ):
         with pytest.raises(ValueError, match=message):
             MiniatureConfig(restoration_scales=scales)

@@ -110,10 +110,10 @@ class MiniatureConfig:
                 )
             scales, starts = self.restoration_scales, self.control_starts
             named = [f"{s:g}" for s in scales]  # as the results name them
-            if any(not math.isfinite(s) or s <= 0 for s in scales) or "1" in named or len(set(named)) < len(named):
+            if any(not math.isfinite(s) or s < 0 for s in scales) or "1" in named or len(set(named)) < len(named):
                 raise ValueError(
-                    f"restoration scales {list(scales)}: expected finite values above 0 other than 1 (the unguided "
-                    "arm is always measured), distinct to 6 significant digits (results are named by them)"
+                    f"restoration scales {list(scales)}: expected finite values of at least 0 other than 1 (the "
+                    "unguided arm is always measured), distinct to 6 significant digits (results are named by them)"
                 )
             named = [f"{s:g}" for s in starts]
             if any(not 0 < s < 1 for s in starts) or "1" in named or len(set(named)) < len(named):
