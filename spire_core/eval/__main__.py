@@ -231,17 +231,16 @@ def _control(args: argparse.Namespace) -> int:
         control_inputs,
         control_markdown,
         identity_restorer,
+        labels_are_distinct,
         photo_crops,
         run_control,
+        run_label,
         write_control_report,
     )
 
     setting = ControlSetting(noise=args.noise, blur=args.blur, seed=args.seed)
     scales = list(args.restoration_scale)
-    named = [f"{w:g}" for w in scales]
-    if any(not math.isfinite(w) or w < 0 or (n == "1" and w != 1) for w, n in zip(scales, named)) or len(
-        set(named)
-    ) < len(named):
+    if any(not math.isfinite(w) or w < 0 for w in scales) or not labels_are_distinct(scales):
         raise ValueError(
             f"--restoration-scale {scales}: expected finite values of at least 0, distinct to 6 significant digits "
             "(the report names each run by its value)"
@@ -276,7 +275,7 @@ def _control(args: argparse.Namespace) -> int:
 
             return restorer
 
-        restorers = {"adaptor" if w == 1 else f"adaptor w_r={w:g}": guided(w) for w in scales}
+        restorers = {"adaptor" if w == 1 else f"adaptor w_r={run_label(w)}": guided(w) for w in scales}
     results = {name: run_control(restorer, clean, setting) for name, restorer in restorers.items()}
     files = write_control_report(results, args.out, command=args.command_line, images=[Path(p).name for p in images])
     print(control_markdown(results), end="")

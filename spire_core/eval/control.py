@@ -132,6 +132,19 @@ def ladder_requests(kind: str, setting: ControlSetting) -> list[RestorationReque
     return out
 
 
+def run_label(value: float) -> str:
+    """How a report names a run by the value of one of its settings (``w_r=2``, ``start=0.5``): 6 significant
+    digits."""
+    return f"{value:g}"
+
+
+def labels_are_distinct(values: Sequence[float]) -> bool:
+    """Whether ``values`` keep distinct labels (``run_label``) and only 1 itself is labelled ``1``, so that no run
+    of a report overwrites or passes for another."""
+    labels = [run_label(v) for v in values]
+    return len(set(labels)) == len(labels) and all(v == 1 for v, label in zip(values, labels) if label == "1")
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation (average ranks for ties); 0 when either side is constant."""
 
@@ -453,10 +466,12 @@ __all__ = [
     "control_inputs",
     "control_markdown",
     "identity_restorer",
+    "labels_are_distinct",
     "photo_crops",
     "ladder_requests",
     "plot_ladders",
     "run_control",
+    "run_label",
     "spearman",
     "strip_outputs",
     "write_control_report",

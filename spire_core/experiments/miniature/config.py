@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...eval.control import labels_are_distinct
 from ...models import NUMERIC_TOKENS_DEFAULT
 from ...models.config import trunk_channels
 
@@ -109,14 +110,12 @@ class MiniatureConfig:
                     f"restoration scales and control starts are measured on the arm {DEFAULT_ARM}, which is not trained"
                 )
             scales, starts = self.restoration_scales, self.control_starts
-            named = [f"{s:g}" for s in scales]  # as the results name them
-            if any(not math.isfinite(s) or s < 0 for s in scales) or "1" in named or len(set(named)) < len(named):
+            if any(not math.isfinite(s) or s < 0 or s == 1 for s in scales) or not labels_are_distinct(scales):
                 raise ValueError(
                     f"restoration scales {list(scales)}: expected finite values of at least 0 other than 1 (the "
                     "unguided arm is always measured), distinct to 6 significant digits (results are named by them)"
                 )
-            named = [f"{s:g}" for s in starts]
-            if any(not 0 < s < 1 for s in starts) or "1" in named or len(set(named)) < len(named):
+            if any(not 0 < s < 1 for s in starts) or not labels_are_distinct(starts):
                 raise ValueError(
                     f"control starts {list(starts)}: expected values between 0 and 1, exclusive (a start from pure "
                     "noise is always measured), distinct to 6 significant digits (results are named by them)"

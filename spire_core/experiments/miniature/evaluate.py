@@ -18,6 +18,7 @@ from ...eval.control import (
     Restorer,
     control_inputs,
     run_control,
+    run_label,
     strip_outputs,
     write_control_report,
 )
@@ -68,7 +69,8 @@ def arm_restorer(
 
 def variant_name(arm: str, scale: float, start: float) -> str:
     """How the control results name ``arm`` restored with restoration guidance ``scale`` from denoise ``start``."""
-    return " ".join([arm, *([f"w_r={scale:g}"] if scale != 1 else []), *([f"start={start:g}"] if start != 1 else [])])
+    guided = [f"w_r={run_label(scale)}"] if scale != 1 else []
+    return " ".join([arm, *guided, *([f"start={run_label(start)}"] if start != 1 else [])])
 
 
 DENOISE_STARTS = (1.0, 0.7, 0.5)
