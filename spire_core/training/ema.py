@@ -57,6 +57,12 @@ class EMA:
             shadow.copy_(tensors[name])
         self.updates = int(updates)
 
+    @torch.no_grad()
+    def copy_to_module(self) -> None:
+        """Load the EMA weights into the module's parameters for good (training is over; nothing to swap back)."""
+        for parameter, shadow in zip(self.params, self.shadow):
+            parameter.copy_(shadow)
+
     @contextmanager
     def swapped(self) -> Iterator[None]:
         """Inside the block the module's parameters hold the EMA weights; the trained weights come back on exit.

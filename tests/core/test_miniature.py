@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from spire_core.degradation import degrade, manual_params
 from spire_core.eval.estimators import residual_blur_sigma, residual_noise
 from spire_core.experiments.miniature import PhotoCrops, main
 from spire_core.experiments.miniature.config import RECIPE_ARMS, TRUNK_ARMS, MiniatureConfig
+from spire_core.experiments.miniature.run import evaluate_run
+from spire_core.experiments.miniature.weights import MiniatureWeightsError, load_weights, save_weights
 from spire_core.experiments.minicodec import LappedGrainCodec, PatchPCACodec
+from spire_core.models.checkpoint import TRAINING_STEP_KEY, read_adaptor_file
+from spire_core.models.safetensors_header import read_safetensors_header
 
 
 def _numbers(value):
@@ -73,11 +79,28 @@ def test_grain_codec_keeps_noise_and_blur_without_seams(photo_crops, one_thread)
     assert 2.4 < float(residual_blur_sigma(codec.roundtrip(blurred), reference).mean()) < 3.6
 
 
-def test_miniature_cli_writes_every_number(tmp_path, one_thread):
-    out = tmp_path / "mini"
-    caps = ["--backbone-steps", "2", "--adaptor-steps", "2", "--eval-crops", "3", "--ddim-steps", "2"]
-    caps += ["--restoration-scales", "2.5", "--control-starts", "0.5"]
+EVALUATION = ["--eval-crops", "3", "--ddim-steps", "2", "--restoration-scales", "2.5", "--control-starts", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, one_thread):
+    """A tiny miniature run through the CLI: its output folder."""
+    out = tmp_path_factory.mktemp("miniature") / "mini"
+    caps = ["--backbone-steps", "2", "--adaptor-steps", "2", *EVALUATION]
     assert main(["--out", str(out), "--budget-minutes", "0.5", "--seed", "3", "--threads", "1", *caps]) == 0
+    return out
+
+
+def _without_seconds(value):
+    if isinstance(value, dict):
+        return {k: _without_seconds(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_seconds(v) for v in value]
+    return value
+
+
+def test_miniature_cli_writes_every_number(trained_run):
+    out = trained_run
     result = json.loads((out / "miniature.json").read_text())
 
     assert result["config"]["seed"] == 3 and "--seed 3" in result["command"]
@@ -121,6 +144,99 @@ def test_miniature_cli_writes_every_number(tmp_path, one_thread):
     assert "| steps | start 1 | start 0.7 | start 0.5 |" in table
     for name in ("eval.png", "ladder.png", "control.json", "control.md", "ladder_noise.png", "ladder_blur.png"):
         assert (out / name).is_file(), name
+    # the trained weights: each arm's EMA weights as an adaptor file with its training step
+    assert result["weights"] == {"saved": "weights"}
+    assert sorted(p.name for p in (out / "weights").iterdir()) == sorted(
+        ["run.json", "codec.safetensors", "backbone.safetensors", *(f"{arm}.safetensors" for arm in RECIPE_ARMS)]
+    )
+    config, state = read_adaptor_file(out / "weights" / "additive_numeric.safetensors")
+    assert config.fusion == "additive" and config.numeric_tokens == 4 and state
+    assert read_safetensors_header(out / "weights" / "additive_numeric.safetensors").metadata[TRAINING_STEP_KEY] == "2"
+
+
+def test_a_trained_run_evaluates_again_to_the_same_numbers(trained_run, tmp_path):
+    again = tmp_path / "again"
+    argv = ["--out", str(again), "--evaluate-from", str(trained_run), "--threads", "1", *EVALUATION]
+    assert main([*argv, "--restoration-scales", "2.5", "4"]) == 0  # the last --restoration-scales counts
+    first = json.loads((trained_run / "miniature.json").read_text())
+    result = json.loads((again / "miniature.json").read_text())
+    assert result["config"]["restoration_scales"] == [2.5, 4.0]
+    assert result["evaluated_from"]["run"] == str(trained_run) and result["evaluated_from"]["date"] == first["date"]
+    for section in ("codec", "backbone", "adaptors"):
+        assert result[section] == first[section], section
+    # bit for bit the run's own evaluation (only the wall times differ), plus the new scale
+    assert _without_seconds(result["restoration"]) == _without_seconds(first["restoration"])
+    restorers = result["control"]["restorers"]
+    assert list(restorers) == [
+        *RECIPE_ARMS,
+        "modulation_numeric w_r=2.5",
+        "modulation_numeric w_r=4",
+        "modulation_numeric start=0.5",
+        "modulation_numeric w_r=2.5 start=0.5",
+        "modulation_numeric w_r=4 start=0.5",
+        "codec(exact targets)",
+    ]
+    for name, entry in first["control"]["restorers"].items():
+        assert restorers[name] == entry, name
+    assert restorers["modulation_numeric w_r=4"] != restorers["modulation_numeric w_r=2.5"]
+    assert (again / "eval.png").read_bytes() == (trained_run / "eval.png").read_bytes()
+    assert (
+        "from the weights of the run `python -m spire_core.experiments.miniature --out"
+        in (again / "miniature.md").read_text()
+    )
+
+
+def test_evaluating_again_refuses_what_it_cannot_reproduce_before_any_work(trained_run, tmp_path, capsys):
+    def refused(*argv: str) -> str:
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "out"), "--threads", "1", *argv])
+        return capsys.readouterr().err
+
+    run = str(trained_run)
+    assert "--seed, --adaptor-steps: decided by the trained run" in refused(
+        "--evaluate-from", run, "--seed", "3", "--adaptor-steps", "2"
+    )
+    assert "has no trained weights" in refused("--evaluate-from", str(tmp_path))
+    with pytest.raises(MiniatureWeightsError, match="its reports would be overwritten"):
+        evaluate_run(trained_run, trained_run)
+    with pytest.raises(ValueError, match="preset: decided by the trained run"):
+        evaluate_run(trained_run, tmp_path / "out", preset="paper")
+    samples = MiniatureConfig().images
+    assert "is not the astronaut.png the run was trained" in refused("--evaluate-from", run, "--images", *samples[::-1])
+    assert "the run cropped 2 photos" in refused("--evaluate-from", run, "--images", samples[0])
+    assert "expected values between 0 and 1" in refused("--evaluate-from", run, "--control-starts", "1.5")
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained_run, damaged)
+    codec = damaged / "weights" / "codec.safetensors"
+    tensors = load_file(codec)
+    tensors["kernels"][0, 0, 0, 0] = float("nan")
+    save_file(tensors, codec, {"spire.miniature.kind": "codec", "grain": "1", "grain_seed": "0"})
+    assert "codec.safetensors holds NaN or Inf values in 1 tensors (kernels)" in refused(
+        "--evaluate-from", str(damaged)
+    )
+    save_file(tensors, codec, {"grain": "1"})
+    assert "holds 'no kind', expected the miniature's 'codec' weights" in refused("--evaluate-from", str(damaged))
+    (damaged / "weights" / "modulation_clip.safetensors").unlink()
+    shutil.copy(trained_run / "weights" / "codec.safetensors", codec)
+    assert "modulation_clip.safetensors is missing: the run trained the arm modulation_clip" in refused(
+        "--evaluate-from", str(damaged)
+    )
+    shutil.copy(trained_run / "weights" / "modulation_clip.safetensors", damaged / "weights")
+    (damaged / "miniature.json").write_text("{}")
+    assert "miniature.json is not a miniature report" in refused("--evaluate-from", str(damaged))
+    assert not (tmp_path / "out").exists()  # nothing was evaluated
+
+    # a diverged run's weights are not written (its report still is: run_miniature records why)
+    config, components, adaptors = load_weights(trained_run)
+    with torch.no_grad():
+        next(adaptors["modulation_clip"].parameters()).view(-1)[0] = float("inf")
+    with pytest.raises(
+        MiniatureWeightsError,
+        match=r"not saving the weights: NaN or Inf values in modulation_clip \(training diverged\)",
+    ):
+        save_weights(tmp_path / "diverged", config, components, adaptors, 2)
+    assert not (tmp_path / "diverged").exists()
 
 
 def test_restoration_scales_and_control_starts_are_checked_before_any_work(capsys):

@@ -31,14 +31,16 @@ The whole SPIRE recipe at toy scale, in one process on the two bundled sample ph
 
 Phases stop at time deadlines (fractions of the budget) or step caps; the steps actually done are recorded.
 Results: ``<out>/miniature.json``, ``<out>/miniature.md``, ``<out>/control.json``/``control.md`` with the ladder
-plots, ``<out>/eval.png`` and ``<out>/ladder.png``. It is a miniature: two photos, a sub-million-parameter
-backbone and minutes of training; it checks that the recipe can teach control and measures it, not what the
-paper's scale reaches.
+plots, ``<out>/eval.png`` and ``<out>/ladder.png``; the trained weights in ``<out>/weights`` (``weights``), from
+which ``--evaluate-from <out>`` (``evaluate_run``) evaluates the run again with other evaluation options, without
+training. It is a miniature: two photos, a sub-million-parameter backbone and minutes of training; it checks that
+the recipe can teach control and measures it, not what the paper's scale reaches.
 """
 
 from .config import ARMS, DEFAULT_ARM, RECIPE_ARMS, TRUNK_ARMS, MiniatureConfig
 from .data import PhotoCrops
-from .run import main, markdown, run_miniature
+from .run import evaluate_run, main, markdown, run_miniature
+from .weights import MiniatureWeightsError, load_weights, save_weights
 
 __all__ = [
     "ARMS",
@@ -46,8 +48,12 @@ __all__ = [
     "RECIPE_ARMS",
     "TRUNK_ARMS",
     "MiniatureConfig",
+    "MiniatureWeightsError",
     "PhotoCrops",
+    "evaluate_run",
+    "load_weights",
     "main",
     "markdown",
     "run_miniature",
+    "save_weights",
 ]

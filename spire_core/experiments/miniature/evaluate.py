@@ -26,7 +26,6 @@ from ...eval.metrics import psnr_per_image
 from ...models import SpireAdaptor
 from ...models.components import FrozenComponents
 from ...progress import progress
-from ...training.ema import EMA
 from ...training.seeds import generator_for
 from ...training.validation import restore, save_grid
 from ..minicodec import LappedGrainCodec
@@ -37,7 +36,6 @@ from .phases import mean_psnr
 def arm_restorer(
     components: FrozenComponents,
     adaptor: SpireAdaptor,
-    ema: EMA,
     config: MiniatureConfig,
     device: torch.device,
     steps: int | None = None,
@@ -46,22 +44,21 @@ def arm_restorer(
 ) -> Restorer:
     """The arm as a control-benchmark restorer: DDIM (``config.ddim_steps`` unless ``steps``) from pure noise
     (seeded; ``denoise`` below 1: from the noised input), no semantic guidance, restoration guidance
-    ``restoration_scale`` (1: none), EMA weights."""
+    ``restoration_scale`` (1: none), the adaptor's weights as they are (the EMA weights after training)."""
 
     def restorer(degraded: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        with ema.swapped():
-            out = restore(
-                components,
-                adaptor,
-                degraded.to(device),
-                list(prompts),
-                [""] * len(prompts),
-                steps=steps or config.ddim_steps,
-                guidance_scale=1.0,
-                seed=config.seed,
-                denoise=denoise,
-                restoration_scale=restoration_scale,
-            )
+        out = restore(
+            components,
+            adaptor,
+            degraded.to(device),
+            list(prompts),
+            [""] * len(prompts),
+            steps=steps or config.ddim_steps,
+            guidance_scale=1.0,
+            seed=config.seed,
+            denoise=denoise,
+            restoration_scale=restoration_scale,
+        )
         return out.cpu()
 
     return restorer
@@ -83,7 +80,6 @@ DENOISE_STEPS = (5, 10, 25)
 def denoise_sweep(
     components: FrozenComponents,
     adaptor: SpireAdaptor,
-    ema: EMA,
     degraded: torch.Tensor,
     clean: torch.Tensor,
     prompts: Sequence[str],
@@ -96,7 +92,7 @@ def denoise_sweep(
     rows = []
     for steps in DENOISE_STEPS:
         for start in DENOISE_STARTS:
-            restorer = arm_restorer(components, adaptor, ema, config, device, steps=steps, denoise=start)
+            restorer = arm_restorer(components, adaptor, config, device, steps=steps, denoise=start)
             tick = time.perf_counter()
             out = restorer(degraded, prompts)
             seconds = time.perf_counter() - tick
@@ -122,7 +118,6 @@ def codec_ceiling(codec: LappedGrainCodec, inputs: ControlInputs) -> Restorer:
 def evaluate(
     components: FrozenComponents,
     adaptors: dict[str, SpireAdaptor],
-    emas: dict[str, EMA],
     clean: torch.Tensor,
     spec: DegradationSpec,
     config: MiniatureConfig,
@@ -136,7 +131,7 @@ def evaluate(
     params = sample_params(spec, generator_for(config.seed, "miniature-eval"), n)
     degraded = degrade(clean, params).images
     prompts = [prompt_for(p) for p in params]
-    restorers = {arm: arm_restorer(components, a, emas[arm], config, device) for arm, a in adaptors.items()}
+    restorers = {arm: arm_restorer(components, a, config, device) for arm, a in adaptors.items()}
     # one bar over the restoration runs: each arm on the held-out crops, then each arm and the codec ceiling
     # through the control benchmark
     variants = config.control_variants()
@@ -168,9 +163,7 @@ def evaluate(
     if DEFAULT_ARM in adaptors:
         restoration["denoise_start"] = {
             "arm": DEFAULT_ARM,
-            "rows": denoise_sweep(
-                components, adaptors[DEFAULT_ARM], emas[DEFAULT_ARM], degraded, clean, prompts, config, device
-            ),
+            "rows": denoise_sweep(components, adaptors[DEFAULT_ARM], degraded, clean, prompts, config, device),
         }
 
     # The control benchmark's clean crops are what the stack can represent: the held-out crops through the codec
@@ -187,7 +180,7 @@ def evaluate(
         bar.update(1)
     for scale, start in variants:  # the default arm guided away from the blind prompt, or from the noised input
         variant = arm_restorer(
-            components, adaptors[DEFAULT_ARM], emas[DEFAULT_ARM], config, device, denoise=start, restoration_scale=scale
+            components, adaptors[DEFAULT_ARM], config, device, denoise=start, restoration_scale=scale
         )
         results[variant_name(DEFAULT_ARM, scale, start)] = run_control(variant, representable, setting)
         bar.update(1)

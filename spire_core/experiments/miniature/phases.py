@@ -88,9 +88,7 @@ def train_backbone(
         step += 1
         _show_loss(bar, losses[-1], config.backbone_steps, deadline)
     bar.close()
-    with torch.no_grad():
-        for parameter, shadow in zip(ema.params, ema.shadow):
-            parameter.copy_(shadow)
+    ema.copy_to_module()
     components.freeze()
     tail = losses[-min(100, len(losses)) :]
     return {
@@ -132,9 +130,10 @@ def train_adaptors(
     config: MiniatureConfig,
     deadline: float,
     device: torch.device,
-) -> tuple[dict[str, Any], dict[str, EMA]]:
+) -> dict[str, Any]:
     """Train every arm step by step on the same micro-batches (equal budgets by construction). Stops at
-    ``config.adaptor_steps`` or ``deadline`` (at least one step each)."""
+    ``config.adaptor_steps`` or ``deadline`` (at least one step each); each adaptor then holds its EMA weights,
+    in eval mode."""
     scheduler = make_noise_scheduler(components.scheduler_config)
     prompts = PromptConfig()
     optimizers, emas = {}, {}
@@ -194,5 +193,6 @@ def train_adaptors(
             "loss_last100_mean": round(sum(tail) / len(tail), 5),
             "train_seconds": round(seconds[arm], 1),
         }
+        emas[arm].copy_to_module()
         adaptor.eval()
-    return summary, emas
+    return summary

@@ -23,6 +23,7 @@ from .config import ARMS, RECIPE_ARMS, TRUNK_ARMS, MiniatureConfig
 from .data import PhotoCrops
 from .evaluate import evaluate
 from .phases import build_adaptors, mean_psnr, train_adaptors, train_backbone
+from .weights import MiniatureWeightsError, load_weights, save_weights, to_device
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
@@ -78,8 +79,9 @@ def backbone_components(config: MiniatureConfig, codec: nn.Module) -> FrozenComp
 
 
 def run_miniature(out: str | Path, config: MiniatureConfig | None = None, command: str | None = None) -> dict:
-    """Run the whole miniature and write ``out/miniature.json``, ``out/miniature.md``, the control report and
-    two grids.
+    """Run the whole miniature and write ``out/miniature.json``, ``out/miniature.md``, the control report, two
+    grids and the trained weights (``out/weights``, ``weights.save_weights``: ``evaluate_run`` measures them
+    again).
 
     Args:
         out: output folder (created).
@@ -102,31 +104,114 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
 
     tick = time.perf_counter()
     codec, codec_info = fit_codecs(crops, clean, config)
-    codec = codec.to(device)
     components = backbone_components(config, codec)
-    nn.Module.to(components.unet, device)
-    nn.Module.to(components.text_encoder, device)
+    to_device(components, {}, device)
     wall["setup_and_codec"] = round(time.perf_counter() - tick, 1)
 
     backbone = train_backbone(components, crops, spec, config, started + config.backbone_until * budget, device)
     wall["backbone"] = backbone["seconds"]
     adaptors = build_adaptors(components, config.arms, config.seed)
-    training, emas = train_adaptors(
+    training = train_adaptors(
         components, adaptors, crops, spec, config, started + config.adaptors_until * budget, device
     )
     wall["adaptors"] = training["seconds"]
+    try:
+        weights = {"saved": str(save_weights(out, config, components, adaptors, training["steps"]).relative_to(out))}
+    except MiniatureWeightsError as error:  # a diverged run still reports what it measured
+        print(f"miniature: {error}", file=sys.stderr)
+        weights = {"saved": None, "why": str(error)}
 
     tick = time.perf_counter()
-    restoration, control = evaluate(components, adaptors, emas, clean, spec, config, device, out)
+    restoration, control = evaluate(components, adaptors, clean, spec, config, device, out)
     wall["evaluation"] = round(time.perf_counter() - tick, 1)
     wall["total"] = round(time.perf_counter() - started, 1)
+    trained = {"codec": codec_info, "backbone": backbone, "adaptors": training, "weights": weights}
+    command = command or (
+        f"python -m spire_core.experiments.miniature --out {out} --budget-minutes {config.budget_minutes:g} "
+        f"--seed {config.seed}"
+    )
+    return _write_result(out, config, device, command, wall, trained, restoration, control)
 
+
+def evaluate_run(run: str | Path, out: str | Path, command: str | None = None, **settings: Any) -> dict:
+    """Evaluate a trained run again from its saved weights (``run/weights``) with other evaluation settings, and
+    write the same reports as ``run_miniature`` to ``out``. With the run's own settings the numbers are the
+    run's, exactly.
+
+    Args:
+        run: the trained run's output folder (``miniature.json`` and ``weights/``).
+        out: output folder (created); not ``run`` itself (its reports are kept).
+        command: the command line to record.
+        settings: evaluation settings of ``MiniatureConfig`` (``restoration_scales``, ``control_starts``,
+            ``ddim_steps``, ``eval_crops``, ``device``), and ``images``: the run's photos where they moved since.
+
+    Returns:
+        The result dict written to ``out/miniature.json``: the run's codec, backbone and training sections, the
+        new evaluation, and ``evaluated_from`` (the run's folder, date, command and machine).
+
+    Raises:
+        MiniatureWeightsError: the run has no (usable) weights or report, or ``out`` is the run's folder.
+        ValueError: a setting that is not an evaluation setting, or an invalid value.
+    """
+    run, out = Path(run), Path(out)
+    unknown = sorted(set(settings) - {*EVALUATION_SETTINGS, "images"})
+    if unknown:
+        raise ValueError(
+            f"{', '.join(unknown)}: decided by the trained run (see {run / 'miniature.json'}); evaluating again takes "
+            f"only {', '.join(EVALUATION_SETTINGS)} and the photos' place"
+        )
+    if out.resolve() == run.resolve():
+        raise MiniatureWeightsError(
+            f"{out} is the trained run's own folder: its reports would be overwritten; write elsewhere"
+        )
+    images = settings.pop("images", None)
+    config, components, adaptors = load_weights(run, images)
+    report = run / "miniature.json"
+    try:
+        original = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise MiniatureWeightsError(
+            f"{report} is missing or not readable ({error}); it holds the run's training facts"
+        ) from None
+    kept = ("codec", "backbone", "adaptors", "date", "command", "machine", "wall_seconds")
+    if not isinstance(original, dict) or not all(key in original for key in kept):
+        raise MiniatureWeightsError(f"{report} is not a miniature report (it lacks some of {', '.join(kept)})")
+    config = replace(config, **settings)
+    device = torch.device(config.device)
+    to_device(components, adaptors, device)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = get_preset(config.preset)
+    clean = PhotoCrops(config.images, config.crop, config.holdout, config.seed).heldout(config.eval_crops)
+    tick = time.perf_counter()
+    restoration, control = evaluate(components, adaptors, clean, spec, config, device, out)
+    seconds = round(time.perf_counter() - tick, 1)
+    trained = {key: original[key] for key in kept[:3]}
+    trained["evaluated_from"] = {"run": str(run), **{key: original[key] for key in kept[3:]}}
+    wall = {"evaluation": seconds, "total": seconds}
+    command = command or f"python -m spire_core.experiments.miniature --evaluate-from {run} --out {out}"
+    return _write_result(out, config, device, command, wall, trained, restoration, control)
+
+
+EVALUATION_SETTINGS = ("restoration_scales", "control_starts", "ddim_steps", "eval_crops", "device")
+"""The ``MiniatureConfig`` fields a trained run can be evaluated again with (the rest decide its training)."""
+
+
+def _write_result(
+    out: Path,
+    config: MiniatureConfig,
+    device: torch.device,
+    command: str,
+    wall: dict[str, float],
+    trained: dict[str, Any],
+    restoration: dict[str, Any],
+    control: dict[str, Any],
+) -> dict:
+    """Assemble the result dict (``trained``: the codec, backbone and adaptors sections, and ``evaluated_from``
+    for a run evaluated again) and write ``miniature.json`` and ``miniature.md``."""
     result = {
         "what": f"SPIRE miniature control check: {len(config.arms)} adaptor arms, equal budgets, tiny latent-diffusion "
         "stack on CPU",
-        "command": command
-        or f"python -m spire_core.experiments.miniature --out {out} --budget-minutes {config.budget_minutes:g} "
-        f"--seed {config.seed}",
+        "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(device),
         "config": {
@@ -136,9 +221,7 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
         },
         "prompts": "trainer defaults (PromptConfig: partial 0.3, graded 0.3, blind 0.3 of the rest); semantic empty",
         "wall_seconds": wall,
-        "codec": codec_info,
-        "backbone": backbone,
-        "adaptors": training,
+        **trained,
         "restoration": restoration,
         "control": control,
     }
@@ -203,49 +286,81 @@ def markdown(result: dict) -> str:
     ]
     machine, wall = result["machine"], result["wall_seconds"]
     training, backbone = result["adaptors"], result["backbone"]
-    lines += [
-        f"Run: {result['date']}, {machine['cpu']} ({machine['torch_threads']} threads), torch {machine['torch']}; "
-        f"wall time {wall['total'] / 60:.1f} min. Backbone {backbone['steps']} steps x {backbone['batch']}; "
-        f"adaptors {training['steps']} steps x {training['batch']} each ({len(arms)} arms); DDIM "
-        f"{result['config']['ddim_steps']} steps.",
-        "",
-    ]
+    steps = (
+        f"Backbone {backbone['steps']} steps x {backbone['batch']}; adaptors {training['steps']} steps x "
+        f"{training['batch']} each ({len(arms)} arms); DDIM {result['config']['ddim_steps']} steps."
+    )
+    run = f"{machine['cpu']} ({machine['torch_threads']} threads), torch {machine['torch']}"
+    source = result.get("evaluated_from")
+    if source:
+        trained_on = source["machine"]
+        lines += [
+            f"Evaluated {result['date']} on {run}, wall time {wall['total'] / 60:.1f} min, from the weights of the "
+            f"run `{source['command']}` (trained {source['date']} on {trained_on['cpu']}, "
+            f"{source['wall_seconds']['total'] / 60:.1f} min). {steps}",
+            "",
+        ]
+    else:
+        lines += [f"Run: {result['date']}, {run}; wall time {wall['total'] / 60:.1f} min. {steps}", ""]
     return "\n".join(lines)
+
+
+TRAINING_OPTIONS = {
+    "budget_minutes": "--budget-minutes",
+    "seed": "--seed",
+    "preset": "--preset",
+    "arms": "--arms",
+    "backbone_width": "--backbone-width",
+    "backbone_norm_groups": "--backbone-norm-groups",
+    "prediction_type": "--prediction-type",
+    "backbone_steps": "--backbone-steps",
+    "adaptor_steps": "--adaptor-steps",
+}
+"""Config field -> the option that sets it, for the options that decide training (``None`` unless given, so that
+``--evaluate-from`` can refuse them: the trained run decided them)."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m spire_core.experiments.miniature",
-        description="Miniature SPIRE control check on the CPU: tiny backbone, three adaptor arms, control benchmark.",
+        description="Miniature SPIRE control check on the CPU: tiny backbone, three adaptor arms, control benchmark. "
+        "With --evaluate-from, evaluate a trained run again from its saved weights (no training).",
     )
     parser.add_argument("--out", required=True, help="output folder (miniature.json, miniature.md, control report)")
     parser.add_argument(
+        "--evaluate-from",
+        metavar="RUN",
+        help="a trained run's output folder: evaluate its saved weights (RUN/weights) again with the evaluation "
+        "options below (--restoration-scales, --control-starts, --ddim-steps, --eval-crops, --images where the "
+        "photos moved) instead of training; training options are refused",
+    )
+    parser.add_argument(
         "--budget-minutes",
         type=float,
-        default=MiniatureConfig.budget_minutes,
-        help="wall-clock budget; training stops at 83%% of it, evaluation (about four minutes) follows",
+        help=f"wall-clock budget (default {MiniatureConfig.budget_minutes:g}); training stops at 83%% of it, "
+        "evaluation (about four minutes) follows",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default=MiniatureConfig.preset, help="degradation preset (default: control)")
+    parser.add_argument("--seed", type=int, help="default 0")
+    parser.add_argument("--preset", help=f"degradation preset (default: {MiniatureConfig.preset})")
     parser.add_argument(
         "--arms",
         nargs="+",
         choices=tuple(ARMS),
-        default=list(RECIPE_ARMS),
         help=f"arms to train (default: {' '.join(RECIPE_ARMS)}; trunk sizes: {' '.join(TRUNK_ARMS)} with "
         "--backbone-width 64 --backbone-norm-groups 16)",
     )
     parser.add_argument(
-        "--backbone-width", type=int, default=MiniatureConfig.backbone_width, help="backbone's first-level channels"
+        "--backbone-width", type=int, help=f"backbone's first-level channels (default {MiniatureConfig.backbone_width})"
     )
     parser.add_argument(
         "--backbone-norm-groups",
         type=int,
-        default=MiniatureConfig.backbone_norm_groups,
-        help="backbone's GroupNorm groups",
+        help=f"backbone's GroupNorm groups (default {MiniatureConfig.backbone_norm_groups})",
     )
     parser.add_argument(
-        "--prediction-type", default="v_prediction", choices=("v_prediction", "epsilon"), help="backbone objective"
+        "--prediction-type",
+        choices=("v_prediction", "epsilon"),
+        help=f"backbone objective (default {MiniatureConfig.prediction_type})",
     )
     parser.add_argument(
         "--restoration-scales",
@@ -275,29 +390,34 @@ def main(argv: list[str] | None = None) -> int:
     smoke.add_argument("--ddim-steps", type=int, default=MiniatureConfig.ddim_steps)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        config = MiniatureConfig(
-            budget_minutes=args.budget_minutes,
-            seed=args.seed,
-            preset=args.preset,
-            arms=tuple(args.arms),
-            backbone_width=args.backbone_width,
-            backbone_norm_groups=args.backbone_norm_groups,
-            prediction_type=args.prediction_type,
-            device=args.device,
-            backbone_steps=args.backbone_steps,
-            adaptor_steps=args.adaptor_steps,
-            eval_crops=args.eval_crops,
-            ddim_steps=args.ddim_steps,
-            restoration_scales=tuple(args.restoration_scales),
-            control_starts=tuple(args.control_starts),
-        )
-    except ValueError as error:
-        parser.error(str(error))
-    if args.images:
-        config = replace(config, images=tuple(args.images))
     command = "python -m spire_core.experiments.miniature " + " ".join(sys.argv[1:] if argv is None else argv)
-    result = run_miniature(args.out, config, command=command)
+    evaluation = {
+        "restoration_scales": tuple(args.restoration_scales),
+        "control_starts": tuple(args.control_starts),
+        "ddim_steps": args.ddim_steps,
+        "eval_crops": args.eval_crops,
+        "device": args.device,
+    }
+    training = {field: getattr(args, field) for field in TRAINING_OPTIONS if getattr(args, field) is not None}
+    if args.evaluate_from:
+        if training:
+            given = ", ".join(TRAINING_OPTIONS[field] for field in training)
+            parser.error(f"{given}: decided by the trained run; --evaluate-from takes only evaluation options")
+        try:
+            images = {"images": tuple(args.images)} if args.images else {}
+            result = evaluate_run(args.evaluate_from, args.out, command=command, **evaluation, **images)
+        except ValueError as error:  # MiniatureWeightsError included: nothing was evaluated
+            parser.error(str(error))
+    else:
+        if "arms" in training:
+            training["arms"] = tuple(training["arms"])
+        if args.images:
+            training["images"] = tuple(args.images)
+        try:
+            config = MiniatureConfig(**training, **evaluation)
+        except ValueError as error:
+            parser.error(str(error))
+        result = run_miniature(args.out, config, command=command)
     print(markdown(result))
     print(f"wrote {Path(args.out) / 'miniature.json'}")
     return 0
