@@ -50,7 +50,7 @@ def _scale_inputs() -> list:
             step=0.1,
             round=0.01,
             tooltip="w_r: guidance over the restoration prompt against the null one. 1 = unguided "
-            "(the paper's setting); above 1 pushes harder towards what the prompt asks: try 2 when the result "
+            "(the paper's setting); above 1 pushes harder towards what the prompt asks: try 1.5 to 2 when the result "
             "removes degradation the prompt did not name or named only partly (a third prediction per step).",
         ),
     ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 PACK_DIR = Path(__file__).resolve().parents[2]
 README = (PACK_DIR / "README.md").read_text(encoding="utf-8")
 RESULTS = PACK_DIR / "results"
@@ -109,6 +111,20 @@ def test_trunk_comparison_table_quotes_the_trunk_miniature_results():
             assert row in doc, row
 
 
+def _guidance_row(name: str, control: dict) -> str:
+    """A row of ``docs/miniature.md``'s restoration guidance tables."""
+    noise = [p["measured"] for p in control["noise_ladder"]["points"]]
+    blur = [p["measured"] for p in control["blur_ladder"]["points"]]
+    decoupling = control["decoupling"]
+    return (
+        f"| `{name}` | "
+        + " / ".join(f"{v:.3f}" for v in noise)
+        + f" | {control['noise_ladder']['max_calibration_error']:.3f} | {blur[0]:.2f} -> {blur[-1]:.2f} | "
+        f"{100 * decoupling['deblur_only']['kept']:.0f} % | {100 * decoupling['denoise_only']['kept']:.0f} % | "
+        f"{control['blind']['gain_db']:+.2f} |"
+    )
+
+
 def test_guidance_table_quotes_the_guidance_miniature_results():
     """``docs/miniature.md``, Restoration guidance, and the README's paragraph: the committed run's numbers."""
     doc = (PACK_DIR / "docs" / "miniature.md").read_text(encoding="utf-8")
@@ -119,17 +135,7 @@ def test_guidance_table_quotes_the_guidance_miniature_results():
     for name in ("modulation_numeric", "modulation_numeric w_r=2", "modulation_numeric w_r=3",
                  "modulation_numeric w_r=4", "modulation_numeric start=0.5", "modulation_numeric w_r=2 start=0.5",
                  "codec(exact targets)"):  # fmt: skip
-        control = restorers[name]
-        noise = [p["measured"] for p in control["noise_ladder"]["points"]]
-        blur = [p["measured"] for p in control["blur_ladder"]["points"]]
-        decoupling = control["decoupling"]
-        row = (
-            f"| `{name}` | "
-            + " / ".join(f"{v:.3f}" for v in noise)
-            + f" | {control['noise_ladder']['max_calibration_error']:.3f} | {blur[0]:.2f} -> {blur[-1]:.2f} | "
-            f"{100 * decoupling['deblur_only']['kept']:.0f} % | {100 * decoupling['denoise_only']['kept']:.0f} % | "
-            f"{control['blind']['gain_db']:+.2f} |"
-        )
+        row = _guidance_row(name, restorers[name])
         assert row in doc, row
     plain, guided = restorers["modulation_numeric"], restorers["modulation_numeric w_r=2"]
     # what the prose claims: decoupling met at w_r 2 only by guidance, blind unchanged, calibration nowhere
@@ -144,3 +150,33 @@ def test_guidance_table_quotes_the_guidance_miniature_results():
         f"{100 * plain['decoupling']['deblur_only']['kept']:.0f} % unguided)"
     )
     assert quoted in README, quoted
+
+
+def test_finer_guidance_table_quotes_the_run_evaluated_again_from_its_weights():
+    """``docs/miniature.md``, Restoration guidance, finer scales, and the README's sentence: the committed numbers
+    of a trained run evaluated again from its saved weights."""
+    doc = (PACK_DIR / "docs" / "miniature.md").read_text(encoding="utf-8")
+    result = _load("control-guidance-fine-miniature.json")
+    trained = result["evaluated_from"]
+    assert "--evaluate-from" in result["command"] and "--budget-minutes 30 --seed 0" in trained["command"]
+    assert result["config"]["restoration_scales"] == [1.5, 2.0, 2.5]
+    assert (result["backbone"]["steps"], result["adaptors"]["steps"]) == (3210, 3129)
+    assert "27.9 min on an Intel Xeon" in doc and trained["wall_seconds"]["total"] / 60 == pytest.approx(27.9, abs=0.05)
+    restorers = result["control"]["restorers"]
+    names = ["modulation_numeric", *(f"modulation_numeric w_r={w}" for w in ("1.5", "2", "2.5"))]
+    for name in names:
+        row = _guidance_row(name, restorers[name])
+        assert row in doc, row
+    low, two = restorers["modulation_numeric w_r=1.5"], restorers["modulation_numeric w_r=2"]
+    # what the prose claims: 1.5 decouples, 2 overshoots, four of five noise points of w_r=2 within 0.03, no
+    # calibration, the blur ladder of w_r=2 not monotonic
+    assert low["met"]["decoupled"] and two["decoupling"]["deblur_only"]["kept"] > 1
+    errors = [abs(p["measured"] - p["ideal"]) for p in two["noise_ladder"]["points"]]
+    assert sum(e <= 0.03 for e in errors) == 4 and errors[-1] > 0.03
+    assert not two["met"]["blur_monotonic"]
+    assert not any(restorers[n]["met"]["noise_calibrated"] or restorers[n]["met"]["blur_calibrated"] for n in names)
+    sentence = (
+        f"1.5 kept {100 * low['decoupling']['deblur_only']['kept']:.0f} % there and 2\n"
+        f"overshot ({100 * two['decoupling']['deblur_only']['kept']:.0f} %)"
+    )
+    assert sentence in README, sentence
