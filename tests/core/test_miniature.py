@@ -16,7 +16,7 @@ from spire_core.eval.estimators import residual_blur_sigma, residual_noise
 from spire_core.experiments.miniature import PhotoCrops, main
 from spire_core.experiments.miniature.config import RECIPE_ARMS, TRUNK_ARMS, MiniatureConfig
 from spire_core.experiments.miniature.run import evaluate_run
-from spire_core.experiments.miniature.weights import MiniatureWeightsError, load_weights, save_weights
+from spire_core.experiments.miniature.weights import MiniatureWeightsError, load_weights, run_id_of, save_weights
 from spire_core.experiments.minicodec import LappedGrainCodec, PatchPCACodec
 from spire_core.models.checkpoint import TRAINING_STEP_KEY, read_adaptor_file
 from spire_core.models.safetensors_header import read_safetensors_header
@@ -145,7 +145,9 @@ def test_miniature_cli_writes_every_number(trained_run):
     for name in ("eval.png", "ladder.png", "control.json", "control.md", "ladder_noise.png", "ladder_blur.png"):
         assert (out / name).is_file(), name
     # the trained weights: each arm's EMA weights as an adaptor file with its training step
-    assert result["weights"] == {"saved": "weights"}
+    assert (
+        result["weights"] == {"saved": "weights", "run_id": run_id_of(out)} and len(result["weights"]["run_id"]) == 32
+    )
     assert sorted(p.name for p in (out / "weights").iterdir()) == sorted(
         ["run.json", "codec.safetensors", "backbone.safetensors", *(f"{arm}.safetensors" for arm in RECIPE_ARMS)]
     )
@@ -156,11 +158,17 @@ def test_miniature_cli_writes_every_number(trained_run):
 
 def test_a_trained_run_evaluates_again_to_the_same_numbers(trained_run, tmp_path):
     again = tmp_path / "again"
-    argv = ["--out", str(again), "--evaluate-from", str(trained_run), "--threads", "1", *EVALUATION]
-    assert main([*argv, "--restoration-scales", "2.5", "4"]) == 0  # the last --restoration-scales counts
+    # the evaluation options not given (crops, DDIM steps, control starts) are the run's
+    argv = ["--out", str(again), "--evaluate-from", str(trained_run), "--threads", "1"]
+    assert main([*argv, "--restoration-scales", "2.5", "4"]) == 0
     first = json.loads((trained_run / "miniature.json").read_text())
     result = json.loads((again / "miniature.json").read_text())
     assert result["config"]["restoration_scales"] == [2.5, 4.0]
+    assert (result["config"]["eval_crops"], result["config"]["ddim_steps"], result["config"]["control_starts"]) == (
+        3,
+        2,
+        [0.5],
+    )
     assert result["evaluated_from"]["run"] == str(trained_run) and result["evaluated_from"]["date"] == first["date"]
     for section in ("codec", "backbone", "adaptors"):
         assert result[section] == first[section], section
@@ -197,6 +205,11 @@ def test_evaluating_again_refuses_what_it_cannot_reproduce_before_any_work(train
         "--evaluate-from", run, "--seed", "3", "--adaptor-steps", "2"
     )
     assert "has no trained weights" in refused("--evaluate-from", str(tmp_path))
+    assert "got an empty path" in refused("--evaluate-from", "")
+    with pytest.raises(MiniatureWeightsError, match="holds a trained run"):
+        evaluate_run(tmp_path, trained_run)
+    with pytest.raises(ValueError, match="expected at least 1 of each"):
+        MiniatureConfig(ddim_steps=0)
     with pytest.raises(MiniatureWeightsError, match="its reports would be overwritten"):
         evaluate_run(trained_run, trained_run)
     with pytest.raises(ValueError, match="preset: decided by the trained run"):
@@ -223,6 +236,10 @@ def test_evaluating_again_refuses_what_it_cannot_reproduce_before_any_work(train
         "--evaluate-from", str(damaged)
     )
     shutil.copy(trained_run / "weights" / "modulation_clip.safetensors", damaged / "weights")
+    report = json.loads((trained_run / "miniature.json").read_text())
+    report["weights"]["run_id"] = "another run"  # a folder reused by a later run that saved no weights
+    (damaged / "miniature.json").write_text(json.dumps(report))
+    assert "is not the report of the run that saved" in refused("--evaluate-from", str(damaged))
     (damaged / "miniature.json").write_text("{}")
     assert "miniature.json is not a miniature report" in refused("--evaluate-from", str(damaged))
     assert not (tmp_path / "out").exists()  # nothing was evaluated
@@ -235,7 +252,7 @@ def test_evaluating_again_refuses_what_it_cannot_reproduce_before_any_work(train
         MiniatureWeightsError,
         match=r"not saving the weights: NaN or Inf values in modulation_clip \(training diverged\)",
     ):
-        save_weights(tmp_path / "diverged", config, components, adaptors, 2)
+        save_weights(tmp_path / "diverged", config, components, adaptors, 2, "id")
     assert not (tmp_path / "diverged").exists()
 
 

@@ -120,6 +120,11 @@ class MiniatureConfig:
                     f"control starts {list(starts)}: expected values between 0 and 1, exclusive (a start from pure "
                     "noise is always measured), distinct to 6 significant digits (results are named by them)"
                 )
+        if self.ddim_steps < 1 or (self.eval_crops is not None and self.eval_crops < 1):
+            raise ValueError(
+                f"ddim_steps {self.ddim_steps}, eval_crops {self.eval_crops}: expected at least 1 of each (eval_crops "
+                "None: all held-out crops)"
+            )
         if self.backbone_width % self.backbone_norm_groups:
             raise ValueError(
                 f"backbone_width {self.backbone_width} is not a multiple of backbone_norm_groups "

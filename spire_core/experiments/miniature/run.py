@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import uuid
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from .config import ARMS, RECIPE_ARMS, TRUNK_ARMS, MiniatureConfig
 from .data import PhotoCrops
 from .evaluate import evaluate
 from .phases import build_adaptors, mean_psnr, train_adaptors, train_backbone
-from .weights import MiniatureWeightsError, load_weights, save_weights, to_device
+from .weights import RUN_FILE, WEIGHTS, MiniatureWeightsError, load_weights, run_id_of, save_weights, to_device
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
@@ -94,6 +95,8 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
     config = config or MiniatureConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / WEIGHTS / RUN_FILE).unlink(missing_ok=True)  # earlier weights here no longer belong to its report
+    run_id = uuid.uuid4().hex
     device = torch.device(config.device)
     started = time.perf_counter()
     budget = config.budget_minutes * 60
@@ -116,7 +119,8 @@ def run_miniature(out: str | Path, config: MiniatureConfig | None = None, comman
     )
     wall["adaptors"] = training["seconds"]
     try:
-        weights = {"saved": str(save_weights(out, config, components, adaptors, training["steps"]).relative_to(out))}
+        folder = save_weights(out, config, components, adaptors, training["steps"], run_id)
+        weights = {"saved": str(folder.relative_to(out)), "run_id": run_id}
     except MiniatureWeightsError as error:  # a diverged run still reports what it measured
         print(f"miniature: {error}", file=sys.stderr)
         weights = {"saved": None, "why": str(error)}
@@ -164,6 +168,8 @@ def evaluate_run(run: str | Path, out: str | Path, command: str | None = None, *
         raise MiniatureWeightsError(
             f"{out} is the trained run's own folder: its reports would be overwritten; write elsewhere"
         )
+    if (out / WEIGHTS / RUN_FILE).is_file():
+        raise MiniatureWeightsError(f"{out} holds a trained run (its weights): its reports would be overwritten")
     images = settings.pop("images", None)
     config, components, adaptors = load_weights(run, images)
     report = run / "miniature.json"
@@ -176,6 +182,13 @@ def evaluate_run(run: str | Path, out: str | Path, command: str | None = None, *
     kept = ("codec", "backbone", "adaptors", "date", "command", "machine", "wall_seconds")
     if not isinstance(original, dict) or not all(key in original for key in kept):
         raise MiniatureWeightsError(f"{report} is not a miniature report (it lacks some of {', '.join(kept)})")
+    run_id = run_id_of(run)
+    recorded = original.get("weights")
+    if not isinstance(recorded, dict) or recorded.get("run_id") != run_id:
+        raise MiniatureWeightsError(
+            f"{report} is not the report of the run that saved {run / WEIGHTS} (their run ids differ): the folder was "
+            "reused or a run stopped before writing its report; train the run again"
+        )
     config = replace(config, **settings)
     device = torch.device(config.device)
     to_device(components, adaptors, device)
@@ -186,7 +199,7 @@ def evaluate_run(run: str | Path, out: str | Path, command: str | None = None, *
     restoration, control = evaluate(components, adaptors, clean, spec, config, device, out)
     seconds = round(time.perf_counter() - tick, 1)
     trained = {key: original[key] for key in kept[:3]}
-    trained["evaluated_from"] = {"run": str(run), **{key: original[key] for key in kept[3:]}}
+    trained["evaluated_from"] = {"run": str(run), "run_id": run_id, **{key: original[key] for key in kept[3:]}}
     wall = {"evaluation": seconds, "total": seconds}
     command = command or f"python -m spire_core.experiments.miniature --evaluate-from {run} --out {out}"
     return _write_result(out, config, device, command, wall, trained, restoration, control)
@@ -366,19 +379,18 @@ def main(argv: list[str] | None = None) -> int:
         "--restoration-scales",
         nargs="+",
         type=float,
-        default=[],
         metavar="W",
         help="also run the control benchmark of modulation_numeric with restoration guidance at these scales "
-        "(as the Restore node's restoration_scale; default: unguided only)",
+        "(as the Restore node's restoration_scale; default: unguided only; with --evaluate-from: the run's)",
     )
     parser.add_argument(
         "--control-starts",
         nargs="+",
         type=float,
-        default=[],
         metavar="D",
         help="also run the control benchmark of modulation_numeric from the degraded input noised to these "
-        "denoise starts (below 1), unguided and at each --restoration-scales (default: from pure noise only)",
+        "denoise starts (below 1), unguided and at each --restoration-scales (default: from pure noise only; with "
+        "--evaluate-from: the run's)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu")
@@ -386,20 +398,27 @@ def main(argv: list[str] | None = None) -> int:
     smoke = parser.add_argument_group("step caps for smoke runs (default: phases run until their deadlines)")
     smoke.add_argument("--backbone-steps", type=int)
     smoke.add_argument("--adaptor-steps", type=int)
-    smoke.add_argument("--eval-crops", type=int, help="held-out crops to use (default: all)")
-    smoke.add_argument("--ddim-steps", type=int, default=MiniatureConfig.ddim_steps)
+    smoke.add_argument(
+        "--eval-crops", type=int, help="held-out crops to use (default: all; with --evaluate-from: the run's)"
+    )
+    smoke.add_argument(
+        "--ddim-steps", type=int, help=f"default {MiniatureConfig.ddim_steps}; with --evaluate-from: the run's"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m spire_core.experiments.miniature " + " ".join(sys.argv[1:] if argv is None else argv)
     evaluation = {
-        "restoration_scales": tuple(args.restoration_scales),
-        "control_starts": tuple(args.control_starts),
+        "restoration_scales": args.restoration_scales and tuple(args.restoration_scales),
+        "control_starts": args.control_starts and tuple(args.control_starts),
         "ddim_steps": args.ddim_steps,
         "eval_crops": args.eval_crops,
-        "device": args.device,
     }
+    evaluation = {field: value for field, value in evaluation.items() if value is not None}  # given ones only
+    evaluation["device"] = args.device
     training = {field: getattr(args, field) for field in TRAINING_OPTIONS if getattr(args, field) is not None}
-    if args.evaluate_from:
+    if args.evaluate_from is not None:
+        if not args.evaluate_from:
+            parser.error("--evaluate-from: expected a trained run's output folder, got an empty path")
         if training:
             given = ", ".join(TRAINING_OPTIONS[field] for field in training)
             parser.error(f"{given}: decided by the trained run; --evaluate-from takes only evaluation options")

@@ -10,8 +10,11 @@
 - ``<arm>.safetensors`` per adaptor arm: its EMA weights in the adaptor file format (``python -m spire_core.models
   inspect`` reads them; their base is the miniature's backbone, not a Stable Diffusion checkpoint).
 
-The text encoder is not saved: it is the tiny random one, drawn again from the run's seed. About 13 MB with the
-default arms. Loading checks every tensor's name, shape and finiteness before any evaluation starts.
+The text encoder is not saved: it is the tiny random one, drawn again from the run's seed and checked against
+the SHA-256 of its state that ``run.json`` records. ``run.json`` also records an id that the run's
+``miniature.json`` repeats, so that weights and report of different runs are never paired. About 13 MB with the
+default arms. Loading checks the files' kinds, tensor names and finiteness (the backbone and the adaptors also
+load strictly by shape) before any evaluation starts.
 """
 
 from __future__ import annotations
@@ -50,6 +53,26 @@ def photo_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names, dtypes, shapes and values): the run's text encoder is drawn again from
+    its seed, not saved, and must come out the same."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.view(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def run_id_of(run: str | Path) -> str | None:
+    """The id in ``run/weights/run.json`` (``None``: no readable weights record)."""
+    try:
+        record = json.loads((Path(run) / WEIGHTS / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("run_id") if isinstance(record, dict) else None
+
+
 def _write(tensors: Mapping[str, torch.Tensor], path: Path, kind: str, extra: Mapping[str, str]) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), {KIND_KEY: kind, **extra})
 
@@ -60,9 +83,11 @@ def save_weights(
     components: FrozenComponents,
     adaptors: Mapping[str, SpireAdaptor],
     adaptor_steps: int,
+    run_id: str,
 ) -> Path:
     """Write the weights of a trained run (codec ``components.vae``, backbone ``components.unet``, each adaptor as
-    it is: the EMA weights after training) and ``run.json`` to ``out/weights``; returns that folder.
+    it is: the EMA weights after training) and ``run.json`` to ``out/weights``; returns that folder. ``run_id``
+    ties the weights to the run's report (``miniature.json`` records the same id).
 
     Raises:
         MiniatureWeightsError: a weight is NaN or Inf (the run diverged); nothing is written.
@@ -86,8 +111,10 @@ def save_weights(
     for arm, adaptor in adaptors.items():
         save_adaptor(adaptor, folder / f"{arm}.safetensors", {TRAINING_STEP_KEY: str(adaptor_steps)})
     record = {
+        "run_id": run_id,
         "config": asdict(config),
-        "photo_sha256": {Path(p).name: photo_digest(p) for p in config.images},
+        "photo_sha256": [photo_digest(p) for p in config.images],
+        "text_encoder_sha256": state_digest(components.text_encoder),
     }
     (folder / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return folder
@@ -131,7 +158,7 @@ def _config(record: Mapping, path: Path) -> MiniatureConfig:
         raise MiniatureWeightsError(f"{path}: the saved config is not valid ({error})") from None
 
 
-def _photos(saved: Sequence[str], digests: Mapping[str, str], images: Sequence[str] | None) -> tuple[str, ...]:
+def _photos(saved: Sequence[str], digests: Sequence[str], images: Sequence[str] | None) -> tuple[str, ...]:
     """The photos to cut the held-out crops from: ``images`` if given, else the saved paths (a bundled sample is
     also found in this checkout's samples folder); each must have the digest the run recorded."""
     if images is not None and len(images) != len(saved):
@@ -147,7 +174,7 @@ def _photos(saved: Sequence[str], digests: Mapping[str, str], images: Sequence[s
             raise MiniatureWeightsError(
                 f"photo {candidates[0]} of the run was not found; pass the run's photos, in its order, with --images"
             )
-        if photo_digest(found) != digests.get(name):
+        if photo_digest(found) != digests[index]:
             raise MiniatureWeightsError(
                 f"photo {found} is not the {name} the run was trained and evaluated on (its SHA-256 differs): its "
                 "held-out crops would differ; pass the run's own photos with --images"
@@ -159,7 +186,7 @@ def _photos(saved: Sequence[str], digests: Mapping[str, str], images: Sequence[s
 def load_weights(
     run: str | Path, images: Sequence[str] | None = None
 ) -> tuple[MiniatureConfig, FrozenComponents, dict[str, SpireAdaptor]]:
-    """Everything a trained run evaluates with, on the CPU, checked before anything is built.
+    """Everything a trained run evaluates with, on the CPU, checked before any evaluation.
 
     Args:
         run: the run's output folder (holding ``weights/``).
@@ -186,17 +213,24 @@ def load_weights(
     except (OSError, ValueError) as error:
         raise MiniatureWeightsError(f"{record_path} is not readable JSON ({error})") from None
     config = _config(record, record_path)
-    config = MiniatureConfig(**{**asdict(config), "images": _photos(config.images, record["photo_sha256"], images)})
+    digests = record.get("photo_sha256")
+    if not isinstance(digests, list) or len(digests) != len(config.images) or not isinstance(record.get("run_id"), str):
+        raise MiniatureWeightsError(f"{record_path} lacks the run's id or one SHA-256 per photo; train the run again")
+    config = MiniatureConfig(**{**asdict(config), "images": _photos(config.images, digests, images)})
 
     tensors, metadata = _read(folder / "codec.safetensors", "codec")
-    if set(tensors) != set(_CODEC_TENSORS) or metadata.get("grain") not in ("0", "1"):
+    if (
+        set(tensors) != set(_CODEC_TENSORS)
+        or metadata.get("grain") not in ("0", "1")
+        or not metadata.get("grain_seed", "").isdigit()
+    ):
         raise MiniatureWeightsError(
             f"{folder / 'codec.safetensors'} is not a lapped-grain codec (tensors {sorted(tensors)})"
         )
     codec = LappedGrainCodec(
         *(tensors[name] for name in _CODEC_TENSORS),
         grain=metadata["grain"] == "1",
-        grain_seed=int(metadata.get("grain_seed", "0")),
+        grain_seed=int(metadata["grain_seed"]),
     )
     components = backbone_components(config, codec)
     state, _ = _read(folder / "backbone.safetensors", "backbone")
@@ -208,6 +242,11 @@ def load_weights(
             f"{folder / 'backbone.safetensors'} does not fit the run's backbone: {first}"
         ) from None
     components.freeze()
+    if state_digest(components.text_encoder) != record.get("text_encoder_sha256"):
+        raise MiniatureWeightsError(
+            "the tiny text encoder drawn from the run's seed differs from the one the adaptors were trained with "
+            "(another transformers or torch version?): its evaluation would measure something else"
+        )
 
     adaptors = {}
     for arm in config.arms:
