@@ -73,11 +73,20 @@ def save_adaptor(
         check_finite(tensors, path)
     except AdaptorFileError as error:  # refuse to write what no one could load
         raise AdaptorFileError(f"not writing the adaptor: {error}".replace(" holds ", " would hold ")) from None
+    return write_safetensors(tensors, path, metadata)
+
+
+def write_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]
+) -> Path:
+    """Write a safetensors file whole or not at all: into a temporary file beside ``path``, then moved into place
+    (``os.replace``), so an interrupted write never leaves a partial file under the final name. Returns the path."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, temporary, metadata=metadata)
+        save_file(dict(tensors), temporary, metadata=dict(metadata))
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -162,6 +171,16 @@ def read_adaptor_file(path: str | os.PathLike) -> tuple[AdaptorConfig, dict[str,
     return config, state
 
 
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Name -> how many NaN or Inf values, for each floating-point tensor that holds any (what a diverged training
+    run leaves in its weights); empty when every value is finite."""
+    return {
+        key: int((~torch.isfinite(t)).sum())
+        for key, t in tensors.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    }
+
+
 def check_finite(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Raise ``AdaptorFileError`` if any tensor holds NaN or Inf (what a diverged training run exports).
 
@@ -169,7 +188,7 @@ def check_finite(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> 
         state: file key -> tensor.
         path: the file, for the message.
     """
-    bad = {key: int((~torch.isfinite(t)).sum()) for key, t in state.items() if not bool(torch.isfinite(t).all())}
+    bad = non_finite(state)
     if bad:
         total = sum(bad.values())
         raise AdaptorFileError(

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..models import save_adaptor
+from ..models.checkpoint import non_finite
 from ..models.components import FrozenComponents, load_components, make_noise_scheduler
 from ..progress import logging_to_bars, progress
 from .checkpoints import (
@@ -376,9 +377,9 @@ class Trainer:
     def check_finite(self, what: str) -> None:
         """Raise ``TrainingDiverged`` if the adaptor's weights (or their EMA) hold NaN or Inf: nothing diverged is
         written (``what`` says what was about to be)."""
-        bad = [name for name, p in self.adaptor.named_parameters() if not bool(torch.isfinite(p).all())]
+        bad = list(non_finite(dict(self.adaptor.named_parameters())))
         if self.ema is not None:
-            bad += [f"ema {i}" for i, t in enumerate(self.ema.shadow) if not bool(torch.isfinite(t).all())]
+            bad += list(non_finite({f"ema {i}": t for i, t in enumerate(self.ema.shadow)}))
         if not bad:
             return
         when = (

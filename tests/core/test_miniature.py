@@ -235,7 +235,14 @@ def test_evaluating_again_refuses_what_it_cannot_reproduce_before_any_work(train
     assert "modulation_clip.safetensors is missing: the run trained the arm modulation_clip" in refused(
         "--evaluate-from", str(damaged)
     )
-    shutil.copy(trained_run / "weights" / "modulation_clip.safetensors", damaged / "weights")
+    arm_file = trained_run / "weights" / "modulation_clip.safetensors"
+    arm_tensors = load_file(arm_file)
+    first_key = sorted(arm_tensors)[0]
+    arm_tensors[first_key].view(-1)[0] = float("inf")
+    save_file(arm_tensors, damaged / "weights" / arm_file.name, read_safetensors_header(arm_file).metadata)
+    message = refused("--evaluate-from", str(damaged))
+    assert "the arm modulation_clip's weights cannot be used:" in message and "holds 1 NaN or Inf values" in message
+    shutil.copy(arm_file, damaged / "weights")
     report = json.loads((trained_run / "miniature.json").read_text())
     report["weights"]["run_id"] = "another run"  # a folder reused by a later run that saved no weights
     (damaged / "miniature.json").write_text(json.dumps(report))
@@ -254,6 +261,19 @@ def test_evaluating_again_refuses_what_it_cannot_reproduce_before_any_work(train
     ):
         save_weights(tmp_path / "diverged", config, components, adaptors, 2, "id")
     assert not (tmp_path / "diverged").exists()
+
+
+def test_an_error_during_an_evaluation_again_is_not_a_usage_error(trained_run, tmp_path, monkeypatch):
+    """Only the checks before any work become usage errors (exit 2 with the message); a failure while evaluating
+    reaches the caller as itself, with its traceback."""
+    from spire_core.experiments.miniature import run as run_module
+
+    def failing_evaluate(*args, **kwargs):
+        raise ValueError("failed while evaluating")
+
+    monkeypatch.setattr(run_module, "evaluate", failing_evaluate)
+    with pytest.raises(ValueError, match="failed while evaluating"):
+        main(["--out", str(tmp_path / "out"), "--threads", "1", "--evaluate-from", str(trained_run)])
 
 
 def test_restoration_scales_and_control_starts_are_checked_before_any_work(capsys):

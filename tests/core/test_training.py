@@ -45,6 +45,7 @@ from spire_core.training import checkpoints as checkpoints_module
 from spire_core.training.__main__ import main as cli_main
 from spire_core.training.components import build_adaptor
 from spire_core.training.config import DataConfig, PromptConfig
+from spire_core.training.ema import EMA
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -711,3 +712,27 @@ def test_a_narrower_trunk_trains_and_exports_format_3(tmp_path):
         build_adaptor(replace(model, init_adaptor=start, trunk=64), trainer.components, 0)
     with pytest.raises(ConfigError, match="model.trunk: a trunk of 48 channels does not fit"):
         build_adaptor(replace(model, init_adaptor=start, trunk=48), trainer.components, 0)
+
+
+def test_ema_moves_towards_the_weights_swaps_them_in_and_out_and_copies_them_for_good():
+    module = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+        module.bias.fill_(0.0)
+    ema = EMA(module, decay=0.99)
+    with torch.no_grad():
+        module.weight.fill_(3.0)
+        module.bias.fill_(-1.0)
+    ema.update()  # first update: decay min(0.99, 1/10) = 0.1, so the shadow moves 0.9 of the way
+    assert ema.updates == 1 and math.isclose(ema.current_decay(), 2 / 11)
+    assert torch.allclose(ema.shadow[0], torch.full((2, 2), 2.8)) and torch.allclose(
+        ema.shadow[1], torch.full((2,), -0.9)
+    )
+    with ema.swapped():
+        assert torch.allclose(module.weight, torch.full((2, 2), 2.8))
+    assert torch.equal(module.weight, torch.full((2, 2), 3.0)) and torch.equal(module.bias, torch.full((2,), -1.0))
+    ema.copy_to_module()
+    assert torch.allclose(module.weight, torch.full((2, 2), 2.8)) and torch.allclose(
+        module.bias, torch.full((2,), -0.9)
+    )
+    assert module.weight.data_ptr() != ema.shadow[0].data_ptr()  # copied, not shared: the shadow stays its own

@@ -7,10 +7,10 @@ import json
 import sys
 import time
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from .data import PhotoCrops
 from .evaluate import evaluate
 from .phases import build_adaptors, mean_psnr, train_adaptors, train_backbone
 from .weights import RUN_FILE, WEIGHTS, MiniatureWeightsError, load_weights, run_id_of, save_weights, to_device
+
+if TYPE_CHECKING:
+    from ...models import SpireAdaptor
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
@@ -156,7 +159,28 @@ def evaluate_run(run: str | Path, out: str | Path, command: str | None = None, *
     Raises:
         MiniatureWeightsError: the run has no (usable) weights or report, or ``out`` is the run's folder.
         ValueError: a setting that is not an evaluation setting, or an invalid value.
+        Both before any work (``prepare_evaluation``).
     """
+    return run_evaluation(prepare_evaluation(run, out, **settings), command)
+
+
+@dataclass
+class PreparedEvaluation:
+    """A trained run, checked and loaded, ready to be evaluated again (``prepare_evaluation``)."""
+
+    run: Path
+    out: Path
+    config: MiniatureConfig
+    components: FrozenComponents
+    adaptors: dict[str, SpireAdaptor]
+    report: dict
+    """The run's own ``miniature.json``."""
+    run_id: str
+
+
+def prepare_evaluation(run: str | Path, out: str | Path, **settings: Any) -> PreparedEvaluation:
+    """Every check of ``evaluate_run`` and the loading of the run's weights, before any evaluation or write; the
+    same arguments and errors (the command line turns these errors, and only these, into usage errors)."""
     run, out = Path(run), Path(out)
     unknown = sorted(set(settings) - {*EVALUATION_SETTINGS, "images"})
     if unknown:
@@ -179,9 +203,8 @@ def evaluate_run(run: str | Path, out: str | Path, command: str | None = None, *
         raise MiniatureWeightsError(
             f"{report} is missing or not readable ({error}); it holds the run's training facts"
         ) from None
-    kept = ("codec", "backbone", "adaptors", "date", "command", "machine", "wall_seconds")
-    if not isinstance(original, dict) or not all(key in original for key in kept):
-        raise MiniatureWeightsError(f"{report} is not a miniature report (it lacks some of {', '.join(kept)})")
+    if not isinstance(original, dict) or not all(key in original for key in _KEPT):
+        raise MiniatureWeightsError(f"{report} is not a miniature report (it lacks some of {', '.join(_KEPT)})")
     run_id = run_id_of(run)
     recorded = original.get("weights")
     if not isinstance(recorded, dict) or recorded.get("run_id") != run_id:
@@ -190,16 +213,31 @@ def evaluate_run(run: str | Path, out: str | Path, command: str | None = None, *
             "reused or a run stopped before writing its report; train the run again"
         )
     config = replace(config, **settings)
+    return PreparedEvaluation(run, out, config, components, adaptors, original, run_id)
+
+
+_KEPT = ("codec", "backbone", "adaptors", "date", "command", "machine", "wall_seconds")
+"""What an evaluation from saved weights repeats of the trained run's report: its training sections, then where
+and how it ran."""
+
+
+def run_evaluation(prepared: PreparedEvaluation, command: str | None = None) -> dict:
+    """Evaluate a prepared run (``prepare_evaluation``) and write its reports; see ``evaluate_run``."""
+    run, out, config, original = prepared.run, prepared.out, prepared.config, prepared.report
     device = torch.device(config.device)
-    to_device(components, adaptors, device)
+    to_device(prepared.components, prepared.adaptors, device)
     out.mkdir(parents=True, exist_ok=True)
     spec = get_preset(config.preset)
     clean = PhotoCrops(config.images, config.crop, config.holdout, config.seed).heldout(config.eval_crops)
     tick = time.perf_counter()
-    restoration, control = evaluate(components, adaptors, clean, spec, config, device, out)
+    restoration, control = evaluate(prepared.components, prepared.adaptors, clean, spec, config, device, out)
     seconds = round(time.perf_counter() - tick, 1)
-    trained = {key: original[key] for key in kept[:3]}
-    trained["evaluated_from"] = {"run": str(run), "run_id": run_id, **{key: original[key] for key in kept[3:]}}
+    trained = {key: original[key] for key in _KEPT[:3]}
+    trained["evaluated_from"] = {
+        "run": str(run),
+        "run_id": prepared.run_id,
+        **{key: original[key] for key in _KEPT[3:]},
+    }
     wall = {"evaluation": seconds, "total": seconds}
     command = command or f"python -m spire_core.experiments.miniature --evaluate-from {run} --out {out}"
     return _write_result(out, config, device, command, wall, trained, restoration, control)
@@ -424,9 +462,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{given}: decided by the trained run; --evaluate-from takes only evaluation options")
         try:
             images = {"images": tuple(args.images)} if args.images else {}
-            result = evaluate_run(args.evaluate_from, args.out, command=command, **evaluation, **images)
+            prepared = prepare_evaluation(args.evaluate_from, args.out, **evaluation, **images)
         except ValueError as error:  # MiniatureWeightsError included: nothing was evaluated
             parser.error(str(error))
+        result = run_evaluation(prepared, command)  # an error from here on is not a usage error
     else:
         if "arms" in training:
             training["arms"] = tuple(training["arms"])

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ...models import SpireAdaptor, load_adaptor, save_adaptor
-from ...models.checkpoint import TRAINING_STEP_KEY
+from ...models.checkpoint import TRAINING_STEP_KEY, non_finite, write_safetensors
 from ...models.components import FrozenComponents
+from ...models.safetensors_header import AdaptorFileError
 from ..minicodec import LappedGrainCodec
 from .config import ARMS, SAMPLES_DIR, MiniatureConfig
 
@@ -74,7 +74,7 @@ def run_id_of(run: str | Path) -> str | None:
 
 
 def _write(tensors: Mapping[str, torch.Tensor], path: Path, kind: str, extra: Mapping[str, str]) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), {KIND_KEY: kind, **extra})
+    write_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path, {KIND_KEY: kind, **extra})
 
 
 def save_weights(
@@ -93,11 +93,7 @@ def save_weights(
         MiniatureWeightsError: a weight is NaN or Inf (the run diverged); nothing is written.
     """
     models = {"codec": components.vae, "backbone": components.unet, **adaptors}
-    bad = [
-        name
-        for name, model in models.items()
-        if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
-    ]
+    bad = [name for name, model in models.items() if non_finite(model.state_dict())]
     if bad:
         raise MiniatureWeightsError(
             f"not saving the weights: NaN or Inf values in {', '.join(bad)} (training diverged)"
@@ -135,7 +131,7 @@ def _read(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str
     if metadata.get(KIND_KEY) != kind:
         found = metadata.get(KIND_KEY, "no kind")
         raise MiniatureWeightsError(f"{path} holds {found!r}, expected the miniature's {kind!r} weights")
-    bad = sorted(key for key, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    bad = sorted(non_finite(tensors))
     if bad:
         raise MiniatureWeightsError(
             f"{path} holds NaN or Inf values in {len(bad)} tensors ({', '.join(bad[:5])}): the run diverged or the "
@@ -253,7 +249,10 @@ def load_weights(
         path = folder / f"{arm}.safetensors"
         if not path.is_file():
             raise MiniatureWeightsError(f"{path} is missing: the run trained the arm {arm}; train the run again")
-        adaptor = load_adaptor(path)
+        try:
+            adaptor = load_adaptor(path)
+        except AdaptorFileError as error:  # damaged, non-finite or not an adaptor: this run's folder is broken
+            raise MiniatureWeightsError(f"the arm {arm}'s weights cannot be used: {error}") from None
         fusion, tokens, _ = ARMS[arm]
         if (adaptor.config.fusion, adaptor.config.numeric_tokens) != (fusion, tokens):
             raise MiniatureWeightsError(
