@@ -16,6 +16,7 @@ from spire_core.eval.control import (
     ControlSetting,
     OracleRestorer,
     control_inputs,
+    control_markdown,
     identity_restorer,
     ladder_requests,
     run_control,
@@ -108,6 +109,35 @@ def test_the_oracle_meets_every_target_and_doing_nothing_meets_none(crops):
     }
     assert nothing["blind"]["gain_db"] == 0.0 and nothing["noise_ladder"]["spearman"] == 0.0
     json.dumps(strip_outputs(nothing))  # JSON-ready
+
+
+def test_per_crop_readings_tell_half_the_crops_untouched_from_every_crop_half_restored(crops):
+    """A restorer that gives the exact answer for the first half of the crops and leaves the rest as they are:
+    its mean noise at "remove all" is about half the present noise, and only the per-crop readings show that no
+    crop is half denoised."""
+    clean = torch.nn.functional.avg_pool2d(crops, 2)
+    setting = ControlSetting()
+    inputs = control_inputs(clean, setting)
+    oracle, half = OracleRestorer(inputs), clean.shape[0] // 2
+
+    def split(degraded, prompts):
+        out = oracle(degraded, prompts)
+        out[half:] = degraded[half:]
+        return out
+
+    result = run_control(split, clean, setting)
+    points = result["noise_ladder"]["points"]
+    share = half / clean.shape[0]
+    # the untouched crops keep 0.12: within 0.03 of the ideal up to named 0.06 (0.104), not at 0.09 (0.079) or 0.12
+    expected = [1.0, 1.0, 1.0, pytest.approx(share, abs=1e-4), pytest.approx(share, abs=1e-4)]
+    assert [p["crops_within_tolerance"] for p in points] == expected
+    assert result["noise_ladder"]["min_crops_within_tolerance"] == pytest.approx(share, abs=1e-4)
+    last = points[-1]
+    # the mean sits between the two groups; the quartiles bracket it with one group each (none is half denoised)
+    assert last["quartiles"][0] < 0.01 and last["quartiles"][2] > 0.1 and 0.04 < last["measured"] < 0.08
+    assert run_control(oracle, clean, setting)["noise_ladder"]["min_crops_within_tolerance"] == 1.0
+    table = control_markdown({"split": result})
+    assert f"| split | 100%: {points[0]['quartiles'][1]:.3g} (" in table and f"{share:.0%}: " in table
 
 
 def test_control_cli_with_a_tiny_adaptor(tmp_path, capsys):
