@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 PACK_DIR = Path(__file__).resolve().parents[2]
 README = (PACK_DIR / "README.md").read_text(encoding="utf-8")
@@ -180,3 +181,40 @@ def test_finer_guidance_table_quotes_the_run_evaluated_again_from_its_weights():
         f"overshot ({100 * two['decoupling']['deblur_only']['kept']:.0f} %)"
     )
     assert sentence in README, sentence
+
+
+def test_per_crop_table_quotes_the_run_evaluated_again_from_its_weights():
+    """``docs/miniature.md``, "Per crop: a switch, not a dial": counts and shares from the committed per-crop
+    readings, the nesting of the crops that keep their noise, and the blur ladder's quartiles."""
+    doc = (PACK_DIR / "docs" / "miniature.md").read_text(encoding="utf-8")
+    restorers = _load("control-guidance-fine-miniature.json")["control"]["restorers"]
+    for name in ("modulation_numeric", "modulation_numeric w_r=2"):
+        points = restorers[name]["noise_ladder"]["points"]
+        per_crop = [p["measured_per_crop"] for p in points]
+        assert all(len(values) == 28 for values in per_crop)
+        keeping = [{i for i, v in enumerate(values) if v > 0.06} for values in per_crop]
+        between = [sum(0.02 <= v <= 0.06 for v in values) for values in per_crop]
+        within = [sum(abs(v - p["ideal"]) <= 0.03 for v in values) / len(values) for p, values in zip(points, per_crop)]
+        row = (
+            f"| `{name}` | "
+            + " / ".join(str(len(s)) for s in keeping)
+            + " | "
+            + " / ".join(str(n) for n in between)
+            + " | "
+            + " / ".join(f"{100 * w:.0f}" for w in within)
+            + " % |"
+        )
+        assert row in doc, row
+        assert all(later <= earlier for earlier, later in zip(keeping, keeping[1:]))  # nested
+    assert len([i for i, v in enumerate(restorers["modulation_numeric"]["noise_ladder"]["points"][-1]
+                                        ["measured_per_crop"]) if v > 0.06]) == 4  # fmt: skip
+    blur = restorers["modulation_numeric"]["blur_ladder"]["points"]
+    quartiles = [
+        torch.quantile(
+            torch.tensor(p["measured_per_crop"], dtype=torch.float64), torch.tensor([0.25, 0.5, 0.75]).double()
+        )
+        for p in blur
+    ]
+    assert f"median {float(quartiles[0][1]):.2f} -> {float(quartiles[-1][1]):.2f} px" in doc
+    spans = [float(q[2] - q[0]) for q in quartiles]
+    assert 0.5 <= min(spans) and max(spans) <= 1.0, spans
