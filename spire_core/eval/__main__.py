@@ -10,7 +10,7 @@
     python -m spire_core.eval control --out DIR [--restorer adaptor|oracle|identity] [--base MODEL --adaptor FILE
                                       --components FOLDER] [--images PHOTO ...] [--crop 64] [--crops N]
                                       [--noise 0.12] [--blur 2.0] [--seed 0] [--steps 25]
-                                      [--restoration-scale 1 2 ...]
+                                      [--restoration-scale 1 2 ...] [--denoise-start 1 0.9 ...]
     python -m spire_core.eval estimate [--out results/estimate-accuracy.json] [--plot docs/estimate_accuracy.png]
                                        [--per-photo 4] [--crop 256] [--seed 0] [--sets noise blur jpeg ...]
 
@@ -128,6 +128,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="W",
         help="adaptor: restoration guidance w_r against 'Remove all degradation', one run per value (default 1: none)",
     )
+    control.add_argument(
+        "--denoise-start",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="D",
+        help="adaptor: where sampling starts, in (0, 1]: 1 from pure noise (the paper), below 1 from the degraded "
+        "input's latent noised to that level (as KSampler's denoise); one run per value and scale (default 1)",
+    )
     control.add_argument("--device", default="cpu", help="adaptor: torch device")
 
     estimate = commands.add_parser(
@@ -234,7 +243,7 @@ def _control(args: argparse.Namespace) -> int:
         labels_are_distinct,
         photo_crops,
         run_control,
-        run_label,
+        variant_name,
         write_control_report,
     )
 
@@ -245,8 +254,16 @@ def _control(args: argparse.Namespace) -> int:
             f"--restoration-scale {scales}: expected finite values of at least 0, distinct to 6 significant digits "
             "(the report names each run by its value)"
         )
+    starts = list(args.denoise_start)
+    if any(not 0 < d <= 1 for d in starts) or not labels_are_distinct(starts):  # NaN fails 0 < d
+        raise ValueError(
+            f"--denoise-start {starts}: expected values in (0, 1], distinct to 6 significant digits (the report names "
+            "each run by its value)"
+        )
     if scales != [1.0] and args.restorer != "adaptor":
         raise ValueError("--restoration-scale applies to --restorer adaptor only")
+    if starts != [1.0] and args.restorer != "adaptor":
+        raise ValueError("--denoise-start applies to --restorer adaptor only")
     samples = Path(__file__).resolve().parents[2] / "docs" / "samples"
     images = args.images or [str(samples / "astronaut.png"), str(samples / "coffee.png")]
     clean = photo_crops(images, args.crop, args.crops)
@@ -261,7 +278,7 @@ def _control(args: argparse.Namespace) -> int:
 
         pipe = SpirePipeline.load(args.base, args.adaptor, args.components, device=args.device)
 
-        def guided(scale: float):  # noqa: ANN202
+        def guided(scale: float, start: float):  # noqa: ANN202
             def restorer(degraded, prompts):  # noqa: ANN001, ANN202
                 return pipe.restore(
                     degraded,
@@ -271,11 +288,12 @@ def _control(args: argparse.Namespace) -> int:
                     restoration_scale=scale,
                     seed=args.seed,
                     upsample=False,
+                    denoise=start,
                 )
 
             return restorer
 
-        restorers = {"adaptor" if w == 1 else f"adaptor w_r={run_label(w)}": guided(w) for w in scales}
+        restorers = {variant_name("adaptor", w, d): guided(w, d) for d in starts for w in scales}
     results = {name: run_control(restorer, clean, setting) for name, restorer in restorers.items()}
     files = write_control_report(results, args.out, command=args.command_line, images=[Path(p).name for p in images])
     print(control_markdown(results), end="")

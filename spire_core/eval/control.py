@@ -143,6 +143,13 @@ def run_label(value: float) -> str:
     return f"{value:g}"
 
 
+def variant_name(name: str, scale: float, start: float) -> str:
+    """How a report names restorer ``name`` run with restoration guidance ``scale`` from denoise ``start``
+    (``adaptor w_r=2 start=0.9``; a scale or start of 1 is not named)."""
+    guided = [f"w_r={run_label(scale)}"] if scale != 1 else []
+    return " ".join([name, *guided, *([f"start={run_label(start)}"] if start != 1 else [])])
+
+
 def labels_are_distinct(values: Sequence[float]) -> bool:
     """Whether ``values`` keep distinct labels (``run_label``) and only 1 itself is labelled ``1``, so that no run
     of a report overwrites or passes for another."""
@@ -499,5 +506,6 @@ __all__ = [
     "run_label",
     "spearman",
     "strip_outputs",
+    "variant_name",
     "write_control_report",
 ]

@@ -197,3 +197,22 @@ def test_control_cli_with_a_tiny_adaptor(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
     assert eval_main(["control", "--out", str(out), "--restorer", "identity", "--restoration-scale", "2"]) == 2
     assert "applies to --restorer adaptor only" in capsys.readouterr().err
+
+    # denoise starts: one run per start and scale, named by both; from the noised input the outputs differ
+    started = tmp_path / "started"
+    more = ["--restoration-scale", "1", "3", "--denoise-start", "1", "0.5"]
+    assert eval_main([*args[:2], str(started), *args[3:], *more]) == 0
+    runs_started = json.loads((started / "control.json").read_text())["results"]
+    assert list(runs_started) == ["adaptor", "adaptor w_r=3", "adaptor start=0.5", "adaptor w_r=3 start=0.5"]
+    assert runs_started["adaptor w_r=3"]["noise_ladder"] == runs["adaptor w_r=3"]["noise_ladder"]
+    moved = [
+        abs(a["measured"] - b["measured"])
+        for a, b in zip(runs_started["adaptor start=0.5"]["noise_ladder"]["points"], result["noise_ladder"]["points"])
+    ]
+    assert max(moved) > 1e-4, moved
+    for bad in (["0"], ["1.5"], ["nan"], ["0.5", "0.5000001"]):
+        assert eval_main([*args[:2], str(tmp_path / "bad"), *args[3:], "--denoise-start", *bad]) == 2
+        assert "--denoise-start" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert eval_main(["control", "--out", str(out), "--restorer", "oracle", "--denoise-start", "0.5"]) == 2
+    assert "--denoise-start applies to --restorer adaptor only" in capsys.readouterr().err

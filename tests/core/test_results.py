@@ -218,3 +218,61 @@ def test_per_crop_table_quotes_the_run_evaluated_again_from_its_weights():
     assert f"median {float(quartiles[0][1]):.2f} -> {float(quartiles[-1][1]):.2f} px" in doc
     spans = [float(q[2] - q[0]) for q in quartiles]
     assert 0.5 <= min(spans) and max(spans) <= 1.0, spans
+
+
+def _per_crop_row(name: str, control: dict) -> str:
+    """A row of ``docs/miniature.md``'s denoise-start table: the noise ladder's means, its largest error, and per
+    crop the counts above 0.06 and between 0.02 and 0.06 and the share within the tolerance."""
+    points = control["noise_ladder"]["points"]
+    per_crop = [p["measured_per_crop"] for p in points]
+    return (
+        f"| `{name}` | "
+        + " / ".join(f"{p['measured']:.3f}" for p in points)
+        + f" | {control['noise_ladder']['max_calibration_error']:.3f} | "
+        + " / ".join(str(sum(v > 0.06 for v in values)) for values in per_crop)
+        + " | "
+        + " / ".join(str(sum(0.02 <= v <= 0.06 for v in values)) for values in per_crop)
+        + " | "
+        + " / ".join(f"{100 * p['crops_within_tolerance']:.0f}" for p in points)
+        + f" % | {100 * control['decoupling']['deblur_only']['kept']:.0f} % | {control['blind']['gain_db']:+.2f} |"
+    )
+
+
+def test_denoise_start_table_quotes_the_run_evaluated_again_from_its_weights():
+    """``docs/miniature.md``, Per crop, "From the noised input": the committed numbers and what the prose claims."""
+    doc = (PACK_DIR / "docs" / "miniature.md").read_text(encoding="utf-8")
+    result = _load("control-starts-miniature.json")
+    assert "--evaluate-from runs/miniature-weights" in result["command"]
+    assert result["config"]["control_starts"] == [0.7, 0.8, 0.9] and result["config"]["restoration_scales"] == [1.5]
+    assert f"{result['wall_seconds']['evaluation'] / 60:.1f} min, no training" in doc
+    restorers = result["control"]["restorers"]
+    fine = _load("control-guidance-fine-miniature.json")["control"]["restorers"]
+    # the same weights: the plain arm's numbers are the fine run's own, crop for crop
+    plain, before = restorers["modulation_numeric"], fine["modulation_numeric"]
+    assert (plain["decoupling"], plain["blind"], plain["met"]) == (before["decoupling"], before["blind"], before["met"])
+    for kind in ("noise_ladder", "blur_ladder"):
+        for mine, theirs in zip(plain[kind]["points"], before[kind]["points"]):
+            assert mine["measured_per_crop"] == theirs["measured_per_crop"]
+    names = ["modulation_numeric", *(f"modulation_numeric start={d}" for d in ("0.9", "0.8", "0.7"))]
+    for name in [*names, "modulation_numeric w_r=1.5 start=0.9"]:
+        row = _per_crop_row(name, restorers[name])
+        assert row in doc, row
+    near = restorers["modulation_numeric start=0.9"]
+    errors = [abs(p["measured"] - p["ideal"]) for p in near["noise_ladder"]["points"]]
+    assert all(e <= 0.03 for e in errors[:4]) and errors[-1] > 0.03
+    assert ", ".join(f"{e:.3f}" for e in errors[:4]) in doc
+    assert f"asked to remove all of the noise it leaves {near['noise_ladder']['points'][-1]['measured']:.3f}." in README
+    assert near["met"]["decoupled"] and near["blind"]["gain_db"] >= 2
+    assert not any(restorers[n]["met"]["noise_calibrated"] for n in restorers if n.startswith("modulation_numeric"))
+    unguided = {n: restorers[n]["noise_ladder"]["max_calibration_error"] for n in names}
+    assert min(unguided, key=unguided.get) == "modulation_numeric start=0.9"
+    arms = [r for n, r in restorers.items() if n != "codec(exact targets)"]
+    closest = fine["modulation_numeric w_r=2"]["noise_ladder"]["max_calibration_error"]
+    assert closest < min(r["noise_ladder"]["max_calibration_error"] for r in arms)
+    between = [sum(0.02 <= v <= 0.06 for v in restorers[n]["noise_ladder"]["points"][-1]["measured_per_crop"])
+               for n in ("modulation_numeric", "modulation_numeric start=0.9")]  # fmt: skip
+    assert f'({between[1]} at "remove all", {between[0]} from pure noise)' in doc
+    assert (
+        f"({restorers['modulation_numeric start=0.7']['noise_ladder']['points'][-1]['measured']:.3f} left at 0.7)"
+        in doc
+    )

@@ -18,8 +18,8 @@ from ...eval.control import (
     Restorer,
     control_inputs,
     run_control,
-    run_label,
     strip_outputs,
+    variant_name,
     write_control_report,
 )
 from ...eval.metrics import psnr_per_image
@@ -62,12 +62,6 @@ def arm_restorer(
         return out.cpu()
 
     return restorer
-
-
-def variant_name(arm: str, scale: float, start: float) -> str:
-    """How the control results name ``arm`` restored with restoration guidance ``scale`` from denoise ``start``."""
-    guided = [f"w_r={run_label(scale)}"] if scale != 1 else []
-    return " ".join([arm, *guided, *([f"start={run_label(start)}"] if start != 1 else [])])
 
 
 DENOISE_STARTS = (1.0, 0.7, 0.5)
