@@ -263,6 +263,43 @@ def test_evaluating_again_refuses_what_it_cannot_reproduce_before_any_work(train
     assert not (tmp_path / "diverged").exists()
 
 
+def test_another_sampling_seed_redraws_only_the_starting_noise(trained_run, tmp_path):
+    """--sampling-seed: the same crops, degradations and benchmark noise, other starting noise; a run saved before
+    the setting existed (its config lacks it) is evaluated as with its own seed, and a saved config lacking a training
+    field is still refused."""
+    first = json.loads((trained_run / "miniature.json").read_text())
+    assert first["config"]["sampling_seed"] is None
+    redrawn = tmp_path / "redrawn"
+    argv = ["--out", str(redrawn), "--evaluate-from", str(trained_run), "--threads", "1", "--sampling-seed", "1"]
+    assert main(argv) == 0
+    result = json.loads((redrawn / "miniature.json").read_text())
+    assert result["config"]["sampling_seed"] == 1 and result["config"]["seed"] == 3
+    assert result["restoration"]["prompts"] == first["restoration"]["prompts"]
+    assert result["restoration"]["psnr_per_crop_db"]["degraded"] == first["restoration"]["psnr_per_crop_db"]["degraded"]
+    for arm in RECIPE_ARMS:
+        assert result["restoration"]["psnr_per_crop_db"][arm] != first["restoration"]["psnr_per_crop_db"][arm], arm
+    exact = "codec(exact targets)"  # no sampling: the same
+    assert result["control"]["restorers"][exact] == first["control"]["restorers"][exact]
+    assert "DDIM 2 steps, sampling seed 1." in (redrawn / "miniature.md").read_text()
+
+    older = tmp_path / "older"
+    shutil.copytree(trained_run, older)
+    record_path = older / "weights" / "run.json"
+    record = json.loads(record_path.read_text())
+    del record["config"]["sampling_seed"]
+    record_path.write_text(json.dumps(record))
+    again = tmp_path / "again"
+    assert main(["--out", str(again), "--evaluate-from", str(older), "--threads", "1"]) == 0
+    assert json.loads((again / "miniature.json").read_text())["control"] == first["control"]
+    del record["config"]["seed"]
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(MiniatureWeightsError, match="does not hold this version's miniature config"):
+        load_weights(older)
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="sampling_seed"):
+            MiniatureConfig(sampling_seed=bad)
+
+
 def test_an_error_during_an_evaluation_again_is_not_a_usage_error(trained_run, tmp_path, monkeypatch):
     """Only the checks before any work become usage errors (exit 2 with the message); a failure while evaluating
     reaches the caller as itself, with its traceback."""

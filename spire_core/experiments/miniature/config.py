@@ -66,6 +66,9 @@ class MiniatureConfig:
         control_starts: denoise starts (below 1) at which the default arm also runs the control benchmark, each
             with every restoration scale and unguided: sampling begins from the degraded input's latent noised to
             that level, as KSampler's ``denoise`` (default none: from pure noise only, the paper).
+        sampling_seed: seed of every restoration's starting noise (``None``: ``seed``, as in every run before it
+            existed). Another value measures how far the sampler's draw moves the results; the crops, their
+            degradations and the control benchmark's noise fields stay those of ``seed``.
         device: torch device.
         images: the photos to crop (default: the two bundled samples).
     """
@@ -97,6 +100,7 @@ class MiniatureConfig:
     control_blur: float = 2.0
     restoration_scales: tuple[float, ...] = ()
     control_starts: tuple[float, ...] = ()
+    sampling_seed: int | None = None
     device: str = "cpu"
     images: tuple[str, ...] = field(default_factory=lambda: tuple(str(SAMPLES_DIR / n) for n in SAMPLE_PHOTOS))
 
@@ -120,6 +124,10 @@ class MiniatureConfig:
                     f"control starts {list(starts)}: expected values between 0 and 1, exclusive (a start from pure "
                     "noise is always measured), distinct to 6 significant digits (results are named by them)"
                 )
+        if self.sampling_seed is not None and (
+            isinstance(self.sampling_seed, bool) or not isinstance(self.sampling_seed, int) or self.sampling_seed < 0
+        ):
+            raise ValueError(f"sampling_seed {self.sampling_seed!r}: expected None or an integer of at least 0")
         if self.ddim_steps < 1 or (self.eval_crops is not None and self.eval_crops < 1):
             raise ValueError(
                 f"ddim_steps {self.ddim_steps}, eval_crops {self.eval_crops}: expected at least 1 of each (eval_crops "
@@ -143,6 +151,11 @@ class MiniatureConfig:
             widths.setdefault(width, arm)
 
     @property
+    def restoration_seed(self) -> int:
+        """The seed of every restoration's starting noise (``sampling_seed``, else ``seed``)."""
+        return self.seed if self.sampling_seed is None else self.sampling_seed
+
+    @property
     def backbone_channels(self) -> list[int]:
         """The backbone's channels per level."""
         return [self.backbone_width, 2 * self.backbone_width]
@@ -156,3 +169,8 @@ class MiniatureConfig:
     def trunk_width(self, arm: str) -> int:
         """First-level channels of ``arm``'s trunk on this backbone."""
         return trunk_channels(self.backbone_channels, ARMS[arm][2], self.backbone_norm_groups)[0]
+
+
+EVALUATION_SETTINGS = ("restoration_scales", "control_starts", "ddim_steps", "eval_crops", "sampling_seed", "device")
+"""The ``MiniatureConfig`` fields a trained run can be evaluated again with (the rest decide its training). A saved
+run whose config lacks one of them (it was trained before the field existed) takes the field's default."""

@@ -43,8 +43,9 @@ def arm_restorer(
     restoration_scale: float = 1.0,
 ) -> Restorer:
     """The arm as a control-benchmark restorer: DDIM (``config.ddim_steps`` unless ``steps``) from pure noise
-    (seeded; ``denoise`` below 1: from the noised input), no semantic guidance, restoration guidance
-    ``restoration_scale`` (1: none), the adaptor's weights as they are (the EMA weights after training)."""
+    (seeded by ``config.restoration_seed``; ``denoise`` below 1: from the noised input), no semantic guidance,
+    restoration guidance ``restoration_scale`` (1: none), the adaptor's weights as they are (the EMA weights after
+    training)."""
 
     def restorer(degraded: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         out = restore(
@@ -55,7 +56,7 @@ def arm_restorer(
             [""] * len(prompts),
             steps=steps or config.ddim_steps,
             guidance_scale=1.0,
-            seed=config.seed,
+            seed=config.restoration_seed,
             denoise=denoise,
             restoration_scale=restoration_scale,
         )

@@ -20,7 +20,7 @@ from ...eval.control import control_markdown
 from ...models.components import FrozenComponents
 from ...models.tiny import tiny_unet_config
 from ..minicodec import LappedGrainCodec, PatchPCACodec
-from .config import ARMS, RECIPE_ARMS, TRUNK_ARMS, MiniatureConfig
+from .config import ARMS, EVALUATION_SETTINGS, RECIPE_ARMS, TRUNK_ARMS, MiniatureConfig
 from .data import PhotoCrops
 from .evaluate import evaluate
 from .phases import build_adaptors, mean_psnr, train_adaptors, train_backbone
@@ -243,10 +243,6 @@ def run_evaluation(prepared: PreparedEvaluation, command: str | None = None) -> 
     return _write_result(out, config, device, command, wall, trained, restoration, control)
 
 
-EVALUATION_SETTINGS = ("restoration_scales", "control_starts", "ddim_steps", "eval_crops", "device")
-"""The ``MiniatureConfig`` fields a trained run can be evaluated again with (the rest decide its training)."""
-
-
 def _write_result(
     out: Path,
     config: MiniatureConfig,
@@ -339,8 +335,10 @@ def markdown(result: dict) -> str:
     training, backbone = result["adaptors"], result["backbone"]
     steps = (
         f"Backbone {backbone['steps']} steps x {backbone['batch']}; adaptors {training['steps']} steps x "
-        f"{training['batch']} each ({len(arms)} arms); DDIM {result['config']['ddim_steps']} steps."
+        f"{training['batch']} each ({len(arms)} arms); DDIM {result['config']['ddim_steps']} steps"
     )
+    sampling_seed = result["config"]["sampling_seed"]
+    steps += "." if sampling_seed is None else f", sampling seed {sampling_seed}."
     run = f"{machine['cpu']} ({machine['torch_threads']} threads), torch {machine['torch']}"
     source = result.get("evaluated_from")
     if source:
@@ -382,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         "--evaluate-from",
         metavar="RUN",
         help="a trained run's output folder: evaluate its saved weights (RUN/weights) again with the evaluation "
-        "options below (--restoration-scales, --control-starts, --ddim-steps, --eval-crops, --images where the "
-        "photos moved) instead of training; training options are refused",
+        "options below (--restoration-scales, --control-starts, --ddim-steps, --eval-crops, --sampling-seed, "
+        "--images where the photos moved) instead of training; training options are refused",
     )
     parser.add_argument(
         "--budget-minutes",
@@ -430,6 +428,13 @@ def main(argv: list[str] | None = None) -> int:
         "denoise starts (below 1), unguided and at each --restoration-scales (default: from pure noise only; with "
         "--evaluate-from: the run's)",
     )
+    parser.add_argument(
+        "--sampling-seed",
+        type=int,
+        metavar="N",
+        help="seed of every restoration's starting noise (default: --seed; with --evaluate-from: the run's); the "
+        "crops, their degradations and the benchmark's noise stay those of --seed",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", nargs="+", help="photos to crop (default: the two bundled samples)")
@@ -450,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         "control_starts": args.control_starts and tuple(args.control_starts),
         "ddim_steps": args.ddim_steps,
         "eval_crops": args.eval_crops,
+        "sampling_seed": args.sampling_seed,
     }
     evaluation = {field: value for field, value in evaluation.items() if value is not None}  # given ones only
     evaluation["device"] = args.device

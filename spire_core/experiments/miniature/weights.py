@@ -34,7 +34,7 @@ from ...models.checkpoint import TRAINING_STEP_KEY, non_finite, write_safetensor
 from ...models.components import FrozenComponents
 from ...models.safetensors_header import AdaptorFileError
 from ..minicodec import LappedGrainCodec
-from .config import ARMS, SAMPLES_DIR, MiniatureConfig
+from .config import ARMS, EVALUATION_SETTINGS, SAMPLES_DIR, MiniatureConfig
 
 WEIGHTS = "weights"
 """The folder of a run's weights, inside its output folder."""
@@ -143,7 +143,8 @@ def _read(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str
 def _config(record: Mapping, path: Path) -> MiniatureConfig:
     names = {f.name for f in fields(MiniatureConfig)}
     saved = record.get("config")
-    if not isinstance(saved, dict) or set(saved) != names:
+    # an evaluation setting added after the run was trained takes its default; a training field must be there
+    if not isinstance(saved, dict) or not names - set(EVALUATION_SETTINGS) <= set(saved) <= names:
         raise MiniatureWeightsError(
             f"{path} does not hold this version's miniature config (fields {sorted(names)}); train the run again"
         )
