@@ -276,3 +276,54 @@ def test_denoise_start_table_quotes_the_run_evaluated_again_from_its_weights():
         f"({restorers['modulation_numeric start=0.7']['noise_ladder']['points'][-1]['measured']:.3f} left at 0.7)"
         in doc
     )
+
+
+def test_sampling_seed_table_quotes_the_runs_evaluated_again_with_other_starting_noise():
+    """``docs/miniature.md``, Sampling seed (and Per crop's sentence on it): the committed numbers of the same weights
+    restored from three draws of starting noise, and what the prose says holds and moves."""
+    doc = (PACK_DIR / "docs" / "miniature.md").read_text(encoding="utf-8")
+    draws = {0: _load("control-guidance-fine-miniature.json")}
+    for seed in (1, 2):
+        draws[seed] = _load(f"control-sampling-seed{seed}-miniature.json")
+        assert draws[seed]["config"]["sampling_seed"] == seed and f"--sampling-seed {seed}" in draws[seed]["command"]
+        same_run = ("run", "date", "command")  # the same trained weights
+        assert [draws[seed]["evaluated_from"][k] for k in same_run] == [draws[0]["evaluated_from"][k] for k in same_run]
+        assert f"{draws[seed]['wall_seconds']['evaluation'] / 60:.1f}" in doc
+    kept, gains, first_blur = [], [], []
+    for seed, result in draws.items():
+        control = result["control"]["restorers"]["modulation_numeric"]
+        noise, blur = control["noise_ladder"], control["blur_ladder"]
+        row = (
+            f"| {seed} | "
+            + " / ".join(f"{p['measured']:.3f}" for p in noise["points"])
+            + f" | {noise['max_calibration_error']:.3f} | {blur['points'][0]['measured']:.2f} -> "
+            f"{blur['points'][-1]['measured']:.2f} | {100 * control['decoupling']['deblur_only']['kept']:.0f} % | "
+            f"{control['blind']['gain_db']:+.2f} | {result['restoration']['psnr_db']['modulation_numeric']:.2f} |"
+        )
+        assert row in doc, row
+        kept.append(control["decoupling"]["deblur_only"]["kept"])
+        gains.append(control["blind"]["gain_db"])
+        first_blur.append(blur["points"][0]["measured"])
+        restorers = result["control"]["restorers"]
+        for arm in ("modulation_numeric", "additive_numeric"):
+            assert restorers[arm]["noise_ladder"]["spearman"] == restorers[arm]["blur_ladder"]["spearman"] == -1
+        assert restorers["modulation_clip"]["noise_ladder"]["spearman"] == -0.9
+        for arm in ("modulation_numeric", "modulation_clip", "additive_numeric"):
+            assert not (restorers[arm]["met"]["noise_calibrated"] or restorers[arm]["met"]["blur_calibrated"])
+            assert restorers[arm]["blind"]["gain_db"] > 3.2
+    assert max(kept) < 0.7 and f"{100 * min(kept):.0f}-{100 * max(kept):.0f} %" in doc
+    assert f'"Deblur only" kept {100 * min(kept):.0f}-{100 * max(kept):.0f} % of the noise' in README
+    assert f"{min(gains):+.2f} to {max(gains):+.2f} dB" in doc
+    assert f"its first point {min(first_blur):.2f}-{max(first_blur):.2f} px" in doc
+    keeping = {
+        seed: {
+            i
+            for i, v in enumerate(
+                r["control"]["restorers"]["modulation_numeric"]["noise_ladder"]["points"][-1]["measured_per_crop"]
+            )
+            if v > 0.06
+        }
+        for seed, r in draws.items()
+    }
+    assert len(keeping[0]) == 4 and [len(keeping[1] & keeping[0]), len(keeping[2] & keeping[0])] == [1, 1]
+    assert f'{len(keeping[1])} and {len(keeping[2])} crops keep their noise at "remove all"' in doc
