@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.checkpoint import non_finite
+
 __all__ = [
     "LPIPS",
     "LPIPS_CHANNELS",
@@ -334,7 +336,7 @@ def load_lpips(
             + LPIPS_CONVERSION
         )
     tensors = load_file(path)
-    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    bad = sorted(non_finite(tensors))
     if bad:
         raise ValueError(
             f"{path} holds NaN or Inf values in {bad[:6]}: the LPIPS weights are corrupt; convert them again"

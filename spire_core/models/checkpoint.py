@@ -15,7 +15,8 @@ import inspect
 import json
 import math
 import os
-import tempfile
+import stat
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,14 +80,19 @@ def save_adaptor(
 def write_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]
 ) -> Path:
-    """Write a safetensors file whole or not at all: into a temporary file beside ``path``, then moved into place
-    (``os.replace``), so an interrupted write never leaves a partial file under the final name. Returns the path."""
+    """Write a safetensors file whole or not at all: into a temporary file beside ``path``, flushed to disk, then
+    moved into place (``os.replace``), so an interrupted write never leaves a partial file under the final name. The
+    file gets the permissions of any new file (0666 less the umask). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    temporary = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
+    os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies, as for open()
     try:
+        mode = stat.S_IMODE(os.stat(temporary).st_mode)
         save_file(dict(tensors), temporary, metadata=dict(metadata))
+        os.chmod(temporary, mode)  # safetensors writes its files 0600
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -9,6 +9,7 @@ import math
 import os
 import pickle  # noqa: TID251  (only to write a pickle file; nothing here ever unpickles)
 import re
+import stat
 import struct
 import subprocess
 import sys
@@ -291,6 +292,9 @@ def test_save_is_atomic(unets, tmp_path, monkeypatch):
 
     save_adaptor(other, path)  # a successful save replaces the file
     assert path.read_bytes() != before and leftovers(tmp_path, {"a.safetensors"}) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # as any new file, not a temporary file's 0600
     assert torch.equal(load_adaptor(path).gamma_mid.weight, other.gamma_mid.weight)
 
 
