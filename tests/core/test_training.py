@@ -715,10 +715,9 @@ def test_a_narrower_trunk_trains_and_exports_format_3(tmp_path):
 
 
 def test_ema_moves_towards_the_weights_swaps_them_in_and_out_and_copies_them_for_good():
-    module = torch.nn.Linear(2, 2)
-    with torch.no_grad():
-        module.weight.fill_(1.0)
-        module.bias.fill_(0.0)
+    module = torch.nn.Module()
+    module.weight = torch.nn.Parameter(torch.ones(2, 2))
+    module.bias = torch.nn.Parameter(torch.zeros(2))
     ema = EMA(module, decay=0.99)
     with torch.no_grad():
         module.weight.fill_(3.0)
